@@ -1,0 +1,145 @@
+"""Reads safetensors checkpoints (single file or sharded) tensor by tensor, without torch.
+
+The format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then the raw
+little-endian bytes. Tensors are memory-mapped, so reading one costs its own size and nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class CheckpointError(ValueError):
+    """A source checkpoint that cannot be read; the message names the file and what is wrong."""
+
+
+class SafetensorsFile:
+    """One .safetensors file: its header, and its tensors as read-only numpy views."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path} is missing")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise CheckpointError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
+            (n,) = struct.unpack("<Q", raw)
+            if 8 + n > size:
+                raise CheckpointError(f"{self.path} is truncated: its header needs {n} bytes, the file has {size}")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise CheckpointError(f"{self.path} has a corrupt header: not a safetensors file") from None
+        header.pop("__metadata__", None)
+        self.header = header
+        self.data_start = 8 + n
+        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        if self.data_start + end > size:
+            raise CheckpointError(f"{self.path} is truncated: its tensors need {self.data_start + end} bytes, the "
+                                  f"file has {size}; download or copy it again")
+        self._mmap = None
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.header[name]["shape"])
+
+    def dtype_name(self, name: str) -> str:
+        return self.header[name]["dtype"]
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor `name` as a read-only numpy array backed by the file."""
+        info = self.header[name]
+        if info["dtype"] not in _DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+        if self._mmap is None:
+            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        begin, end = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if end - begin != count * dtype.itemsize:
+            raise CheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
+                                  f"of {info['dtype']}; the file is corrupt")
+        flat = self._mmap[self.data_start + begin: self.data_start + end].view(dtype)
+        return flat.reshape(info["shape"])
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a Hugging Face checkpoint directory: `model.safetensors` or the shards listed in
+    `model.safetensors.index.json`."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        index = self.directory / "model.safetensors.index.json"
+        single = self.directory / "model.safetensors"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError):
+                raise CheckpointError(f"{index} is corrupt: expected JSON with a 'weight_map'") from None
+            shard_names = sorted(set(weight_map.values()))
+            missing = [s for s in shard_names if not (self.directory / s).exists()]
+            if missing:
+                raise CheckpointError(f"{self.directory}: shard(s) {missing} listed in {index.name} are missing")
+            self.files = {s: SafetensorsFile(self.directory / s) for s in shard_names}
+            self.location = dict(weight_map)
+            for name, shard in self.location.items():
+                if name not in self.files[shard].header:
+                    raise CheckpointError(f"{self.directory / shard} lacks tensor {name} that {index.name} places "
+                                          "there; the shard is incomplete")
+        elif single.exists():
+            self.files = {single.name: SafetensorsFile(single)}
+            self.location = {name: single.name for name in self.files[single.name].keys()}
+        else:
+            raise CheckpointError(f"{self.directory} has neither model.safetensors nor model.safetensors.index.json;"
+                                  " point to a Hugging Face checkpoint directory with safetensors weights")
+
+    def keys(self) -> list[str]:
+        return list(self.location)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.files[self.location[name]].shape(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.files[self.location[name]].get(name)
+
+    def source_files(self) -> Iterator[Path]:
+        index = self.directory / "model.safetensors.index.json"
+        if index.exists():
+            yield index
+        for f in self.files.values():
+            yield f.path
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    """Writes numpy arrays as one .safetensors file (used for test fixtures and exports)."""
+    names = {np.dtype(v): k for k, v in _DTYPES.items()}
+    header, offset, blobs = {}, 0, []
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        blob = array.tobytes()
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for blob in blobs:
+            f.write(blob)

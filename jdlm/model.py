@@ -1,0 +1,280 @@
+"""The masked-diffusion transformer shared by LLaDA, Dream and jdlm's own small models.
+
+Reproduces the forward pass of ML-GSAI/LLaDA `modeling_llada.py` (LLaMA block) and HKUNLP/Dream
+`modeling_dream.py` (Qwen2 layout): pre-norm RMSNorm, rotary embeddings in the "rotate half" layout, SwiGLU MLP,
+*bidirectional* attention with grouped-query heads. Facts and tensor names: shared/REFERENCE.md section 1.
+
+Axis legend used in the einsums and shape comments:
+  B batch, T query positions (the window fed this call), S key positions (T, or the cache length),
+  D d_model, N query heads, K key/value heads, G = N // K query heads per kv head, H head dim,
+  F MLP hidden, V vocabulary.
+
+Parameters are a plain pytree with one buffer set per layer (not stacked along a layer axis): a rolled scan over
+stacked weights doubles the cached decode step on GPU (REFERENCE.md section 4).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdlm.config import ModelConfig
+
+
+@flax.struct.dataclass
+class Params:
+    """Model weights plus the static config that gives them meaning.
+
+    `weights` layout (shapes for x @ W, i.e. PyTorch weights transposed):
+      embed [V, D]; final_norm [D]; lm_head [D, V] (absent when tie_embeddings);
+      layers: tuple of dicts, one per layer, with
+        attn_norm [D], q [D, N, H], k [D, K, H], v [D, K, H], (q_bias [N, H], k_bias [K, H], v_bias [K, H]),
+        o [N, H, D], mlp_norm [D], gate [D, F], up [D, F], down [F, D].
+    """
+
+    config: ModelConfig = flax.struct.field(pytree_node=False)
+    weights: dict
+
+    @property
+    def dtype(self):
+        return self.weights["embed"].dtype
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every position after RoPE: per layer `k`, `v` of shape [B, S, K, H]."""
+
+    k: tuple
+    v: tuple
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[1]
+
+
+@flax.struct.dataclass
+class ForwardOutput:
+    """What `forward` returns.
+
+    logits: [B, T', V] in the model dtype, already shifted for Dream (index i holds the prediction for position i);
+      T' = T, or `logits_slice`'s length.
+    cache: the updated KVCache when one was passed in or `return_cache` was set, else None.
+    hidden: [B, T, D] final hidden states before the final norm (unshifted), when `return_hidden`.
+    attn_probs: tuple with one [B, T, S] float32 array per layer in `probs_layers` (softmax probabilities averaged
+      over heads), else ().
+    """
+
+    logits: jax.Array
+    cache: KVCache | None = None
+    hidden: jax.Array | None = None
+    attn_probs: tuple = ()
+
+
+def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> Params:
+    """Random weights (normal, `std`; norms at 1): for tests, benchmarks and training from scratch."""
+    D, N, K, H, F, V = (config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.mlp_hidden,
+                        config.vocab_size)
+    keys = iter(jax.random.split(key, 3 + 10 * config.n_layers))
+
+    def normal(*shape):
+        return (std * jax.random.normal(next(keys), shape, jnp.float32)).astype(dtype)
+
+    layers = []
+    for _ in range(config.n_layers):
+        layer = dict(attn_norm=jnp.ones((D,), dtype), q=normal(D, N, H), k=normal(D, K, H), v=normal(D, K, H),
+                     o=normal(N, H, D), mlp_norm=jnp.ones((D,), dtype), gate=normal(D, F), up=normal(D, F),
+                     down=normal(F, D))
+        if config.qkv_bias:
+            layer.update(q_bias=normal(N, H), k_bias=normal(K, H), v_bias=normal(K, H))
+        layers.append(layer)
+    weights = dict(embed=normal(V, D), final_norm=jnp.ones((D,), dtype), layers=tuple(layers))
+    if not config.tie_embeddings:
+        weights["lm_head"] = normal(D, V)
+    return Params(config=config, weights=weights)
+
+
+def param_shapes(config: ModelConfig, dtype=jnp.bfloat16) -> Params:
+    """The parameter pytree as ShapeDtypeStructs (allocates nothing)."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm as both references compute it: normalise in float32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype) * weight
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding, "rotate half" layout, computed in float32.
+
+    Args:
+      x: [B, T, heads, H].
+      positions: [B, T] integer positions.
+    """
+    H = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (np.arange(0, H, 2, dtype=np.float32) / H))  # [H/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]  # [B, T, 1, H]
+    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., : H // 2], x32[..., H // 2:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def _attention_with_probs(q, k, v, mask):
+    """Plain attention that also returns the head-averaged probabilities.
+
+    q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] or None -> (out [B, T, N, H], probs [B, T, S] float32).
+    """
+    B, T, N, H = q.shape
+    K = k.shape[2]
+    qg = q.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32) / np.sqrt(H)
+    if mask is not None:
+        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)  # [B, K, G, T, S]
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(v.dtype), v).reshape(B, T, N, H)
+    return out, probs.mean(axis=(1, 2))
+
+
+def _attention(q, k, v, mask, implementation):
+    """Fused attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] bool or None -> [B, T, N, H]."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def default_attention_impl(dtype) -> str | None:
+    """cuDNN's fused attention on GPU in half precision, XLA's everywhere else."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+# ---------------------------------------------------------------- forward
+
+
+def forward(
+    params: Params,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
+    cache: KVCache | None = None,
+    window_start: jax.Array | int = 0,
+    write_from: jax.Array | int | None = None,
+    extra_embed: jax.Array | None = None,
+    logits_slice: tuple[jax.Array | int, int] | None = None,
+    return_cache: bool = False,
+    return_hidden: bool = False,
+    probs_layers: Sequence[int] = (),
+    attention_impl: str | None = None,
+) -> ForwardOutput:
+    """Runs the transformer over `tokens`, optionally against a KV cache.
+
+    Without a cache, every position attends to every real position of `tokens`. With a cache of length S, `tokens`
+    is the window [window_start, window_start + T) of the cached sequence: its fresh keys/values replace the
+    cached ones at window positions >= `write_from` (default: all of the window), and its queries attend over the
+    whole cache (prefix, window, and whatever stale keys lie after it).
+
+    A query at absolute position p may attend to key j iff `key_mask[b, j]` or j == p: padding is never seen by a
+    real position, and a padding query attends to itself, so no row is all-masked (no NaN leaks into later layers).
+
+    Args:
+      params: model weights.
+      tokens: [B, T] int token ids.
+      positions: [B, T] rotary positions; default `window_start + arange(T)`.
+      key_mask: [B, S] bool, True for real positions (S = T without a cache); None means all real.
+      cache: KVCache over S positions, or None.
+      window_start: where `tokens` starts in the cached sequence (traced scalar is fine).
+      write_from: absolute position from which the window's fresh keys/values are kept (>= window_start).
+      extra_embed: [B, T, D] added to the input embeddings (ASRD-style guidance), or None.
+      logits_slice: (start, length): compute logits only for window positions [start, start + length)
+        (`start` may be traced, `length` is static). Saves the output projection over the rest.
+      return_cache: build and return a full-length KVCache from this forward (only without `cache`).
+      return_hidden: also return the final hidden states before the final norm.
+      probs_layers: layer indices whose head-averaged attention probabilities are returned.
+      attention_impl: "xla" or "cudnn"; default: `default_attention_impl(dtype)` (cuDNN on GPU in bf16).
+
+    Returns:
+      ForwardOutput (see its docstring).
+    """
+    cfg = params.config
+    w = params.weights
+    B, T = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(window_start + jnp.arange(T, dtype=jnp.int32), (B, T))
+    if attention_impl is None:
+        attention_impl = default_attention_impl(params.dtype)
+    probs_layers = tuple(sorted({int(i) % cfg.n_layers for i in probs_layers}))
+
+    S = T if cache is None else cache.length
+    query_abs = window_start + jnp.arange(T)  # absolute position of each query in the key axis
+    if key_mask is None:
+        mask = None
+    else:
+        own = query_abs[:, None] == jnp.arange(S)[None, :]  # [T, S]
+        mask = (key_mask[:, None, :] | own[None])[:, None]  # [B, 1, T, S]
+    if cache is not None:
+        write_from = window_start if write_from is None else write_from
+        keep_fresh = (query_abs >= write_from)[None, :, None, None]  # [1, T, 1, 1]
+
+    x = jnp.take(w["embed"], tokens, axis=0)  # [B, T, D]
+    if extra_embed is not None:
+        x = x + extra_embed.astype(x.dtype)
+    new_k, new_v, probs_out = [], [], []
+    for i, layer in enumerate(w["layers"]):
+        h = rms_norm(x, layer["attn_norm"], cfg.norm_eps)
+        q = jnp.einsum("BTD,DNH->BTNH", h, layer["q"])
+        k = jnp.einsum("BTD,DKH->BTKH", h, layer["k"])
+        v = jnp.einsum("BTD,DKH->BTKH", h, layer["v"])
+        if cfg.qkv_bias:
+            q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
+        q = rotary(q, positions, cfg.rope_theta)
+        k = rotary(k, positions, cfg.rope_theta)
+        if cache is not None:
+            # Window keys/values left of `write_from` keep their cached (possibly stale) values.
+            old_k = jax.lax.dynamic_slice_in_dim(cache.k[i], window_start, T, axis=1)
+            old_v = jax.lax.dynamic_slice_in_dim(cache.v[i], window_start, T, axis=1)
+            k = jax.lax.dynamic_update_slice_in_dim(cache.k[i], jnp.where(keep_fresh, k, old_k), window_start, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache.v[i], jnp.where(keep_fresh, v, old_v), window_start, 1)
+        new_k.append(k)
+        new_v.append(v)
+        if i in probs_layers:
+            attn, probs = _attention_with_probs(q, k, v, mask)
+            probs_out.append(probs)
+        else:
+            attn = _attention(q, k, v, mask, attention_impl)
+        x = x + jnp.einsum("BTNH,NHD->BTD", attn, layer["o"])
+        h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps)
+        gated = jax.nn.silu(jnp.einsum("BTD,DF->BTF", h, layer["gate"])) * jnp.einsum("BTD,DF->BTF", h, layer["up"])
+        x = x + jnp.einsum("BTF,FD->BTD", gated, layer["down"])
+
+    hidden = x
+    if cfg.logits_shift:  # Dream: the prediction for position i comes from the output at i - 1.
+        x = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+    if logits_slice is not None:
+        start, length = logits_slice
+        x = jax.lax.dynamic_slice_in_dim(x, start, length, axis=1)
+    logits = lm_head(params, x)
+
+    new_cache = None
+    if cache is not None or return_cache:
+        new_cache = KVCache(k=tuple(new_k), v=tuple(new_v))
+    return ForwardOutput(logits=logits, cache=new_cache, hidden=hidden if return_hidden else None,
+                         attn_probs=tuple(probs_out))
+
+
+def lm_head(params: Params, hidden: jax.Array) -> jax.Array:
+    """Final norm and output projection: hidden [..., D] -> logits [..., V] (no shift)."""
+    cfg = params.config
+    w = params.weights
+    head = w["embed"].T if cfg.tie_embeddings else w["lm_head"]
+    return rms_norm(hidden, w["final_norm"], cfg.norm_eps) @ head
