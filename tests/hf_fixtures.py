@@ -30,7 +30,8 @@ def write_tokenizer(directory: Path, vocab_size: int = VOCAB) -> None:
     for i in (0, EOS_ID, MASK_ID):
         vocab.pop(f"w{i}")
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<unk>", "<eos>", "<mask>"])
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"eos_token": "<eos>", "chat_template": CHAT_TEMPLATE}))
