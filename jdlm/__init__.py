@@ -1,7 +1,9 @@
 """jdlm: fast, exact decoding for masked-diffusion language models in JAX."""
 
+from jdlm import decoding as strategies
 from jdlm.checkpoint import CheckpointError, load, load_params, save
 from jdlm.config import ConfigError, ModelConfig, dream_7b, llada_8b, tiny
+from jdlm.decoding import (DecodeResult, InputError, Schedule, Strategy, StrategyError, decode, pad_prompts)
 from jdlm.model import ForwardOutput, KVCache, Params, forward, init_params
 from jdlm.tokenizer import Tokenizer, TokenizerError
 
@@ -13,6 +15,8 @@ __all__ = [
     "Tokenizer",
     # the forward pass
     "forward", "ForwardOutput", "KVCache",
+    # decoding (rules, caches and presets live in jdlm.strategies)
+    "decode", "DecodeResult", "Strategy", "Schedule", "pad_prompts", "strategies",
     # errors
-    "CheckpointError", "ConfigError", "TokenizerError",
+    "CheckpointError", "ConfigError", "TokenizerError", "InputError", "StrategyError",
 ]

@@ -1,0 +1,17 @@
+"""Entropy: Dream alg="entropy" (confidence = negative entropy of the distribution)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jdlm.decoding.dream_rules import DreamRule
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Entropy(DreamRule):
+    """Reveals the positions whose distribution is most peaked: confidence = sum p * log(p + 1e-10)."""
+
+    def confidence_from(self, probs, tokens):
+        return jnp.sum(probs * jnp.log(probs + 1e-10), axis=-1)

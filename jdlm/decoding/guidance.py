@@ -1,0 +1,35 @@
+"""Classifier-free guidance (LLaDA `generate`'s cfg_scale)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jdlm.decoding.schedule import StrategyError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Guidance:
+    """Runs every step twice in one batch, with and without the prompt, and sharpens towards the prompt:
+    `logits = uncond + (cfg_scale + 1) * (cond - uncond)`. The unconditional copy has every prompt position
+    (padding included) replaced by the mask token. One forward pass (NFE) per step, at twice the batch.
+    """
+
+    cfg_scale: float = 1.0
+
+    def __post_init__(self):
+        if not self.cfg_scale > 0:
+            raise StrategyError(f"cfg_scale must be > 0 (leave guidance=None for no guidance), got {self.cfg_scale}")
+
+    @staticmethod
+    def double(tokens: jax.Array, prompt_len: int, mask_id: int) -> jax.Array:
+        """[B, L] -> [2B, L]: the conditional rows, then the same rows with the prompt masked."""
+        uncond = tokens.at[:, :prompt_len].set(mask_id)
+        return jnp.concatenate([tokens, uncond], axis=0)
+
+    def combine(self, logits: jax.Array) -> jax.Array:
+        """[2B, W, V] -> [B, W, V]."""
+        cond, uncond = jnp.split(logits, 2, axis=0)
+        return uncond + (self.cfg_scale + 1) * (cond - uncond)

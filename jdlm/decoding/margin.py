@@ -1,0 +1,18 @@
+"""Margin: Dream alg="topk_margin" (confidence = top-1 minus top-2 probability)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from jdlm.decoding.dream_rules import DreamRule
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Margin(DreamRule):
+    """Reveals the positions where the best token leads the runner-up by the widest margin."""
+
+    def confidence_from(self, probs, tokens):
+        top2 = jax.lax.top_k(probs, 2)[0]
+        return top2[..., 0] - top2[..., 1]

@@ -1,0 +1,58 @@
+"""Turning logits into proposed tokens: LLaDA's Gumbel-max and Dream's filtered sampling."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def gumbel_argmax(logits: jax.Array, temperature: float, key: jax.Array) -> jax.Array:
+    """LLaDA `add_gumbel_noise` + argmax: `argmax(logits + T * g)`, g standard Gumbel; plain argmax at T = 0.
+
+    logits [B, W, V] float32 -> tokens [B, W] int32. (`exp(l) / (-log u)^T` in the reference is this same argmax.)
+    """
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    g = jax.random.gumbel(key, logits.shape, jnp.float32)
+    return jnp.argmax(logits + temperature * g, axis=-1).astype(jnp.int32)
+
+
+def token_probability(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Softmax probability of `tokens` [B, W] under `logits` [B, W, V] (float32)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.exp(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
+
+
+def filter_top_p(logits: jax.Array, top_p: float) -> jax.Array:
+    """Dream's nucleus filter: keep a token iff the probability mass ranked before it is <= top_p."""
+    order = jnp.argsort(-logits, axis=-1, stable=True)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    remove_sorted = cum > top_p
+    remove_sorted = jnp.concatenate([jnp.zeros_like(remove_sorted[..., :1]), remove_sorted[..., :-1]], axis=-1)
+    remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)  # back to vocab order
+    return jnp.where(remove, jnp.finfo(logits.dtype).min, logits)
+
+
+def filter_top_k(logits: jax.Array, top_k: int) -> jax.Array:
+    """Dream's top-k filter: keep every token at least as large as the k-th largest (ties kept)."""
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    return jnp.where(logits < kth, jnp.finfo(logits.dtype).min, logits)
+
+
+def dream_distribution(logits: jax.Array, temperature: float, top_p: float | None, top_k: int | None) -> jax.Array:
+    """Dream `sample_tokens` before sampling: temperature, top-p, top-k, softmax -> probs [B, W, V]."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = filter_top_p(logits, top_p)
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def dream_propose(probs: jax.Array, temperature: float, key: jax.Array) -> jax.Array:
+    """Greedy argmax at T = 0, else a sample from `probs`: tokens [B, W] int32."""
+    if temperature == 0:
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)

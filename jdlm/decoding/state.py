@@ -1,0 +1,58 @@
+"""The decode loop's state and result: pytree dataclasses with static shapes."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+
+from jdlm.model import KVCache
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Carried through `lax.while_loop`. B batch, L = P + G sequence length, G generation length.
+
+    tokens:     [B, L] int32  prompt, then the generation (mask id where not yet revealed).
+    block:      [] int32      index of the block being decoded.
+    block_step: [] int32      steps taken in the current block.
+    forwards:   [] int32      forward passes run for the batch so far.
+    nfe:        [B] int32     forward passes each row took part in (what decoding it alone would cost).
+    done:       [B] bool      row finished early (Schedule.stop_at_eos).
+    refresh:    [] bool       the next forward rebuilds the KV cache (first step of a block).
+    key:        PRNG key, split at the start of every step.
+    kv:         KVCache [B', L, K, H] per layer (B' = 2B with guidance), or None without a cache.
+    revealed_at:   [B, G] int32    forward-pass index at which each generated position was revealed (-1: never).
+    revealed_conf: [B, G] float32  the rule's confidence for it at that step.
+    """
+
+    tokens: jax.Array
+    block: jax.Array
+    block_step: jax.Array
+    forwards: jax.Array
+    nfe: jax.Array
+    done: jax.Array
+    refresh: jax.Array
+    key: jax.Array
+    kv: KVCache | None
+    revealed_at: jax.Array
+    revealed_conf: jax.Array
+
+
+@flax.struct.dataclass
+class Trace:
+    """Order of unmasking. step: [B, G] int32 forward-pass index that revealed each position (-1: never);
+    confidence: [B, G] float32 the rule's confidence when it was revealed (0 for EOS fill)."""
+
+    step: jax.Array
+    confidence: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeResult:
+    """tokens: [B, G] generated ids; nfe: [B] forward passes per row; steps: [] forward passes run for the batch;
+    trace: the unmasking order."""
+
+    tokens: jax.Array
+    nfe: jax.Array
+    steps: jax.Array
+    trace: Trace
