@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jdlm.decoding.schedule import StrategyError
 from jdlm.model import KVCache, Params, forward
 
 
@@ -64,6 +65,8 @@ def empty_cache(params: Params, batch: int, length: int) -> KVCache:
 class NoCache:
     """Every step runs the model over the whole sequence (exact; the reference behaviour)."""
 
+    refresh_every = None
+
     def init(self, params: Params, batch: int, length: int) -> None:
         return None
 
@@ -73,13 +76,25 @@ class NoCache:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PrefixCache:
-    """Fast-dLLM prefix cache: keys/values left of the block are computed at the block's first step and reused;
-    later steps recompute the block and everything after it. Approximate: the prefix is not refreshed within a
-    block."""
+class _Refreshing:
+    """refresh_every: also rebuild the cache every this many steps inside a block (None: only at block starts).
+    1 rebuilds it at every step, which makes the cached decode exact (and as slow as no cache)."""
+
+    refresh_every: int | None = None
+
+    def __post_init__(self):
+        if self.refresh_every is not None and self.refresh_every <= 0:
+            raise StrategyError(f"refresh_every must be positive or None, got {self.refresh_every}")
 
     def init(self, params: Params, batch: int, length: int) -> KVCache:
         return empty_cache(params, batch, length)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrefixCache(_Refreshing):
+    """Fast-dLLM prefix cache: keys/values left of the block are computed at the block's first step and reused;
+    later steps recompute the block and everything after it. Approximate: the prefix is not refreshed within a
+    block."""
 
     def block_logits(self, seq: SequenceInputs, tokens, kv, refresh, block_start):
         shift = int(seq.params.config.logits_shift)
@@ -90,12 +105,9 @@ class PrefixCache:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DualCache:
+class DualCache(_Refreshing):
     """Fast-dLLM dual cache: keys/values of every position are computed at the block's first step; later steps
     recompute only the block against the cached prefix and the stale suffix. Approximate."""
-
-    def init(self, params: Params, batch: int, length: int) -> KVCache:
-        return empty_cache(params, batch, length)
 
     def block_logits(self, seq: SequenceInputs, tokens, kv, refresh, block_start):
         shift = int(seq.params.config.logits_shift)

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jdlm.decoding.proposals import dream_distribution, dream_propose
+from jdlm.decoding.proposals import dream_distribution, dream_propose, per_row
 from jdlm.decoding.rule import Rule, top_count
 from jdlm.decoding.schedule import StrategyError
 
@@ -47,5 +47,5 @@ class DreamRule(Rule):
     def select(self, confidence, candidates, count, key):
         if self.alg_temp == 0:
             return top_count(confidence, candidates, count)
-        noisy = confidence / self.alg_temp + jax.random.gumbel(key, confidence.shape)
+        noisy = confidence / self.alg_temp + per_row(jax.random.gumbel, key, confidence.shape[1:])
         return top_count(jnp.where(candidates, noisy, -jnp.inf), candidates, count)

@@ -41,7 +41,9 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
       params: model weights (`jdlm.load` / `init_params`).
       prompt: [B, P] integer token ids, left-padded (see `pad_prompts`); a 1-D prompt is treated as B = 1.
       strategy: a `Strategy`.
-      key: PRNG key for sampled proposals and random orders; default `jax.random.key(0)`.
+      key: PRNG key for sampled proposals and random orders (default `jax.random.key(0)`): one key, from which
+        row b takes `jax.random.fold_in(key, b)`, or one key per row ([B]). Row b of a batch decodes exactly as
+        its prompt alone with that row's key.
       prompt_mask: [B, P] bool, True at real tokens, or None when nothing is padded.
 
     Returns:
@@ -52,10 +54,20 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
     if not jnp.issubdtype(params.dtype, jnp.floating):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
-    if key is None:
-        key = jax.random.key(0)
+    keys = row_keys(jax.random.key(0) if key is None else key, prompt.shape[0])
     return _decode(params, jnp.asarray(prompt, jnp.int32), None if prompt_mask is None else jnp.asarray(prompt_mask),
-                   key, strategy)
+                   keys, strategy)
+
+
+def row_keys(key: jax.Array, batch: int) -> jax.Array:
+    """One typed PRNG key per row: [B]. Accepts typed or raw (uint32) keys, single or per row."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch))
+    if key.shape != (batch,):
+        raise ValueError(f"key must be one PRNG key or one per row ({batch}), got shape {key.shape}")
+    return key
 
 
 @functools.partial(jax.jit, static_argnames="strategy")
@@ -96,10 +108,12 @@ def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, ke
         logits = logits.astype(jnp.float32)
         if strategy.guidance:
             logits = strategy.guidance.combine(logits)
-        return logits, kv
+        # Never propose the mask token itself (trained models never do; random ones can, and would stall).
+        return logits.at[..., cfg.mask_id].set(-jnp.inf), kv
 
     def step(state: DecodeState) -> DecodeState:
-        key, k_propose, k_select = jax.random.split(state.key, 3)
+        split = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)  # [B, 3]
+        key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
         block_start = P + state.block * W
         logits, kv = block_logits(state, block_start)  # [B, W, V]
         block = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
@@ -126,9 +140,11 @@ def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, ke
         block_over = taken >= steps_in_block
         if not sched.keep_idle_steps:
             block_over |= ~any_left
+        every = strategy.cache.refresh_every
+        periodic = (taken % every == 0) if every else False
         return DecodeState(
             tokens=tokens, block=state.block + block_over, block_step=jnp.where(block_over, 0, taken),
-            forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over, key=key, kv=kv,
+            forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key, kv=kv,
             revealed_at=revealed_at, revealed_conf=revealed_conf)
 
     def not_finished(state: DecodeState):

@@ -6,14 +6,21 @@ import jax
 import jax.numpy as jnp
 
 
-def gumbel_argmax(logits: jax.Array, temperature: float, key: jax.Array) -> jax.Array:
+def per_row(sample, keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Random numbers [B, *shape], row b drawn from `keys[b]` alone, so a row's randomness does not depend on
+    which batch it is decoded in. `sample` is e.g. `jax.random.uniform`."""
+    return jax.vmap(lambda k: sample(k, shape))(keys)
+
+
+def gumbel_argmax(logits: jax.Array, temperature: float, keys: jax.Array) -> jax.Array:
     """LLaDA `add_gumbel_noise` + argmax: `argmax(logits + T * g)`, g standard Gumbel; plain argmax at T = 0.
 
-    logits [B, W, V] float32 -> tokens [B, W] int32. (`exp(l) / (-log u)^T` in the reference is this same argmax.)
+    logits [B, W, V] float32, keys [B] -> tokens [B, W] int32. (`exp(l) / (-log u)^T` in the reference is this
+    same argmax.)
     """
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    g = jax.random.gumbel(key, logits.shape, jnp.float32)
+    g = per_row(jax.random.gumbel, keys, logits.shape[1:])
     return jnp.argmax(logits + temperature * g, axis=-1).astype(jnp.int32)
 
 
@@ -51,8 +58,9 @@ def dream_distribution(logits: jax.Array, temperature: float, top_p: float | Non
     return jax.nn.softmax(logits, axis=-1)
 
 
-def dream_propose(probs: jax.Array, temperature: float, key: jax.Array) -> jax.Array:
-    """Greedy argmax at T = 0, else a sample from `probs`: tokens [B, W] int32."""
+def dream_propose(probs: jax.Array, temperature: float, keys: jax.Array) -> jax.Array:
+    """Greedy argmax at T = 0, else a sample from `probs` [B, W, V] (keys [B]): tokens [B, W] int32."""
     if temperature == 0:
         return jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, jnp.log(probs), axis=-1).astype(jnp.int32)
+    g = per_row(jax.random.gumbel, keys, probs.shape[1:])
+    return jnp.argmax(jnp.log(probs) + g, axis=-1).astype(jnp.int32)

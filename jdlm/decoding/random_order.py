@@ -6,7 +6,7 @@ import dataclasses
 
 import jax
 
-from jdlm.decoding.proposals import gumbel_argmax
+from jdlm.decoding.proposals import gumbel_argmax, per_row
 from jdlm.decoding.rule import Rule
 
 
@@ -14,15 +14,17 @@ from jdlm.decoding.rule import Rule
 class RandomOrder(Rule):
     """Each step reveals the schedule's count of masked positions chosen uniformly at random.
 
-    Confidence is `u ~ U(0, 1)` per block position, drawn from the step's key: `jax.random.uniform(
-    jax.random.fold_in(step_key, 1), (B, W))`, so a run is reproducible from `decode`'s key.
+    Confidence is `u ~ U(0, 1)` per block position: row b draws `jax.random.uniform(keys[b], (W,))` from its
+    step key, so a run is reproducible from `decode`'s key (see `decode` for how row keys are derived).
     """
 
-    def propose(self, logits, temperature, key):
-        tokens = gumbel_argmax(logits, temperature, jax.random.fold_in(key, 0))
-        return tokens, random_confidence(key, tokens.shape)
+    def propose(self, logits, temperature, keys):
+        gumbel_keys, uniform_keys = split_rows(keys)
+        tokens = gumbel_argmax(logits, temperature, gumbel_keys)
+        return tokens, per_row(jax.random.uniform, uniform_keys, tokens.shape[1:])
 
 
-def random_confidence(step_key, shape):
-    """The documented random stream of RandomOrder: uniforms [B, W] from the step key."""
-    return jax.random.uniform(jax.random.fold_in(step_key, 1), shape)
+def split_rows(keys):
+    """Two independent keys per row: keys [B] -> ([B], [B])."""
+    pairs = jax.vmap(jax.random.split)(keys)  # [B, 2]
+    return pairs[:, 0], pairs[:, 1]

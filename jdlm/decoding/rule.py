@@ -22,7 +22,10 @@ class Rule:
     counted: ClassVar[bool] = True  # reveals the schedule's count each step; False: decides how many itself
 
     def propose(self, logits: jax.Array, temperature: float, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Proposed token [B, W] int32 and confidence [B, W] float32 (higher = reveal sooner) per position."""
+        """Proposed token [B, W] int32 and confidence [B, W] float32 (higher = reveal sooner) per position.
+
+        `key` holds one PRNG key per row ([B]); draw each row's randomness from its own key (`per_row`).
+        """
         raise NotImplementedError
 
     def select(self, confidence: jax.Array, candidates: jax.Array, count: jax.Array, key: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ class DecodeState:
     nfe:        [B] int32     forward passes each row took part in (what decoding it alone would cost).
     done:       [B] bool      row finished early (Schedule.stop_at_eos).
     refresh:    [] bool       the next forward rebuilds the KV cache (first step of a block).
-    key:        PRNG key, split at the start of every step.
+    key:        [B] one PRNG key per row, split at the start of every step.
     kv:         KVCache [B', L, K, H] per layer (B' = 2B with guidance), or None without a cache.
     revealed_at:   [B, G] int32    forward-pass index at which each generated position was revealed (-1: never).
     revealed_conf: [B, G] float32  the rule's confidence for it at that step.

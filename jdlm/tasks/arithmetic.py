@@ -127,7 +127,7 @@ class Arithmetic(Task):
         problem = rng.choice([p for p in PROBLEMS if self.steps[0] <= len(p.steps) <= self.steps[1]])
         for _ in range(TRIES):  # redraw the numbers, not the template, so that templates stay equally likely
             values = problem.question.draw(rng)
-            if values.get("q", "") == values.get("p"):
+            if "q" in values and values["q"] == values["p"]:  # two people need two names
                 continue
             try:
                 solution, answer = problem.solve(values)

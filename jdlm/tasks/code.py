@@ -57,6 +57,13 @@ class Function:
     def source(self, values: dict[str, Any]) -> str:
         return f"def {values['f']}({values['a']}):\n    {self.body.format(**values)}"
 
+    @property
+    def max_source_chars(self) -> int:
+        # Fields vary in length independently (ranges are non-negative), so the longest words and the largest
+        # numbers together give the longest source.
+        words, ints = self.describe.words, self.describe.ints
+        return len(self.source({k: max(c, key=len) for k, c in words.items()} | {k: hi for k, (_, hi) in ints.items()}))
+
 
 def _function(kind: str, describe: str, body: str, cases=None, **fields: tuple) -> Function:
     """A Function over one argument of `kind`; a field given as (int, int) is a range, else a tuple of words."""
@@ -136,12 +143,7 @@ class Code(Task):
 
     @property
     def max_output_chars(self) -> int:
-        # Fields vary in length independently, so the longest word and the widest number give the longest source.
-        def longest(function: Function) -> int:
-            t = function.describe
-            values = {k: max(c, key=len) for k, c in t.words.items()} | {k: hi for k, (_, hi) in t.ints.items()}
-            return len(function.source(values))
-        return max(longest(FUNCTIONS[f]) for f in self.functions)
+        return max(FUNCTIONS[f].max_source_chars for f in self.functions)
 
     def sample(self, rng: random.Random) -> Example:
         function = FUNCTIONS[rng.choice(self.functions)]

@@ -1,0 +1,465 @@
+"""Straightforward PyTorch versions of the reference diffusion samplers (test reference for jdlm.decode).
+
+Each function mirrors one public upstream function step for step (see its docstring), rewritten plainly:
+  - `llada_generate`      ML-GSAI/LLaDA `generate.py::generate`                      (REFERENCE.md §2.1)
+  - `dream_sample`        Dream-org/Dream-v0-* `generation_utils.py::DreamGenerationMixin._sample`   (§2.3)
+  - `fastdllm_generate`   NVlabs/Fast-dLLM `llada/generate.py::generate`, `generate_with_prefix_cache`,
+                          `generate_with_dual_cache`, and `dream/model/generation_utils_block.py::_sample`  (§2.2)
+`model` is a `tests.reference.torch_dlm.RefModel` (or anything with the same forwards). Every model call counts
+as one NFE (a classifier-free-guidance call on the doubled batch counts once).
+
+Deliberate deviations shared by all samplers:
+  - Top-k is a stable sort by (-confidence, position): equal confidences commit the lowest position first.
+    (`torch.topk` leaves the order of ties unspecified.)
+  - A prompt that contains the mask id is rejected (the references would silently decode it).
+  - Randomness is injectable (`rand_fn`, `gumbel_fn`) so tests can feed the same numbers to jdlm; when absent the
+    global torch RNG is used as upstream does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tests.reference.torch_dlm import padded_position_ids
+
+NEG_INF = float("-inf")
+
+
+# --- small shared pieces -----------------------------------------------------------------------------------------
+
+def check_prompt(prompt: Tensor, mask_id: int) -> None:
+    if prompt.dim() != 2:
+        raise ValueError(f"prompt must be [B, P], got shape {tuple(prompt.shape)}")
+    if bool((prompt == mask_id).any()):
+        raise ValueError(f"prompt contains the mask id {mask_id}; the samplers would decode it as a blank")
+
+
+def topk_stable(conf: Tensor, k: int) -> Tensor:
+    """Indices of the k largest entries of a 1-D tensor, ties broken by the lowest index."""
+    k = int(k)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.sort(conf, descending=True, stable=True).indices[:k]
+
+
+def count_schedule(num_masked: int, steps: int) -> list[int]:
+    """LLaDA `get_num_transfer_tokens`: m // s per step, plus one for each of the first m % s steps."""
+    base, extra = divmod(int(num_masked), steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def threshold_select(conf: Tensor, masked: Tensor, threshold: float) -> Tensor:
+    """Fast-dLLM threshold rule for one row: the most confident masked position, plus every other masked
+    position with conf >= threshold. conf: [N] (-inf where not masked), masked: [N] bool -> [N] bool.
+
+    The comparison is `conf < threshold` with a Python float, so it runs in conf's dtype (float64 for Fast-dLLM
+    LLaDA, float32 for Fast-dLLM Dream, where the threshold is thus rounded to float32 first)."""
+    n = int(masked.sum())
+    chosen = torch.zeros_like(masked)
+    order = topk_stable(conf, n)  # the n masked positions, most confident first
+    for rank, pos in enumerate(order.tolist()):
+        if rank == 0 or not bool(conf[pos] < threshold):
+            chosen[pos] = True
+    return chosen
+
+
+def factor_select(conf: Tensor, masked: Tensor, factor: float) -> Tensor:
+    """Fast-dLLM `get_transfer_index_dynamic` for one row (float64 thresholds).
+
+    With the N masked confidences sorted descending c(1) >= c(2) >= ..., rank n (1-based) passes when
+    c(n) >= 1 - factor / (n + 1); rank 1 always passes. Walk from rank 1, stop at the first failing rank and
+    commit the ranks before it. Upstream quirk kept: if the walk reaches the last rank (it fails, or every rank
+    passes) all N are committed. Upstream crashes when N == 0; here nothing is committed.
+    """
+    n = int(masked.sum())
+    chosen = torch.zeros_like(masked)
+    if n == 0:
+        return chosen
+    thresholds = [-1.0] + [1.0 - factor / (r + 1) for r in range(2, n + 1)]  # index r-1 holds rank r
+    sorted_conf = torch.sort(conf[masked].double(), descending=True).values
+    stop = 0
+    for stop in range(n):  # as upstream: `stop` ends at the first failing index, or n - 1 if none fails
+        if bool(sorted_conf[stop] < thresholds[stop]):
+            break
+    count = stop + 1 if stop in (0, n - 1) else stop
+    chosen[topk_stable(conf, count)] = True
+    return chosen
+
+
+def shift_logits(logits: Tensor) -> Tensor:
+    """Dream: the prediction for position i is the output at i - 1 (position 0 keeps its own output)."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def block_is_full(x: Tensor, start: int, end: int, mask_id: int) -> bool:
+    return not bool((x[:, start:end] == mask_id).any())
+
+
+# --- ML-GSAI LLaDA generate ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_length: int,
+                   temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
+                   mask_id: int, attention_mask: Optional[Tensor] = None,
+                   rand_fn: Optional[Callable[[int, int, int, int], Tensor]] = None,
+                   gumbel_fn: Optional[Callable[[int, tuple], Tensor]] = None,
+                   logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
+                   eos_id: Optional[int] = None, eot_id: Optional[int] = None,
+                   pad_position_ids: bool = False) -> tuple[Tensor, int]:
+    """LLaDA semi-autoregressive sampling; mirrors ML-GSAI/LLaDA `generate.py::generate` (commit b7e6c35).
+
+    Args:
+      prompt: [B, P] token ids (left-padded when attention_mask is given).
+      steps: total steps, divisible by the number of blocks gen_length / block_length.
+      remasking: "low_confidence" (softmax prob of the proposal, in the logits' dtype) or "random".
+      attention_mask: optional [B, P], 1 at real prompt tokens; generated positions count as real.
+      rand_fn(step, block_start, block_length, B) -> [B, block_length] uniforms for remasking="random"
+        (step counts from 0 across blocks); default torch.rand.
+      gumbel_fn(step, shape) -> float64 uniforms of `shape` ([B, L, V]) for temperature > 0; default torch.rand.
+      eos_id, eot_id: the ids that upstream hard-codes (126081, 126348) for the two EOS options.
+      pad_position_ids: with an attention mask, use rotary positions counted from each row's first real token
+        (HKUNLP rule) instead of the absolute positions that ML-GSAI's LLaDA model uses. RoPE scores depend only
+        on position differences, so the two agree up to float rounding.
+    Returns:
+      (x [B, P + gen_length], nfe == steps).
+
+    Deviations: ties commit the lowest position first; prompts containing mask_id are rejected; with
+    cfg_scale > 0 and no attention mask upstream raises NameError (`attention_mask_` is unbound), here it runs.
+    """
+    check_prompt(prompt, mask_id)
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
+    if (logits_eos_inf or confidence_eos_eot_inf) and eos_id is None:
+        raise ValueError("logits_eos_inf / confidence_eos_eot_inf need eos_id")
+    if confidence_eos_eot_inf and eot_id is None:
+        raise ValueError("confidence_eos_eot_inf needs eot_id")
+    B, P = prompt.shape
+    L = P + gen_length
+    x = torch.full((B, L), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    am = positions = None
+    if attention_mask is not None:
+        am = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
+        if pad_position_ids:
+            positions = padded_position_ids(am)
+    prompt_index = x != mask_id  # every non-mask position at the start, pads included (used by CFG)
+
+    if gen_length % block_length:
+        raise ValueError("gen_length must be divisible by block_length")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError("steps must be divisible by the number of blocks")
+    s = steps // num_blocks
+
+    nfe = 0
+    for b in range(num_blocks):
+        start = P + b * block_length
+        end = start + block_length
+        counts = [count_schedule(int(n), s) for n in (x[:, start:end] == mask_id).sum(1)]
+        for i in range(s):
+            mask_index = x == mask_id
+            if cfg_scale > 0:
+                # Unconditional branch: every original prompt position (pads too) becomes a mask.
+                un_x = x.clone()
+                un_x[prompt_index] = mask_id
+                both = model(torch.cat([x, un_x]),
+                             attention_mask=None if am is None else torch.cat([am, am]),
+                             position_ids=None if positions is None else torch.cat([positions, positions]))
+                cond, un = both.chunk(2, dim=0)
+                logits = un + (cfg_scale + 1) * (cond - un)
+            else:
+                logits = model(x, attention_mask=am, position_ids=positions)
+            nfe += 1
+
+            if logits_eos_inf:
+                logits[:, :, eos_id] = NEG_INF
+            if temperature > 0:
+                # Gumbel-max in float64: argmax exp(logits) / (-log u)^T.
+                shape = tuple(logits.shape)
+                u = gumbel_fn(b * s + i, shape) if gumbel_fn is not None else torch.rand(shape, dtype=torch.float64)
+                x0 = torch.argmax(logits.double().exp() / (-torch.log(u.double())) ** temperature, dim=-1)
+            else:
+                x0 = torch.argmax(logits, dim=-1)
+            if confidence_eos_eot_inf:
+                # Upstream: `logits_with_noise[:, :, EOS] = logits[:, :, EOT] = -inf`, after the argmax. At T = 0
+                # logits_with_noise *is* logits, so both columns of the softmax input go; at T > 0 only EOT.
+                logits[:, :, eot_id] = NEG_INF
+                if temperature == 0:
+                    logits[:, :, eos_id] = NEG_INF
+
+            if remasking == "low_confidence":
+                p = F.softmax(logits, dim=-1)
+                x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+            else:
+                # Only the current block's uniforms matter: earlier positions are never masked, later are -inf.
+                x0_p = torch.full((B, L), NEG_INF)
+                r = rand_fn(b * s + i, start, block_length, B) if rand_fn is not None else torch.rand(B, block_length)
+                x0_p[:, start:end] = r.to(x0_p.dtype)
+            x0_p[:, end:] = NEG_INF
+
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, NEG_INF))
+            for j in range(B):
+                idx = topk_stable(confidence[j], counts[j][i])
+                x[j, idx] = x0[j, idx]
+    return x, nfe
+
+
+# --- HKUNLP Dream diffusion_generate ------------------------------------------------------------------------------
+
+def dream_sample_tokens(logits: Tensor, temperature: float = 0.0, top_p: Optional[float] = None,
+                        top_k: Optional[int] = None, margin_confidence: bool = False,
+                        neg_entropy: bool = False) -> tuple[Tensor, Tensor]:
+    """Dream `sample_tokens` on [N, V] logits -> (confidence [N], x0 [N])."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        # Keep a token iff the probability mass strictly before it (in descending order) is <= top_p.
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+        remove_sorted = cum > top_p
+        remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()
+        remove_sorted[..., 0] = False
+        remove = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+    if top_k is not None:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)  # ties with the k-th stay
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        try:
+            x0 = torch.distributions.Categorical(probs=probs).sample()
+            confidence = torch.gather(probs, -1, x0[:, None])[:, 0]
+        except Exception:  # upstream falls back to greedy when sampling fails
+            confidence, x0 = probs.max(dim=-1)
+    else:
+        # Note: the argmax of the *probabilities* (first index of the max), not of the logits.
+        confidence, x0 = probs.max(dim=-1)
+    if margin_confidence:
+        top2 = torch.sort(probs, dim=-1, descending=True).values
+        confidence = top2[:, 0] - top2[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+@torch.no_grad()
+def dream_sample(model, prompt: Tensor, *, steps: int, max_new_tokens: int, eps: float = 1e-3,
+                 alg: str = "maskgit_plus", alg_temp: Optional[float] = 0.0, temperature: float = 0.0,
+                 top_p: Optional[float] = None, top_k: Optional[int] = None, mask_id: int,
+                 attention_mask: Optional[Tensor] = None,
+                 rand_fn: Optional[Callable[[int, int], Tensor]] = None) -> tuple[Tensor, int]:
+    """Dream `diffusion_generate`; mirrors Dream-org/Dream-v0-*-7B `generation_utils.py::_sample` (HKUNLP).
+
+    One block over the whole generation, exactly `steps` forwards, shifted logits.
+      - timesteps = torch.linspace(1, eps, steps + 1) (float32, torch's two-sided formula); t = ts[i], s = ts[i+1].
+      - "origin": each masked position is revealed with probability 1 - s/t (1 at the last step) with a token
+        from `dream_sample_tokens`; rand_fn(step, n) -> [n] uniforms for the reveal coin flips.
+      - "maskgit_plus" / "topk_margin" / "entropy": n = int(num_masked * (1 - s/t)) in float32 tensor arithmetic
+        (num_masked = mask count / B, i.e. the per-row count), n = int(num_masked) at the last step; commit the
+        top-n confidences (alg_temp 0/None) or n positions drawn without replacement from
+        softmax(confidence / alg_temp).
+      - With a padded attention mask (any 0): positions cumsum - 1 with pads at 1, attention only between real
+        tokens (the RefModel lets a pad query attend to itself, which changes no real row).
+    Returns (x [B, P + max_new_tokens], nfe == steps).
+    Deviations: ties commit the lowest position first; prompts containing mask_id are rejected.
+    """
+    check_prompt(prompt, mask_id)
+    if alg not in ("origin", "maskgit_plus", "topk_margin", "entropy"):
+        raise ValueError(f"unknown alg {alg!r}")
+    B, P = prompt.shape
+    L = P + max_new_tokens
+    x = torch.full((B, L), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    am = positions = None
+    if attention_mask is not None and bool((attention_mask == 0).any()):
+        am = torch.cat([attention_mask.bool(), torch.ones(B, max_new_tokens, dtype=torch.bool)], dim=1)
+        positions = padded_position_ids(am)
+
+    timesteps = torch.linspace(1, eps, steps + 1)
+    nfe = 0
+    for i in range(steps):
+        mask_index = x == mask_id
+        logits = shift_logits(model(x, attention_mask=am, position_ids=positions))
+        nfe += 1
+        mask_logits = logits[mask_index]  # [N, V], row-major over (batch, position)
+        t, s = timesteps[i], timesteps[i + 1]
+
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            x0 = torch.full((mask_logits.shape[0],), mask_id, dtype=torch.long)
+            u = rand_fn(i, x0.shape[0]) if rand_fn is not None else torch.rand(x0.shape[0])
+            reveal = u < p_transfer
+            _, x0[reveal] = dream_sample_tokens(mask_logits[reveal], temperature, top_p, top_k)
+            x[mask_index] = x0
+            continue
+
+        confidence, x0 = dream_sample_tokens(mask_logits, temperature, top_p, top_k,
+                                             margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy")
+        num_mask_token = mask_index.sum() / mask_index.shape[0]  # float32 tensor
+        n = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+        full_conf = torch.full((B, L), NEG_INF, dtype=logits.dtype)
+        full_conf[mask_index] = confidence
+        if n > 0:
+            proposal = torch.full_like(x, mask_id)
+            proposal[mask_index] = x0
+            for j in range(B):
+                if alg_temp is None or alg_temp == 0:
+                    idx = topk_stable(full_conf[j], n)
+                else:
+                    idx = torch.multinomial(F.softmax(full_conf[j] / alg_temp, dim=-1), num_samples=n)
+                x[j, idx] = proposal[j, idx]
+    return x, nfe
+
+
+# --- Fast-dLLM ----------------------------------------------------------------------------------------------------
+
+def _llada_commit(logits: Tensor, window: Tensor, in_block: Tensor, mask_id: int, rule: str,
+                  counts: Optional[list[int]], threshold: Optional[float], factor: Optional[float]) -> None:
+    """Fast-dLLM `get_transfer_index` / `get_transfer_index_dynamic` (greedy, low_confidence), in place.
+
+    logits: [B, W, V] raw logits of the window; window: [B, W] view into x (written in place);
+    in_block: [B, W] bool, True at window positions inside the current block.
+    """
+    masked = (window == mask_id) & in_block
+    x0 = torch.argmax(logits, dim=-1)
+    p = F.softmax(logits.to(torch.float64), dim=-1)  # Fast-dLLM LLaDA: float64 confidence
+    conf = torch.where(masked, torch.gather(p, -1, x0[..., None])[..., 0], torch.tensor(NEG_INF, dtype=p.dtype))
+    for j in range(window.shape[0]):
+        if rule == "counts":
+            chosen = torch.zeros_like(masked[j])
+            chosen[topk_stable(conf[j], counts[j])] = True
+        elif rule == "threshold":
+            chosen = threshold_select(conf[j], masked[j], threshold)
+        else:
+            chosen = factor_select(conf[j], masked[j], factor)
+        window[j][chosen] = x0[j][chosen]
+
+
+def _dream_commit(raw_logits: Tensor, window: Tensor, in_block: Tensor, mask_id: int, threshold: float) -> None:
+    """Fast-dLLM Dream block sampler commit (alg="confidence_threshold", greedy), in place.
+
+    Logits are shifted inside the window; confidence is the max softmax prob in the logits' dtype; threshold rule
+    over the block's masked positions (at least the single best)."""
+    masked = (window == mask_id) & in_block
+    probs = torch.softmax(shift_logits(raw_logits), dim=-1)
+    conf, x0 = probs.max(dim=-1)
+    conf = torch.where(masked, conf, torch.tensor(NEG_INF, dtype=conf.dtype))
+    for j in range(window.shape[0]):
+        chosen = threshold_select(conf[j], masked[j], threshold)
+        window[j][chosen] = x0[j][chosen]
+
+
+@torch.no_grad()
+def fastdllm_generate(model, prompt: Tensor, *, gen_length: int, block_length: int, steps: Optional[int] = None,
+                      threshold: Optional[float] = None, factor: Optional[float] = None,
+                      cache: Optional[str] = None, mask_id: int, family: str = "llada",
+                      skip_wasted_forward: bool = True) -> tuple[Tensor, int]:
+    """Fast-dLLM parallel decoding (greedy), with no cache, a prefix cache or a dual cache.
+
+    family "llada" mirrors NVlabs/Fast-dLLM `llada/generate.py`: `generate` (cache=None),
+    `generate_with_prefix_cache` ("prefix"), `generate_with_dual_cache` ("dual"), with `get_transfer_index`
+    (counts when threshold and factor are None, else the threshold rule) and `get_transfer_index_dynamic`
+    (factor). Confidence is the float64 softmax probability of the argmax.
+      - cache=None: each block loops until it has no mask: min(s, m) forwards per block with counts.
+      - "prefix"/"dual": one full forward at block start (one NFE) whose logits give the block's first commit
+        (step-0 count), then cached forwards (x[start:] over the prefix keys/values [0, start), or only the block
+        over the full cache with its keys/values replaced) until the block has no mask.
+    family "dream" mirrors `dream/model/generation_utils_block.py::DreamGenerationMixin._sample` with
+    alg="confidence_threshold" (`threshold` required; counts and factor are not part of that sampler): one full
+    forward per block commits the block's first position unconditionally (its prediction comes from the last
+    position before the block), then cached forwards with shifted window logits and the threshold rule on the
+    float32 max probability. cache=None here is NOT an upstream function: it is the same sampler with every cached
+    forward replaced by a full forward (the exact-cache limit), useful to compare caches against.
+
+    skip_wasted_forward: the upstream cached loop (LLaDA at Fast-dLLM commit 24cc59e, Dream at every version
+    seen) is do-while: it runs one more cached forward even when the block-start commit already filled the block
+    (it commits nothing). True (default, jdlm's behaviour) skips and does not count it; False runs and counts it.
+    (Newer Fast-dLLM LLaDA code, e.g. commit f6b35ec, checks before the forward, i.e. behaves like True.)
+    Upstream with counts and s = 1 then indexes a second count and crashes; here that forward commits nothing.
+
+    Returns (x [B, P + gen_length], nfe). Upstream is batch 1; B > 1 without padding works here (a block loops
+    until every row is full; a full row commits nothing; factor with no masked position commits nothing where
+    upstream crashes). Deviation: ties commit the lowest position first.
+    """
+    check_prompt(prompt, mask_id)
+    if family not in ("llada", "dream"):
+        raise ValueError(f"family must be 'llada' or 'dream', got {family!r}")
+    if cache not in (None, "prefix", "dual"):
+        raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+    if threshold is not None and factor is not None:
+        raise ValueError("give threshold or factor, not both")
+    rule = "threshold" if threshold is not None else "factor" if factor is not None else "counts"
+    if family == "dream" and rule != "threshold":
+        raise ValueError("the Fast-dLLM Dream block sampler is reproduced with the threshold rule only")
+    if gen_length % block_length:
+        raise ValueError("gen_length must be divisible by block_length")
+    num_blocks = gen_length // block_length
+    if rule == "counts" and steps is None:
+        raise ValueError("the count schedule needs steps")
+    if steps is not None and steps % num_blocks:
+        raise ValueError("steps must be divisible by the number of blocks")
+    s = steps // num_blocks if steps is not None else None
+
+    B, P = prompt.shape
+    L = P + gen_length
+    x = torch.full((B, L), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    positions = torch.arange(L).expand(B, L)
+    nfe = 0
+
+    for b in range(num_blocks):
+        start = P + b * block_length
+        end = start + block_length
+        counts = None
+        if rule == "counts":
+            counts = [count_schedule(int(n), s) for n in (x[:, start:end] == mask_id).sum(1)]
+
+        def counts_at(i):
+            # Step i of the schedule; past its end (only the wasted forward with s = 1) commit nothing.
+            return None if counts is None else [c[i] if i < len(c) else 0 for c in counts]
+
+        # Step 0: a full forward (with cache: also fills the cache).
+        if cache is None:
+            logits = model(x)
+        else:
+            logits, kv = model.forward_full_with_cache(x)
+        nfe += 1
+        full_block = (positions >= start) & (positions < end)
+        if family == "llada":
+            _llada_commit(logits, x, full_block, mask_id, rule, counts_at(0), threshold, factor)
+        else:
+            # Unconditional commit of the block's first position with the (shifted) greedy proposal.
+            x0 = torch.softmax(shift_logits(logits), dim=-1).max(dim=-1).indices
+            x[:, start] = x0[:, start]
+
+        i = 1
+        while True:
+            # Without a cache upstream's loop checks after each commit, so a full block never gets another
+            # forward; the cached loops are do-while (see skip_wasted_forward).
+            if (skip_wasted_forward or cache is None) and block_is_full(x, start, end, mask_id):
+                break
+            if cache is None:
+                w0, window = 0, x
+                logits = model(x)
+            elif cache == "prefix":
+                w0, window = start, x[:, start:]
+                logits = model.forward_window(window, kv, mode="prefix", start=start)
+            else:
+                w0, window = start, x[:, start:end]
+                logits = model.forward_window(window, kv, mode="dual", start=start)
+            nfe += 1
+            in_block = full_block[:, w0:w0 + window.shape[1]]
+            if family == "llada":
+                _llada_commit(logits, window, in_block, mask_id, rule, counts_at(i), threshold, factor)
+            else:
+                _dream_commit(logits, window, in_block, mask_id, threshold)
+            if block_is_full(x, start, end, mask_id):
+                break
+            i += 1
+    return x, nfe

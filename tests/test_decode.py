@@ -1,0 +1,193 @@
+"""The decode loop: compile once, batching equals single decoding, invariants, cache refresh, clear errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jdlm
+from jdlm import strategies as S
+from jdlm.decoding import loop
+
+MASK = 250
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def params(request):
+    family = request.param
+    cfg = jdlm.tiny(family=family, n_kv_heads=2 if family == "dream" else 4, qkv_bias=family == "dream",
+                    logits_shift=family == "dream")
+    return jdlm.init_params(cfg, jax.random.key(7), std=0.3)
+
+
+def _prompt(n, seed=0, length=None):
+    rng = np.random.default_rng(seed)
+    return rng.integers(2, 200, size=(n, length or 6)).astype(np.int32)
+
+
+STRATEGIES = {
+    "llada_low_confidence": S.llada(gen_length=16, steps=8, block_length=8),
+    "llada_random": S.llada(gen_length=16, steps=16, block_length=4, remasking="random"),
+    "dream_entropy": S.dream(max_new_tokens=16, steps=8, alg="entropy"),
+    "threshold_prefix": S.fast_dllm(gen_length=16, block_length=8, threshold=0.5, cache="prefix"),
+    "threshold_dual": S.fast_dllm(gen_length=16, block_length=8, threshold=0.5, cache="dual"),
+    "factor": S.fast_dllm(gen_length=16, block_length=8, factor=1.0),
+    "cfg": S.llada(gen_length=16, steps=16, block_length=8, cfg_scale=0.5),
+    "eos_stop": S.llada(gen_length=16, steps=16, block_length=4).replace(stop_at_eos=True),
+}
+
+
+def test_second_call_with_same_shapes_does_not_recompile(params):
+    strategy = STRATEGIES["threshold_dual"]
+    jdlm.decode(params, _prompt(2), strategy)
+    before = loop.trace_count(strategy)
+    jdlm.decode(params, _prompt(2, seed=1), strategy, key=jax.random.key(3))
+    assert loop.trace_count(strategy) == before
+    equal = dataclasses.replace(strategy)  # equal value, new object: same compilation
+    jdlm.decode(params, _prompt(2, seed=2), equal)
+    assert loop.trace_count(strategy) == before
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_batch_with_padding_equals_each_prompt_alone(params, name):
+    strategy = STRATEGIES[name]
+    prompts = [list(_prompt(1, seed=s, length=n)[0]) for s, n in [(1, 3), (2, 7), (3, 5)]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    keys = jax.random.split(jax.random.key(5), len(prompts))
+    batched = jdlm.decode(params, ids, strategy, prompt_mask=mask, key=keys)
+    for row, p in enumerate(prompts):
+        alone = jdlm.decode(params, np.asarray([p], np.int32), strategy, key=keys[row:row + 1])
+        np.testing.assert_array_equal(np.asarray(batched.tokens[row]), np.asarray(alone.tokens[0]))
+        assert int(batched.nfe[row]) == int(alone.nfe[0])
+    assert int(batched.steps) == int(batched.nfe.max())
+
+
+class _ForwardCounter:
+    """Counts forward passes that really run on the device (a host callback inside the compiled loop)."""
+
+    def __enter__(self):
+        self.calls = 0
+        self._patch = pytest.MonkeyPatch()
+        real = jdlm.cache.forward
+
+        def counted(*args, **kwargs):
+            jax.debug.callback(self._tick)
+            return real(*args, **kwargs)
+
+        self._patch.setattr(jdlm.cache, "forward", counted)
+        jax.clear_caches()
+        return self
+
+    def __exit__(self, *exc):
+        self._patch.undo()
+        jax.clear_caches()
+
+    def _tick(self):
+        self.calls += 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_invariants_under_random_strategies(params, data):
+    n_blocks = data.draw(st.sampled_from([1, 2, 4]), "n_blocks")
+    block = data.draw(st.sampled_from([2, 4, 8]), "block")
+    G = n_blocks * block
+    rule = data.draw(st.sampled_from([S.LowConfidence(), S.RandomOrder(), S.Margin(), S.Threshold(threshold=0.6),
+                                      S.Factor(factor=2.0), S.Entropy(top_p=0.9)]), "rule")
+    cache = data.draw(st.sampled_from([S.NoCache(), S.PrefixCache(), S.DualCache()]), "cache")
+    steps = n_blocks * data.draw(st.sampled_from([1, 2, block]), "steps_per_block")
+    temperature = data.draw(st.sampled_from([0.0, 0.7]), "temperature")
+    schedule = jdlm.Schedule(gen_length=G, block_length=block, steps=steps, temperature=temperature,
+                             keep_idle_steps=data.draw(st.booleans(), "keep_idle"))
+    strategy = jdlm.Strategy(schedule=schedule, rule=rule, cache=cache)
+    B = data.draw(st.integers(1, 3), "batch")
+    prompt = _prompt(B, seed=data.draw(st.integers(0, 100), "seed"))
+
+    with _ForwardCounter() as counter:
+        result = jdlm.decode(params, prompt, strategy, key=jax.random.key(1))
+    tokens = np.asarray(result.tokens)
+    assert tokens.shape == (B, G)
+    assert not (tokens == MASK).any(), "a mask token was left in the output"
+    assert counter.calls == int(result.steps), "steps must count the forward passes that ran"
+    assert (np.asarray(result.nfe) <= int(result.steps)).all()
+    trace = np.asarray(result.trace.step)
+    assert (trace >= 0).all() and (trace < int(result.steps)).all()
+    if rule.counted and schedule.keep_idle_steps:
+        assert (np.asarray(result.nfe) == steps).all()
+
+
+@pytest.mark.parametrize("cache", [S.PrefixCache(refresh_every=1), S.DualCache(refresh_every=1)], ids=["prefix",
+                                                                                                       "dual"])
+@pytest.mark.parametrize("rule", [S.LowConfidence(), S.Threshold(threshold=0.4)], ids=["counts", "threshold"])
+def test_cache_refreshed_every_step_equals_no_cache(params, cache, rule):
+    schedule = jdlm.Schedule(gen_length=16, block_length=4, steps=8)
+    exact = jdlm.decode(params, _prompt(2), jdlm.Strategy(schedule=schedule, rule=rule))
+    cached = jdlm.decode(params, _prompt(2), jdlm.Strategy(schedule=schedule, rule=rule, cache=cache))
+    np.testing.assert_array_equal(np.asarray(cached.tokens), np.asarray(exact.tokens))
+    np.testing.assert_array_equal(np.asarray(cached.nfe), np.asarray(exact.nfe))
+
+
+def test_prompt_is_never_changed_and_trace_orders_reveals(params):
+    strategy = S.llada(gen_length=8, steps=8, block_length=8)
+    result = jdlm.decode(params, _prompt(1), strategy)
+    # One token per step: the trace is a permutation of the steps.
+    assert sorted(np.asarray(result.trace.step[0]).tolist()) == list(range(8))
+    conf = np.asarray(result.trace.confidence[0])
+    assert ((conf > 0) & (conf <= 1)).all()
+
+
+def test_stop_at_eos_fills_after_the_end(params):
+    # A final norm of zero makes every logit 0, so the argmax is token 0: make that the EOS token.
+    cfg = dataclasses.replace(params.config, eos_id=0, pad_id=0)
+    eos_params = jdlm.Params(config=cfg, weights={**params.weights, "final_norm": 0 * params.weights["final_norm"]})
+    strategy = S.llada(gen_length=16, steps=16, block_length=4)
+    full = jdlm.decode(eos_params, _prompt(2), strategy)
+    stopped = jdlm.decode(eos_params, _prompt(2), strategy.replace(stop_at_eos=True))
+    assert (np.asarray(stopped.tokens) == 0).all() and (np.asarray(full.tokens) == 0).all()
+    assert (np.asarray(full.nfe) == 16).all()
+    assert (np.asarray(stopped.nfe) == 1).all()  # the first step reveals EOS at position 0; the rest is filled
+
+
+# ---------------------------------------------------------------- errors, each checked before tracing
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: jdlm.Schedule(gen_length=32, block_length=8, steps=6), "multiple of the number of blocks"),
+    (lambda: jdlm.Schedule(gen_length=16, block_length=32), "larger than gen_length"),
+    (lambda: jdlm.Schedule(gen_length=30, block_length=8, steps=30), "must divide gen_length"),
+    (lambda: jdlm.Schedule(temperature=-1.0), "temperature must be >= 0"),
+    (lambda: S.Threshold(threshold=1.5), r"threshold must be in \(0, 1\]"),
+    (lambda: S.Threshold(threshold=0.0), r"threshold must be in \(0, 1\]"),
+    (lambda: S.parse_rule("speculative:3"), "unknown strategy 'speculative'"),
+    (lambda: S.parse_cache("paged"), "unknown cache 'paged'"),
+    (lambda: S.parse_rule("threshold:high"), "needs a number"),
+    (lambda: jdlm.Strategy(rule="threshold"), "rule must be one of"),
+], ids=["steps_not_dividing", "block_too_long", "block_not_dividing", "negative_temperature", "threshold_high",
+        "threshold_zero", "unknown_rule", "unknown_cache", "bad_value", "rule_not_object"])
+def test_invalid_strategies_are_refused(make, match):
+    with pytest.raises(jdlm.StrategyError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("prompt, match", [
+    (np.zeros((1, 0), np.int32), "empty"),
+    (np.full((1, 500), 5, np.int32), "prompt too long"),
+    (np.array([[3.0, 4.0]]), "integer token ids"),
+    (np.array([[3, MASK, 4]]), "contains the mask token"),
+    (np.array([[3, 9999]]), "must lie in"),
+], ids=["empty", "too_long", "float", "mask_in_prompt", "out_of_vocab"])
+def test_bad_prompts_are_refused_before_tracing(params, prompt, match):
+    before = loop.trace_count()
+    with pytest.raises(jdlm.InputError, match=match):
+        jdlm.decode(params, prompt, S.llada(gen_length=16, steps=16, block_length=8))
+    assert loop.trace_count() == before
+
+
+def test_right_padding_is_refused(params):
+    mask = np.array([[True, True, False]])
+    with pytest.raises(jdlm.InputError, match="left-padded"):
+        jdlm.decode(params, np.array([[3, 4, 1]]), S.llada(gen_length=8, steps=8, block_length=8), prompt_mask=mask)
