@@ -1,0 +1,187 @@
+"""Token-exact parity of `jdlm.decode` with independent PyTorch versions of the reference samplers.
+
+The references live in tests/reference/samplers.py (ML-GSAI LLaDA `generate`, HKUNLP Dream `_sample`, NVlabs
+Fast-dLLM with prefix/dual caches), running on tests/reference/torch_dlm.py. Both sides load the same tiny random
+checkpoint (jdlm through its converter) in float32 and decode greedily; tokens and NFE must be identical.
+
+Both sides exclude the mask token from the proposals (jdlm does so by design; random weights could otherwise
+propose it), so the reference model's mask logit is set to -1e30 (exp underflows to exactly 0, as -inf would,
+and classifier-free guidance's `un + s * (cond - un)` stays finite).
+"""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import jdlm
+from convert import convert_checkpoint
+from jdlm import strategies as S
+from tests.hf_fixtures import write_tokenizer
+from tests.reference import samplers
+from tests.reference.make_fixtures import MASK_ID, load_ref_model, tiny_dream_checkpoint, tiny_llada_checkpoint
+
+
+class MaskExcluded(torch.nn.Module):
+    """The reference model with the mask token's logit at -1e30 in every output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _exclude(logits):
+        logits = logits.clone()
+        logits[..., MASK_ID] = -1e30
+        return logits
+
+    def forward(self, *args, **kwargs):
+        return self._exclude(self.model(*args, **kwargs))
+
+    def forward_full_with_cache(self, *args, **kwargs):
+        logits, kv = self.model.forward_full_with_cache(*args, **kwargs)
+        return self._exclude(logits), kv
+
+    def forward_window(self, *args, **kwargs):
+        return self._exclude(self.model.forward_window(*args, **kwargs))
+
+
+def _models(family, tmp_path_factory, seed):
+    root = tmp_path_factory.mktemp(f"{family}_parity")
+    hf = root / "hf"
+    (tiny_llada_checkpoint if family == "llada" else tiny_dream_checkpoint)(hf, seed=seed)
+    write_tokenizer(hf)
+    params = jdlm.load_params(convert_checkpoint(family, hf, root / "jdlm"))
+    return MaskExcluded(load_ref_model(hf)), params
+
+
+@pytest.fixture(scope="module")
+def llada(tmp_path_factory):
+    return _models("llada", tmp_path_factory, seed=11)
+
+
+@pytest.fixture(scope="module")
+def dream(tmp_path_factory):
+    return _models("dream", tmp_path_factory, seed=12)
+
+
+def _prompts(B=2, P=5, seed=0):
+    return np.random.default_rng(seed).integers(2, 240, size=(B, P)).astype(np.int64)
+
+
+def _check(ref_x, ref_nfe, result, P):
+    ref_gen = ref_x[:, P:].numpy()
+    ours = np.asarray(result.tokens)
+    np.testing.assert_array_equal(ours, ref_gen)
+    assert (np.asarray(result.nfe) == ref_nfe).all(), (np.asarray(result.nfe), ref_nfe)
+
+
+# ---------------------------------------------------------------- LLaDA generate
+
+LLADA_CASES = {
+    "one_token_per_step": dict(gen_length=16, steps=16, block_length=8),
+    "two_tokens_per_step": dict(gen_length=16, steps=8, block_length=4),
+    "uneven_counts": dict(gen_length=20, steps=6, block_length=10),
+    "more_steps_than_tokens": dict(gen_length=8, steps=16, block_length=4),
+    "cfg": dict(gen_length=16, steps=8, block_length=8, cfg_scale=0.7),
+}
+
+
+@pytest.mark.parametrize("case", list(LLADA_CASES))
+def test_llada_generate_low_confidence(llada, case):
+    ref, params = llada
+    args = LLADA_CASES[case]
+    prompt = _prompts(1)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, **args)
+    _check(x, nfe, jdlm.decode(params, prompt, S.llada(**args)), prompt.shape[1])
+
+
+def _jdlm_uniform_stream(key, batch):
+    """RandomOrder's documented random stream, replayed: row keys fold_in(key, b); each step splits a row key into
+    (next, propose, select); the proposal key splits into (gumbel, uniform); uniform(uniform_key, (W,))."""
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(np.arange(batch))
+    per_step = []
+
+    def rand_fn(step, block_start, block_length, B):
+        nonlocal keys
+        while len(per_step) <= step:
+            split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+            keys, propose = split[:, 0], split[:, 1]
+            uniform_keys = jax.vmap(jax.random.split)(propose)[:, 1]
+            per_step.append(np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (block_length,)))(uniform_keys)))
+        return torch.as_tensor(per_step[step], dtype=torch.float32)
+
+    return rand_fn
+
+
+def test_llada_generate_random_order_with_a_fixed_key(llada):
+    ref, params = llada
+    prompt = _prompts(2)
+    args = dict(gen_length=16, steps=8, block_length=8)
+    key = jax.random.key(42)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, remasking="random",
+                                     rand_fn=_jdlm_uniform_stream(key, 2), **args)
+    _check(x, nfe, jdlm.decode(params, prompt, S.llada(remasking="random", **args), key=key), prompt.shape[1])
+
+
+def test_llada_generate_padded_batch(llada):
+    ref, params = llada
+    prompts = [[5, 9, 14], [7, 3, 22, 41, 8, 19], [100, 200, 31, 4]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    args = dict(gen_length=16, steps=8, block_length=8)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
+                                     attention_mask=torch.as_tensor(mask), pad_position_ids=True, **args)
+    _check(x, nfe, jdlm.decode(params, ids, S.llada(**args), prompt_mask=mask), ids.shape[1])
+
+
+# ---------------------------------------------------------------- Dream _sample
+
+DREAM_CASES = {
+    "maskgit_plus": dict(alg="maskgit_plus", steps=16),
+    "topk_margin": dict(alg="topk_margin", steps=16),
+    "entropy": dict(alg="entropy", steps=16),
+    "entropy_few_steps": dict(alg="entropy", steps=5),
+    "maskgit_top_p": dict(alg="maskgit_plus", steps=8, top_p=0.6),
+    "margin_top_k": dict(alg="topk_margin", steps=8, top_k=3),
+}
+
+
+@pytest.mark.parametrize("case", list(DREAM_CASES))
+def test_dream_sample(dream, case):
+    ref, params = dream
+    args = DREAM_CASES[case]
+    prompt = _prompts(2)
+    x, nfe = samplers.dream_sample(ref, torch.as_tensor(prompt), max_new_tokens=16, mask_id=MASK_ID, **args)
+    _check(x, nfe, jdlm.decode(params, prompt, S.dream(max_new_tokens=16, **args)), prompt.shape[1])
+
+
+def test_dream_sample_padded_batch(dream):
+    ref, params = dream
+    prompts = [[5, 9, 14], [7, 3, 22, 41, 8, 19]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    x, nfe = samplers.dream_sample(ref, torch.as_tensor(ids, dtype=torch.long), max_new_tokens=16, steps=16,
+                                   alg="entropy", mask_id=MASK_ID, attention_mask=torch.as_tensor(mask))
+    result = jdlm.decode(params, ids, S.dream(max_new_tokens=16, steps=16, alg="entropy"), prompt_mask=mask)
+    _check(x, nfe, result, ids.shape[1])
+
+
+# ---------------------------------------------------------------- Fast-dLLM (LLaDA)
+
+FAST_CASES = {
+    f"{rule}_{cache or 'nocache'}": (rule_args, cache)
+    for rule, rule_args in [("threshold", dict(threshold=0.5)), ("factor", dict(factor=1.5)),
+                            ("counts", dict(steps=12))]
+    for cache in [None, "prefix", "dual"]
+}
+
+
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_fast_dllm(llada, case):
+    ref, params = llada
+    rule_args, cache = FAST_CASES[case]
+    prompt = _prompts(1, P=6, seed=3)
+    args = dict(gen_length=24, block_length=8)
+    x, nfe = samplers.fastdllm_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, cache=cache, **args,
+                                        **rule_args)
+    strategy = S.fast_dllm(cache=cache or "none", **args, **rule_args)
+    _check(x, nfe, jdlm.decode(params, prompt, strategy), prompt.shape[1])
