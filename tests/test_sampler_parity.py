@@ -185,3 +185,17 @@ def test_fast_dllm(llada, case):
                                         **rule_args)
     strategy = S.fast_dllm(cache=cache or "none", **args, **rule_args)
     _check(x, nfe, jdlm.decode(params, prompt, strategy), prompt.shape[1])
+
+
+# ---------------------------------------------------------------- Fast-dLLM (Dream block sampler)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"], ids=["nocache", "prefix", "dual"])
+def test_fast_dllm_dream(dream, cache):
+    ref, params = dream
+    prompt = _prompts(1, P=6, seed=4)
+    args = dict(gen_length=24, block_length=8, threshold=0.4)
+    x, nfe = samplers.fastdllm_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, cache=cache,
+                                        family="dream", **args)
+    strategy = S.fast_dllm(cache=cache or "none", family="dream", **args)
+    _check(x, nfe, jdlm.decode(params, prompt, strategy), prompt.shape[1])

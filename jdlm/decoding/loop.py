@@ -125,6 +125,9 @@ def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, ke
         confidence = jnp.where(candidates, confidence, -jnp.inf)
         count = counts[jnp.minimum(state.block_step, steps_in_block - 1)] if rule.counted else jnp.int32(0)
         reveal = rule.select(confidence, candidates, count, k_select) & candidates  # [B, W]
+        if sched.first_token_at_block_start:
+            first = candidates & (jnp.arange(W) == 0)
+            reveal = jnp.where(state.block_step == 0, first, reveal)
 
         tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, jnp.where(reveal, proposal, block), block_start, 1)
         offset = block_start - P

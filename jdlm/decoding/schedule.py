@@ -29,6 +29,9 @@ class Schedule:
       eps: Dream's final time (counts="dream" only).
       keep_idle_steps: also run steps whose count is 0, as LLaDA `generate` (steps > gen_length) and Dream do;
         their forward passes change nothing under greedy decoding, so jdlm skips them by default.
+      first_token_at_block_start: the first step of every block reveals only the block's first position (Fast-dLLM's
+        Dream block sampler, whose shifted prediction for it comes from the already decoded position before it);
+        the rule takes over from the block's second step.
       stop_at_eos: once a row has an end token (EOS or end-of-turn) with every position before it revealed, fill
         the rest of its generation with EOS and stop decoding that row. Changes only tokens after the end, which
         no text shows; off by default for token-exact parity with the references.
@@ -41,6 +44,7 @@ class Schedule:
     counts: str = "llada"
     eps: float = 1e-3
     keep_idle_steps: bool = False
+    first_token_at_block_start: bool = False
     stop_at_eos: bool = False
 
     def __post_init__(self):

@@ -77,15 +77,20 @@ def dream(*, max_new_tokens=128, steps=128, eps=1e-3, alg="entropy", alg_temp=0.
 
 
 def fast_dllm(*, gen_length=256, block_length=32, steps=None, threshold=None, factor=None, cache="none",
-              temperature=0.0) -> Strategy:
-    """NVlabs/Fast-dLLM `generate*`: threshold or factor parallel decoding (or LLaDA counts when neither is set),
-    with no cache, a prefix cache or a dual cache."""
+              temperature=0.0, family="llada") -> Strategy:
+    """NVlabs/Fast-dLLM: threshold or factor parallel decoding (or LLaDA counts when neither is set), with no
+    cache, a prefix cache or a dual cache. family="dream" is Fast-dLLM's Dream block sampler: every block opens
+    by revealing its first position alone (threshold rule only)."""
+    if family not in ("llada", "dream"):
+        raise StrategyError(f"family must be 'llada' or 'dream', got {family!r}")
+    if family == "dream" and threshold is None:
+        raise StrategyError("Fast-dLLM's Dream sampler uses the threshold rule: give threshold=...")
     if threshold is not None and factor is not None:
         raise StrategyError("give threshold or factor, not both")
     rule = Threshold(threshold=threshold) if threshold is not None else \
         Factor(factor=factor) if factor is not None else LowConfidence()
     return Strategy(schedule=Schedule(gen_length=gen_length, block_length=block_length, steps=steps or gen_length,
-                                      temperature=temperature),
+                                      temperature=temperature, first_token_at_block_start=family == "dream"),
                     rule=rule, cache=parse_cache(cache))
 
 
