@@ -175,6 +175,7 @@ def forward(
     return_cache: bool = False,
     return_hidden: bool = False,
     probs_layers: Sequence[int] = (),
+    causal: bool = False,
     attention_impl: str | None = None,
 ) -> ForwardOutput:
     """Runs the transformer over `tokens`, optionally against a KV cache.
@@ -201,6 +202,7 @@ def forward(
       return_cache: build and return a full-length KVCache from this forward (only without `cache`).
       return_hidden: also return the final hidden states before the final norm.
       probs_layers: layer indices whose head-averaged attention probabilities are returned.
+      causal: attend only to keys at or before each query's position (jdlm's small autoregressive models).
       attention_impl: "xla" or "cudnn"; default: `default_attention_impl(dtype)` (cuDNN on GPU in bf16).
 
     Returns:
@@ -222,6 +224,9 @@ def forward(
     else:
         own = query_abs[:, None] == jnp.arange(S)[None, :]  # [T, S]
         mask = (key_mask[:, None, :] | own[None])[:, None]  # [B, 1, T, S]
+    if causal:
+        before = (jnp.arange(S)[None, :] <= query_abs[:, None])[None, None]  # [1, 1, T, S]
+        mask = before if mask is None else mask & before
     if cache is not None:
         write_from = window_start if write_from is None else write_from
         keep_fresh = (query_abs >= write_from)[None, :, None, None]  # [1, T, 1, 1]

@@ -83,6 +83,10 @@ class Tokenizer:
         """Text -> token ids (no BOS/EOS unless `add_special_tokens`)."""
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """Many texts -> token ids (in parallel)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
     def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True, skip_special_tokens: bool = True) -> str:
         """Token ids -> text, cut at the first EOS / end-of-turn / mask token when `stop_at_eos`."""
         ids = [int(i) for i in ids]

@@ -1,0 +1,113 @@
+"""Training data for the small models: a tokenised pool of task examples and deterministic batches from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+
+from jdlm.tasks import TASKS, Example
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Tokenised examples, each laid out as `prompt ‖ answer ‖ EOS…` in a fixed-length row.
+
+    tokens: [N, T] int32; prompt_len: [N] int32 (the answer starts there); answer_len: [N] int32 (answer tokens
+    plus the first EOS); task: [N] int32 index into `task_names`.
+    """
+
+    tokens: np.ndarray
+    prompt_len: np.ndarray
+    answer_len: np.ndarray
+    task: np.ndarray
+    task_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @functools.cached_property
+    def rows_by_task(self) -> list[np.ndarray]:
+        """Row indices of each task."""
+        return [np.flatnonzero(self.task == t) for t in range(len(self.task_names))]
+
+    def save(self, path: str | Path) -> None:
+        np.savez_compressed(path, tokens=self.tokens, prompt_len=self.prompt_len, answer_len=self.answer_len,
+                            task=self.task, task_names=np.array(self.task_names))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Pool":
+        d = np.load(path)
+        return cls(d["tokens"], d["prompt_len"], d["answer_len"], d["task"], tuple(str(n) for n in d["task_names"]))
+
+
+def _generate(args) -> list[Example]:
+    name, n, seed = args
+    return TASKS[name].generate("train", n, seed=seed)
+
+
+def generate_examples(counts: dict[str, int], seed: int = 0, workers: int | None = None) -> dict[str, list[Example]]:
+    """`counts[task]` train-split examples per task, generated in parallel chunks (deterministic for a seed)."""
+    chunk = 20_000
+    jobs = []
+    for t, (name, n) in enumerate(sorted(counts.items())):
+        for c in range(0, n, chunk):
+            jobs.append((name, min(chunk, n - c), seed * 1_000_003 + t * 10_007 + c // chunk))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_generate, jobs)
+    out: dict[str, list[Example]] = {name: [] for name in counts}
+    for (name, _, _), part in zip(jobs, parts):
+        out[name].extend(part)
+    return out
+
+
+def chat_prompt(tokenizer, task_name: str, example_input: str) -> list[int]:
+    """The prompt ids the models see: the task prompt as a user turn through the chat template."""
+    text = TASKS[task_name].prompt(example_input)
+    return tokenizer.encode_chat([{"role": "user", "content": text}])
+
+
+def build_pool(tokenizer, examples: dict[str, list[Example]], length: int) -> Pool:
+    """Tokenises examples into rows of `length`; rows that do not fit are dropped (and counted in a warning)."""
+    rows, prompt_lens, answer_lens, tasks = [], [], [], []
+    names = tuple(sorted(examples))
+    dropped = 0
+    for t, name in enumerate(names):
+        exs = examples[name]
+        prompts = [TASKS[name].prompt(e.input) for e in exs]
+        prompt_texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+        prompt_ids = tokenizer.encode_batch(prompt_texts)
+        answer_ids = tokenizer.encode_batch([e.output for e in exs])
+        for p, a in zip(prompt_ids, answer_ids):
+            a = a + [tokenizer.eos_id]
+            if len(p) + len(a) > length:
+                dropped += 1
+                continue
+            row = np.full(length, tokenizer.eos_id, np.int32)
+            row[: len(p)] = p
+            row[len(p): len(p) + len(a)] = a
+            rows.append(row)
+            prompt_lens.append(len(p))
+            answer_lens.append(len(a))
+            tasks.append(t)
+    if dropped:
+        print(f"warning: {dropped} examples longer than {length} tokens were dropped", flush=True)
+    return Pool(np.stack(rows), np.asarray(prompt_lens, np.int32), np.asarray(answer_lens, np.int32),
+                np.asarray(tasks, np.int32), names)
+
+
+def batch_indices(pool: Pool, weights: dict[str, float], batch: int, step: int, seed: int) -> np.ndarray:
+    """Row indices of the batch for `step`: tasks drawn by `weights`, rows uniformly within a task.
+
+    A pure function of (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+    rng = np.random.default_rng([seed, step])
+    names = pool.task_names
+    p = np.array([weights.get(n, 0.0) for n in names], np.float64)
+    p /= p.sum()
+    chosen = rng.choice(len(names), size=batch, p=p)
+    by_task = pool.rows_by_task
+    return np.array([by_task[t][rng.integers(len(by_task[t]))] for t in chosen], np.int64)

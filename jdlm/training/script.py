@@ -1,0 +1,51 @@
+"""Command-line entry shared by scripts/train_mdm.py and scripts/train_ar.py."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from jdlm.training.trainer import TrainConfig, export, plot_loss, train
+
+
+def _pairs(text: str, cast) -> dict:
+    """"sudoku=1000,countdown=2000" -> {"sudoku": 1000, "countdown": 2000}."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        out[name.strip()] = cast(value)
+    return out
+
+
+def main(objective: str, model: str, export_dir: str, argv=None) -> None:
+    defaults = TrainConfig(objective=objective, model=model)
+    p = argparse.ArgumentParser(description=f"Train jdlm's {model!r} model ({objective} objective) on the task "
+                                "suite. Rerun the same command to resume an interrupted run.")
+    p.add_argument("--run-dir", default=f"runs/{model}", help="checkpoints, metrics and data cache")
+    p.add_argument("--export", default=export_dir, help="where the finished jdlm checkpoint goes")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup", type=int, default=defaults.warmup)
+    p.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--save-every", type=int, default=defaults.save_every)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--examples", default=",".join(f"{k}={v}" for k, v in defaults.examples.items()),
+                   help="train examples generated per task, e.g. sudoku=200000,countdown=1200000")
+    p.add_argument("--weights", default=",".join(f"{k}={v}" for k, v in defaults.weights.items()),
+                   help="task mixture of each batch")
+    p.add_argument("--model-overrides", default="{}", help="JSON dict of ModelConfig fields to change")
+    p.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["bfloat16", "float32"])
+    args = p.parse_args(argv)
+    config = dataclasses.replace(
+        defaults, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        seq_len=args.seq_len, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+        examples=_pairs(args.examples, int), weights=_pairs(args.weights, float),
+        model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype)
+    state = train(config, args.run_dir)
+    plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")
+    dst = export(config, state, args.run_dir, args.export)
+    print(f"exported {dst}", flush=True)

@@ -1,0 +1,225 @@
+"""Training loop for jdlm's small models: optax, orbax checkpoints with resume, progress, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jdlm.config import ModelConfig
+from jdlm.model import Params, init_params
+from jdlm.training import presets
+from jdlm.training.data import Pool, batch_indices, build_pool, generate_examples
+from jdlm.training.objectives import OBJECTIVES
+
+MODELS = {"tiny": presets.tiny_mdm_config, "tiny-ar": presets.tiny_ar_config}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines a training run; saved as `run_dir/train_config.json` and beside the weights.
+
+    examples: train-split examples generated per task; weights: the task mixture of each batch.
+    model_overrides: ModelConfig fields replacing those of the `model` preset (e.g. a smaller test model).
+    """
+
+    objective: str = "mdm"
+    model: str = "tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    seq_len: int = 112
+    batch_size: int = 256
+    steps: int = 20_000
+    lr: float = 1e-3
+    warmup: int = 500
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    compute_dtype: str = "bfloat16"
+    seed: int = 0
+    examples: dict = dataclasses.field(default_factory=lambda: {
+        "sudoku": 200_000, "countdown": 1_200_000, "arithmetic": 400_000, "code": 30_000})
+    weights: dict = dataclasses.field(default_factory=lambda: {
+        "sudoku": 0.2, "countdown": 0.45, "arithmetic": 0.25, "code": 0.1})
+    save_every: int = 1000
+    log_every: int = 100
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        unknown = set(self.weights) - set(self.examples)
+        if unknown:
+            raise ValueError(f"weights name tasks without examples: {sorted(unknown)}")
+
+    def model_config(self) -> ModelConfig:
+        return dataclasses.replace(MODELS[self.model](), **self.model_overrides)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    weights: dict
+    opt_state: optax.OptState
+
+
+def optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, max(config.steps, config.warmup + 1),
+                                                  end_value=config.lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=config.weight_decay))
+
+
+def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientTransformation):
+    objective = OBJECTIVES[config.objective]
+    dtype = jnp.dtype(config.compute_dtype)
+
+    @jax.jit
+    def train_step(state: TrainState, tokens, prompt_len, answer_len, key):
+        def loss_fn(weights):
+            params = Params(config=model, weights=jax.tree.map(lambda w: w.astype(dtype), weights))
+            return objective(params, tokens, prompt_len, answer_len, key)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
+        updates, opt_state = tx.update(grads, state.opt_state, state.weights)
+        weights = optax.apply_updates(state.weights, updates)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return TrainState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
+    """The tokenised example pool, cached in the run directory (written atomically)."""
+    path = run_dir / "pool.npz"
+    if path.exists():
+        return Pool.load(path)
+    t0 = time.time()
+    examples = generate_examples(config.examples, seed=config.seed)
+    pool = build_pool(tokenizer, examples, config.seq_len)
+    tmp = run_dir / "pool.tmp.npz"
+    pool.save(tmp)
+    os.replace(tmp, path)
+    print(f"data: {len(pool)} examples of {config.seq_len} tokens in {time.time() - t0:.0f}s", flush=True)
+    return pool
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, dict], None] | None = None,
+          progress: bool = True) -> TrainState:
+    """Trains (or resumes) a run in `run_dir`; returns the final state.
+
+    Checkpoints (weights, optimiser state, step) go to `run_dir/checkpoints` every `save_every` steps, at the end,
+    and when interrupted (Ctrl-C): rerunning the same command resumes from the latest one and gives the same
+    result as an uninterrupted run (batches and noise are pure functions of (seed, step)). Metrics are appended to
+    `run_dir/metrics.jsonl`. `on_step(step, metrics)` is called after every logged step.
+    """
+    import orbax.checkpoint as ocp
+
+    from jdlm.tokenizer import Tokenizer
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "train_config.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(config.to_json()):
+        raise ValueError(f"{run_dir} holds a run with a different configuration ({saved}); use a new run directory "
+                         "or the same settings to resume")
+    saved.write_text(config.to_json() + "\n")
+    model = config.model_config()
+    tok_dir = run_dir / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        presets.build_task_tokenizer(tok_dir)
+    tokenizer = Tokenizer.from_dir(tok_dir, model)
+    pool = load_or_build_pool(config, tokenizer, run_dir)
+
+    tx = optimizer(config)
+    weights = init_params(model, jax.random.key(config.seed), jnp.float32).weights
+    state = TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
+    with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
+        if manager.latest_step() is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+            state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
+            print(f"resumed from step {int(state.step)}", flush=True)
+        step_fn = make_train_step(config, model, tx)
+        start = int(state.step)
+        log = open(run_dir / "metrics.jsonl", "a")
+        t0, tokens_seen = time.time(), 0
+        try:
+            for step in range(start, config.steps):
+                rows = batch_indices(pool, config.weights, config.batch_size, step, config.seed)
+                key = jax.random.fold_in(jax.random.key(config.seed), step)
+                state, metrics = step_fn(state, pool.tokens[rows], pool.prompt_len[rows], pool.answer_len[rows], key)
+                tokens_seen += config.batch_size * config.seq_len
+                done = step + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    m = {k: float(v) for k, v in metrics.items()}
+                    elapsed = time.time() - t0
+                    m.update(step=done, elapsed_s=round(elapsed, 1), tokens_per_s=round(tokens_seen / elapsed))
+                    log.write(json.dumps(m) + "\n")
+                    log.flush()
+                    if progress:
+                        eta = elapsed / (done - start) * (config.steps - done)
+                        print(f"step {done}/{config.steps} loss {m['loss']:.4f} grad {m['grad_norm']:.2f} "
+                              f"{m['tokens_per_s'] / 1e6:.2f}M tok/s eta {eta / 60:.1f} min", flush=True)
+                    if on_step is not None:
+                        on_step(done, m)
+                if done % config.save_every == 0:
+                    manager.save(done, args=ocp.args.StandardSave(state))
+        except KeyboardInterrupt:
+            print(f"interrupted: saving step {int(state.step)}; rerun the same command to resume", flush=True)
+            manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+            manager.wait_until_finished()
+            raise
+        finally:
+            log.close()
+        if manager.latest_step() != int(state.step):
+            manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
+        manager.wait_until_finished()
+    return state
+
+
+def export(config: TrainConfig, state: TrainState, run_dir: str | Path, dst: str | Path, *,
+           dtype=jnp.bfloat16, overwrite: bool = True, extra: dict | None = None) -> Path:
+    """Writes the trained weights as a jdlm checkpoint (with the tokenizer and the training config)."""
+    from jdlm.checkpoint import save
+
+    run_dir = Path(run_dir)
+    params = Params(config=config.model_config(), weights=jax.tree.map(lambda w: w.astype(dtype), state.weights))
+    tok_dir = run_dir / "tokenizer"
+    manifest = {"training": json.loads(config.to_json()), "steps": int(state.step)}
+    manifest.update(extra or {})
+    return save(dst, params, tokenizer_files=sorted(tok_dir.iterdir()), manifest=manifest, overwrite=overwrite)
+
+
+def plot_loss(run_dir: str | Path, path: str | Path) -> None:
+    """Loss curve (PNG) from `run_dir/metrics.jsonl`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+    steps = np.array([r["step"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in rows], label="loss")
+    key = "masked_ce" if "masked_ce" in rows[0] else "answer_ce"
+    ax.plot(steps, [r[key] for r in rows], label=key.replace("_", " "))
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(Path(run_dir).name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
