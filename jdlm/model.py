@@ -231,7 +231,9 @@ def forward(
         write_from = window_start if write_from is None else write_from
         keep_fresh = (query_abs >= write_from)[None, :, None, None]  # [1, T, 1, 1]
 
-    x = jnp.take(w["embed"], tokens, axis=0)  # [B, T, D]
+    # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
+    # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).
+    x = jnp.take(w["embed"], tokens, axis=0).astype(w["final_norm"].dtype)  # [B, T, D]
     if extra_embed is not None:
         x = x + extra_embed.astype(x.dtype)
     new_k, new_v, probs_out = [], [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -103,10 +104,8 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(int(i)) or ""
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """Renders `messages` ([{"role": "user", "content": "..."}, ...]) with the checkpoint's chat template."""
-        if not self.chat_template:
-            raise TokenizerError("this tokenizer has no chat template; pass a plain prompt instead of messages")
+    @functools.cached_property
+    def _compiled_template(self):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         def raise_exception(message):
@@ -114,8 +113,14 @@ class Tokenizer:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
-        template = env.from_string(self.chat_template)
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **self.special)
+        return env.from_string(self.chat_template)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Renders `messages` ([{"role": "user", "content": "..."}, ...]) with the checkpoint's chat template."""
+        if not self.chat_template:
+            raise TokenizerError("this tokenizer has no chat template; pass a plain prompt instead of messages")
+        return self._compiled_template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                              **self.special)
 
     def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """Chat messages -> prompt ids (the template's text carries its own special tokens)."""

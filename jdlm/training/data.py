@@ -72,31 +72,26 @@ def chat_prompt(tokenizer, task_name: str, example_input: str) -> list[int]:
 
 def build_pool(tokenizer, examples: dict[str, list[Example]], length: int) -> Pool:
     """Tokenises examples into rows of `length`; rows that do not fit are dropped (and counted in a warning)."""
-    rows, prompt_lens, answer_lens, tasks = [], [], [], []
     names = tuple(sorted(examples))
-    dropped = 0
+    prompt_ids, answer_ids, tasks = [], [], []
     for t, name in enumerate(names):
         exs = examples[name]
-        prompts = [TASKS[name].prompt(e.input) for e in exs]
-        prompt_texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
-        prompt_ids = tokenizer.encode_batch(prompt_texts)
-        answer_ids = tokenizer.encode_batch([e.output for e in exs])
-        for p, a in zip(prompt_ids, answer_ids):
-            a = a + [tokenizer.eos_id]
-            if len(p) + len(a) > length:
-                dropped += 1
-                continue
-            row = np.full(length, tokenizer.eos_id, np.int32)
-            row[: len(p)] = p
-            row[len(p): len(p) + len(a)] = a
-            rows.append(row)
-            prompt_lens.append(len(p))
-            answer_lens.append(len(a))
-            tasks.append(t)
-    if dropped:
-        print(f"warning: {dropped} examples longer than {length} tokens were dropped", flush=True)
-    return Pool(np.stack(rows), np.asarray(prompt_lens, np.int32), np.asarray(answer_lens, np.int32),
-                np.asarray(tasks, np.int32), names)
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": TASKS[name].prompt(e.input)}])
+                 for e in exs]
+        prompt_ids += tokenizer.encode_batch(texts)
+        answer_ids += [a + [tokenizer.eos_id] for a in tokenizer.encode_batch([e.output for e in exs])]
+        tasks += [t] * len(exs)
+    prompt_len = np.array([len(p) for p in prompt_ids], np.int32)
+    answer_len = np.array([len(a) for a in answer_ids], np.int32)
+    fits = prompt_len + answer_len <= length
+    if not fits.all():
+        print(f"warning: {int((~fits).sum())} examples longer than {length} tokens were dropped", flush=True)
+    keep = np.flatnonzero(fits)
+    rows = np.full((len(keep), length), tokenizer.eos_id, np.int32)
+    for r, i in enumerate(keep):
+        rows[r, : prompt_len[i]] = prompt_ids[i]
+        rows[r, prompt_len[i]: prompt_len[i] + answer_len[i]] = answer_ids[i]
+    return Pool(rows, prompt_len[keep], answer_len[keep], np.asarray(tasks, np.int32)[keep], names)
 
 
 def batch_indices(pool: Pool, weights: dict[str, float], batch: int, step: int, seed: int) -> np.ndarray:

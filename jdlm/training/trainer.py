@@ -88,7 +88,9 @@ def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientT
     @jax.jit
     def train_step(state: TrainState, tokens, prompt_len, answer_len, key):
         def loss_fn(weights):
-            params = Params(config=model, weights=jax.tree.map(lambda w: w.astype(dtype), weights))
+            cast = jax.tree.map(lambda w: w.astype(dtype), weights)
+            cast["embed"] = weights["embed"]  # gathered in float32, then cast (see model.forward)
+            params = Params(config=model, weights=cast)
             return objective(params, tokens, prompt_len, answer_len, key)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
