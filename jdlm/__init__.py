@@ -1,22 +1,41 @@
-"""jdlm: fast, exact decoding for masked-diffusion language models in JAX."""
+"""jdlm: fast, exact decoding for masked-diffusion language models in JAX.
 
-from jdlm import decoding as strategies
-from jdlm.checkpoint import CheckpointError, load, load_params, save
-from jdlm.config import ConfigError, ModelConfig, dream_7b, llada_8b, tiny
-from jdlm.decoding import (DecodeResult, InputError, Schedule, Strategy, StrategyError, decode, pad_prompts)
-from jdlm.model import ForwardOutput, KVCache, Params, forward, init_params
-from jdlm.tokenizer import Tokenizer, TokenizerError
+Public names are imported on first use (PEP 562), so `import jdlm` and the `jdlm` command start without JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
+_EXPORTS = {
     # models and checkpoints
-    "ModelConfig", "llada_8b", "dream_7b", "tiny", "Params", "init_params", "load", "load_params", "save",
-    "Tokenizer",
+    "ModelConfig": "jdlm.config", "llada_8b": "jdlm.config", "dream_7b": "jdlm.config", "tiny": "jdlm.config",
+    "Params": "jdlm.model", "init_params": "jdlm.model", "load": "jdlm.checkpoint", "load_params": "jdlm.checkpoint",
+    "save": "jdlm.checkpoint", "Tokenizer": "jdlm.tokenizer",
     # the forward pass
-    "forward", "ForwardOutput", "KVCache",
+    "forward": "jdlm.model", "ForwardOutput": "jdlm.model", "KVCache": "jdlm.model",
     # decoding (rules, caches and presets live in jdlm.strategies)
-    "decode", "DecodeResult", "Strategy", "Schedule", "pad_prompts", "strategies",
+    "decode": "jdlm.decoding", "DecodeResult": "jdlm.decoding", "Strategy": "jdlm.decoding",
+    "Schedule": "jdlm.decoding", "pad_prompts": "jdlm.decoding",
     # errors
-    "CheckpointError", "ConfigError", "TokenizerError", "InputError", "StrategyError",
-]
+    "CheckpointError": "jdlm.checkpoint", "ConfigError": "jdlm.config", "TokenizerError": "jdlm.tokenizer",
+    "InputError": "jdlm.decoding", "StrategyError": "jdlm.decoding",
+}
+__all__ = [*_EXPORTS, "strategies"]
+
+
+def __getattr__(name: str):
+    if name == "strategies":
+        value = importlib.import_module("jdlm.decoding")
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'jdlm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -61,7 +61,7 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
 
 
 def describe(strategy, spec: str) -> str:
-    """`threshold:0.9, cache dual, 64 tokens in blocks of 32`."""
+    """`threshold:0.9, dual cache, 64 tokens in blocks of 32`: the strategy in one line, for summaries."""
     s = strategy.schedule
     cache = {"NoCache": "no cache", "PrefixCache": "prefix cache", "DualCache": "dual cache"}.get(
         type(strategy.cache).__name__, type(strategy.cache).__name__)
@@ -75,6 +75,7 @@ def load_model(args):
     """`(params, tokenizer, note)` for --model/--dtype; `note` is a one-line account of what was loaded, for the
     caller to print once the command is past its checks (an error must stay the only line)."""
     import jax
+
     import jdlm
 
     dtype = args.dtype
@@ -173,6 +174,7 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
     similar length share one compilation."""
     import jax
     import jax.numpy as jnp
+
     import jdlm
 
     G = strategy.schedule.gen_length

@@ -160,11 +160,20 @@ def evaluate(args) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UsageError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    examples = None
     if args.data is not None:
         if len(tasks) != 1:
             raise UsageError("--data needs exactly one --task (the one that prompts and scores its examples)")
         if not Path(args.data).expanduser().is_file():
             raise UsageError(f"--data {args.data}: no such file")
+        from jdlm.tasks import load_jsonl
+
+        try:
+            examples = load_jsonl(Path(args.data).expanduser())
+        except ValueError as e:
+            raise UsageError(f"--data: {e}") from None
+        if not examples:
+            raise UsageError(f"--data {args.data} holds no examples")
     _check_output(args.json_out, "--json", (".json",))
     _check_output(args.plot, "--plot", (".png", ".pdf", ".svg"))
     specs = []
@@ -196,9 +205,9 @@ def evaluate(args) -> int:
     reports = []
     for task in tasks:
         for spec in specs:
-            reports.append(jeval.evaluate(params, tokenizer, task, spec, limit=args.limit, batch_size=args.batch_size,
-                                          data=args.data, progress=not args.quiet, key=jax.random.key(args.seed),
-                                          settings=settings[task]))
+            reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
+                                          batch_size=args.batch_size, progress=not args.quiet,
+                                          key=jax.random.key(args.seed), settings=settings[task]))
     print(jeval.format_table(reports))
     if args.json_out:
         note(console, f"wrote {jeval.write_json(reports, Path(args.json_out).expanduser())}")

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import loop
+import jdlm.cache as cache_module
 
 MASK = 250
 
@@ -72,13 +73,13 @@ class _ForwardCounter:
     def __enter__(self):
         self.calls = 0
         self._patch = pytest.MonkeyPatch()
-        real = jdlm.cache.forward
+        real = cache_module.forward
 
         def counted(*args, **kwargs):
             jax.debug.callback(self._tick)
             return real(*args, **kwargs)
 
-        self._patch.setattr(jdlm.cache, "forward", counted)
+        self._patch.setattr(cache_module, "forward", counted)
         jax.clear_caches()
         return self
 
