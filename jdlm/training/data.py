@@ -45,21 +45,27 @@ class Pool:
 
 
 def _generate(args) -> list[Example]:
-    name, n, seed = args
-    return TASKS[name].generate("train", n, seed=seed)
+    name, n, seed, difficulty = args
+    return TASKS[name].generate("train", n, seed=seed, **difficulty)
 
 
-def generate_examples(counts: dict[str, int], seed: int = 0, workers: int | None = None) -> dict[str, list[Example]]:
-    """`counts[task]` train-split examples per task, generated in parallel chunks (deterministic for a seed)."""
+def generate_examples(counts: dict[str, int], seed: int = 0, workers: int | None = None,
+                      difficulty: dict[str, dict] | None = None) -> dict[str, list[Example]]:
+    """`counts[task]` train-split examples per task, generated in parallel chunks (deterministic for a seed).
+
+    `difficulty[task]` holds generator settings; JSON lists are read as (min, max) ranges.
+    """
+    settings = {name: {k: tuple(v) if isinstance(v, list) else v for k, v in (difficulty or {}).get(name, {}).items()}
+                for name in counts}
     chunk = 20_000
     jobs = []
     for t, (name, n) in enumerate(sorted(counts.items())):
         for c in range(0, n, chunk):
-            jobs.append((name, min(chunk, n - c), seed * 1_000_003 + t * 10_007 + c // chunk))
+            jobs.append((name, min(chunk, n - c), seed * 1_000_003 + t * 10_007 + c // chunk, settings[name]))
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         parts = pool.map(_generate, jobs)
     out: dict[str, list[Example]] = {name: [] for name in counts}
-    for (name, _, _), part in zip(jobs, parts):
+    for (name, *_), part in zip(jobs, parts):
         out[name].extend(part)
     return out
 

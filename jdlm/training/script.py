@@ -38,13 +38,17 @@ def main(objective: str, model: str, export_dir: str, argv=None) -> None:
     p.add_argument("--weights", default=",".join(f"{k}={v}" for k, v in defaults.weights.items()),
                    help="task mixture of each batch")
     p.add_argument("--model-overrides", default="{}", help="JSON dict of ModelConfig fields to change")
+    p.add_argument("--difficulty", default="{}", help='JSON: per-task generator settings, e.g. '
+                   '\'{"countdown": {"n_sources": [3, 4]}}\'')
+    p.add_argument("--init-from", default=None, help="start from this jdlm checkpoint's weights (fine-tuning)")
     p.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["bfloat16", "float32"])
     args = p.parse_args(argv)
     config = dataclasses.replace(
         defaults, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         seq_len=args.seq_len, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         examples=_pairs(args.examples, int), weights=_pairs(args.weights, float),
-        model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype)
+        model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype,
+        difficulty=json.loads(args.difficulty), init_from=args.init_from)
     state = train(config, args.run_dir)
     plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")
     dst = export(config, state, args.run_dir, args.export)

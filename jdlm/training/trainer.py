@@ -28,8 +28,10 @@ MODELS = {"tiny": presets.tiny_mdm_config, "tiny-ar": presets.tiny_ar_config}
 class TrainConfig:
     """Everything that defines a training run; saved as `run_dir/train_config.json` and beside the weights.
 
-    examples: train-split examples generated per task; weights: the task mixture of each batch.
+    examples: train-split examples generated per task; weights: the task mixture of each batch;
+    difficulty: per-task generator settings (e.g. {"countdown": {"n_sources": [3, 4]}}).
     model_overrides: ModelConfig fields replacing those of the `model` preset (e.g. a smaller test model).
+    init_from: a jdlm checkpoint (path or packaged name) whose weights start the run (fine-tuning).
     """
 
     objective: str = "mdm"
@@ -48,6 +50,8 @@ class TrainConfig:
         "sudoku": 200_000, "countdown": 1_200_000, "arithmetic": 400_000, "code": 30_000})
     weights: dict = dataclasses.field(default_factory=lambda: {
         "sudoku": 0.2, "countdown": 0.45, "arithmetic": 0.25, "code": 0.1})
+    difficulty: dict = dataclasses.field(default_factory=dict)
+    init_from: str | None = None
     save_every: int = 1000
     log_every: int = 100
 
@@ -108,7 +112,7 @@ def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
     if path.exists():
         return Pool.load(path)
     t0 = time.time()
-    examples = generate_examples(config.examples, seed=config.seed)
+    examples = generate_examples(config.examples, seed=config.seed, difficulty=config.difficulty)
     pool = build_pool(tokenizer, examples, config.seq_len)
     tmp = run_dir / "pool.tmp.npz"
     pool.save(tmp)
@@ -145,7 +149,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     pool = load_or_build_pool(config, tokenizer, run_dir)
 
     tx = optimizer(config)
-    weights = init_params(model, jax.random.key(config.seed), jnp.float32).weights
+    if config.init_from:
+        from jdlm.checkpoint import load_params
+
+        start = load_params(config.init_from, jnp.float32)
+        if start.config != model:
+            raise ValueError(f"init_from {config.init_from} has a different architecture than this run's model")
+        weights = start.weights
+    else:
+        weights = init_params(model, jax.random.key(config.seed), jnp.float32).weights
     state = TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
