@@ -197,15 +197,22 @@ def test_bad_input_is_one_error_line_and_exit_2(name, model, tmp_path):
     assert out.stdout == ""
 
 
-def test_missing_packaged_model_says_how_to_fix():
-    from jdlm.checkpoint import packaged_model_dir
+def test_generate_with_the_packaged_tiny_model_solves_a_sudoku():
+    from jdlm.tasks import TASKS
 
-    if (packaged_model_dir("tiny") / "config.json").exists():
-        pytest.skip("the packaged tiny model is installed")
-    out = jdlm("generate", PROMPT)
-    assert out.returncode == 2
-    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
-    assert "--model" in out.stderr
+    task = TASKS["sudoku"]
+    example = task.generate("eval", 1, seed=3)[0]
+    out = jdlm("generate", task.prompt(example.input).strip(), "--gen-length", "24", "--block-length", "8")
+    assert out.returncode == 0, out.stderr
+    assert task.score(example.input, out.stdout), out.stdout
+
+
+def test_missing_packaged_model_says_how_to_fix(tmp_path, monkeypatch):
+    from jdlm import checkpoint
+
+    monkeypatch.setattr(checkpoint, "packaged_model_dir", lambda name: tmp_path / name)
+    with pytest.raises(checkpoint.CheckpointError, match="reinstall jdlm"):
+        checkpoint.resolve("tiny")
 
 
 def test_debug_shows_the_traceback():
