@@ -12,7 +12,7 @@ import numpy as np
 from convert.names import ENTRIES, IGNORED_SUFFIXES
 from convert.safetensors_io import CheckpointError as SourceError
 from convert.safetensors_io import SafetensorsCheckpoint
-from jdlm.checkpoint import AtomicDirectory, CheckpointError, sha256_file, write_manifest, write_params
+from jdlm.checkpoint import AtomicDirectory, CheckpointError, sha256_file, to_host, write_manifest, write_params
 from jdlm.config import ConfigError, from_hf
 from jdlm.tokenizer import TOKENIZER_FILES
 
@@ -31,7 +31,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 
 def _source_dtype(ckpt: SafetensorsCheckpoint, names: list[str]) -> np.dtype:
-    dtypes = {ckpt.get(n).dtype for n in names}
+    dtypes = {ckpt.dtype(n) for n in names}
     if len(dtypes) != 1:
         raise ConversionError(f"{ckpt.directory}: mixed tensor dtypes {sorted(map(str, dtypes))}; pass --dtype")
     return dtypes.pop()
@@ -42,7 +42,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
     """Converts the Hugging Face checkpoint directory `src` into the jdlm checkpoint directory `dst`.
 
     Every source tensor is read once (memory-mapped), transposed into jdlm's layout, cast when `dtype` is given,
-    and checked against the shape the config implies. Peak host memory is the converted output plus one tensor.
+    and checked against the shape the config implies. Peak host memory is the converted output plus orbax's write
+    buffer (at most 1 GB in flight) and a few copies of the current tensor; tests/test_convert.py checks it.
     The result is written to a temporary directory and renamed into place at the end.
 
     Args:
@@ -99,9 +100,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
     weights: dict = {}
     bar = _progress(progress, len(entries))
     try:
-        for e in entries:
-            array = np.asarray(e.transform(ckpt.get(e.source))).astype(target, copy=True)
-            _set(weights, e.target, array)
+        for e in entries:  # one source tensor in memory at a time, besides the converted ones
+            _set(weights, e.target, to_host(np.asarray(e.transform(ckpt.get(e.source))).astype(target)))
             bar.advance()
     except SourceError as err:
         raise ConversionError(str(err)) from None

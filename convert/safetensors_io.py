@@ -50,7 +50,6 @@ class SafetensorsFile:
         if self.data_start + end > size:
             raise CheckpointError(f"{self.path} is truncated: its tensors need {self.data_start + end} bytes, the "
                                   f"file has {size}; download or copy it again")
-        self._mmap = None
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -61,20 +60,23 @@ class SafetensorsFile:
     def dtype_name(self, name: str) -> str:
         return self.header[name]["dtype"]
 
-    def get(self, name: str) -> np.ndarray:
-        """The tensor `name` as a read-only numpy array backed by the file."""
+    def dtype(self, name: str) -> np.dtype:
         info = self.header[name]
         if info["dtype"] not in _DTYPES:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        return np.dtype(_DTYPES[info["dtype"]])
+
+    def get(self, name: str) -> np.ndarray:
+        """Reads the tensor `name` into a fresh numpy array (its memory is freed with the array: reading a whole
+        checkpoint this way never holds more than the tensors still referenced)."""
+        info = self.header[name]
+        dtype = self.dtype(name)
         begin, end = info["data_offsets"]
-        dtype = np.dtype(_DTYPES[info["dtype"]])
         count = int(np.prod(info["shape"], dtype=np.int64))
         if end - begin != count * dtype.itemsize:
             raise CheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
                                   f"of {info['dtype']}; the file is corrupt")
-        flat = self._mmap[self.data_start + begin: self.data_start + end].view(dtype)
+        flat = np.fromfile(self.path, dtype=dtype, count=count, offset=self.data_start + begin)
         return flat.reshape(info["shape"])
 
 
@@ -116,6 +118,9 @@ class SafetensorsCheckpoint:
 
     def get(self, name: str) -> np.ndarray:
         return self.files[self.location[name]].get(name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.files[self.location[name]].dtype(name)
 
     def source_files(self) -> Iterator[Path]:
         index = self.directory / "model.safetensors.index.json"

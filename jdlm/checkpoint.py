@@ -79,12 +79,22 @@ class AtomicDirectory:
         return False
 
 
+def to_host(array) -> jax.Array:
+    """A numpy or device array as a jax array in host (CPU) memory."""
+    return jax.device_put(array, jax.devices("cpu")[0])
+
+
 def write_params(directory: Path, weights) -> None:
-    """Saves a weights pytree of numpy/jax arrays as an orbax checkpoint in `directory/params`."""
+    """Saves a weights pytree as an orbax checkpoint in `directory/params`.
+
+    The arrays go to host memory first and orbax writes them a few at a time (at most 1 GB in flight), so saving
+    adds little to the memory the weights already take (orbax's defaults stage a full second copy).
+    """
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory.resolve() / "params", jax.tree.map(np.asarray, weights))
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, save_device_host_concurrent_gb=1)
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(directory.resolve() / "params", args=ocp.args.PyTreeSave(jax.tree.map(to_host, weights)))
 
 
 def save(dst: str | Path, params: Params, *, tokenizer_files: Iterable[Path] = (), manifest: dict | None = None,

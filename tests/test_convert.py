@@ -138,3 +138,53 @@ def test_load_refuses_hf_directory_and_corrupt_params(llada_src, tmp_path):
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(jdlm.CheckpointError, match="do not match config.json"):
         jdlm.load(dst)
+
+
+def _peak_rss_mb(code: str) -> float:
+    """Peak resident memory (MB) of a fresh Python process running `code`."""
+    import subprocess
+    import sys
+
+    # VmHWM (the process's own high-water mark) starts afresh at exec, unlike ru_maxrss, which a child inherits
+    # from the process that forked it.
+    report = "\nprint([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    out = subprocess.run([sys.executable, "-c", code + report], check=True, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def test_conversion_memory_stays_near_the_output_size(tmp_path):
+    import ml_dtypes
+
+    from convert.safetensors_io import write_safetensors
+
+    src = tmp_path / "hf"
+    model = build_torch_model("llada", seed=0)
+    write_hf_checkpoint("llada", model, src)
+    cfg = json.loads((src / "config.json").read_text())
+    D, F, V, L = 1024, 2816, 32768, 4
+    cfg.update(d_model=D, n_heads=8, n_kv_heads=8, n_layers=L, mlp_hidden_size=F, embedding_size=V, vocab_size=V)
+    (src / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape, dtype=np.float32).astype(ml_dtypes.bfloat16)
+
+    t = "model.transformer"
+    tensors = {f"{t}.wte.weight": r(V, D), f"{t}.ln_f.weight": r(D), f"{t}.ff_out.weight": r(V, D)}
+    for i in range(L):
+        b = f"{t}.blocks.{i}"
+        tensors.update({f"{b}.attn_norm.weight": r(D), f"{b}.ff_norm.weight": r(D), f"{b}.ff_proj.weight": r(F, D),
+                        f"{b}.up_proj.weight": r(F, D), f"{b}.ff_out.weight": r(D, F)})
+        tensors.update({f"{b}.{n}.weight": r(D, D) for n in ("q_proj", "k_proj", "v_proj", "attn_out")})
+    write_safetensors(src / "model.safetensors", tensors)
+    size_mb = sum(a.nbytes for a in tensors.values()) / 2**20
+    del tensors
+
+    baseline = _peak_rss_mb("import jax, jax.numpy as jnp, orbax.checkpoint, convert; jnp.zeros(1).block_until_ready()")
+    peak = _peak_rss_mb(f"from convert import convert_checkpoint; convert_checkpoint('llada', {str(src)!r}, "
+                        f"{str(tmp_path / 'out')!r})")
+    print(f"output {size_mb:.0f} MB, baseline {baseline:.0f} MB, peak {peak:.0f} MB")
+    # The output, plus orbax's write buffer (capped at 1 GB in flight), plus slack; whole-tree staging (the state
+    # before streaming) took about 3.9x the output.
+    assert peak - baseline < size_mb + min(size_mb, 1024) + 150

@@ -147,8 +147,8 @@ def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, ke
         periodic = (taken % every == 0) if every else False
         return DecodeState(
             tokens=tokens, block=state.block + block_over, block_step=jnp.where(block_over, 0, taken),
-            forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key, kv=kv,
-            revealed_at=revealed_at, revealed_conf=revealed_conf)
+            forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
+            kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf)
 
     def not_finished(state: DecodeState):
         return (state.block < sched.n_blocks) & ~state.done.all()  # blocks left, and a row still decoding

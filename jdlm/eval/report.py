@@ -99,7 +99,9 @@ def format_table(reports: Sequence[EvalReport]) -> str:
     left = (True, True, False, False, False, False)  # text left, numbers right
 
     def line(cells):
-        return "| " + " | ".join(c.ljust(w) if l else c.rjust(w) for c, w, l in zip(cells, widths, left)) + " |"
+        return "| " + " | ".join(c.ljust(w) if is_left else c.rjust(w)
+                                 for c, w, is_left in zip(cells, widths, left)) + " |"
 
-    rule = "|" + "|".join((":" + "-" * (w + 1)) if l else ("-" * (w + 1) + ":") for w, l in zip(widths, left)) + "|"
+    rule = "|" + "|".join((":" + "-" * (w + 1)) if is_left else ("-" * (w + 1) + ":")
+                          for w, is_left in zip(widths, left)) + "|"
     return "\n".join([line(COLUMNS), rule] + [line(row) for row in rows])
