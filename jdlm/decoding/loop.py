@@ -79,8 +79,9 @@ def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, ke
     B, P = prompt.shape
     G, W = sched.gen_length, sched.block
     L = P + G
-    counts = jnp.asarray(sched.block_counts()) if rule.counted else None
-    steps_in_block = len(sched.block_counts()) if rule.counted else W
+    table = sched.block_counts()  # reveal count per step of a block, computed on the host
+    counts = jnp.asarray(table) if rule.counted else None
+    steps_in_block = len(table) if rule.counted else W  # a rule that picks its own count reveals >= 1 per step
 
     # Positions count from each row's first real token; padding is masked as keys.
     valid = jnp.ones((B, L), bool) if prompt_mask is None else \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -168,6 +169,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
         step_fn = make_train_step(config, model, tx)
         start = int(state.step)
         log = open(run_dir / "metrics.jsonl", "a")
+        bar = _ProgressBar(config.steps, start) if progress and sys.stdout.isatty() else None
         t0, tokens_seen = time.time(), 0
         try:
             for step in range(start, config.steps):
@@ -182,7 +184,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
                     m.update(step=done, elapsed_s=round(elapsed, 1), tokens_per_s=round(tokens_seen / elapsed))
                     log.write(json.dumps(m) + "\n")
                     log.flush()
-                    if progress:
+                    if bar is not None:
+                        bar.update(done, f"loss {m['loss']:.4f}  {m['tokens_per_s'] / 1e6:.2f}M tok/s")
+                    elif progress:
                         eta = elapsed / (done - start) * (config.steps - done)
                         print(f"step {done}/{config.steps} loss {m['loss']:.4f} grad {m['grad_norm']:.2f} "
                               f"{m['tokens_per_s'] / 1e6:.2f}M tok/s eta {eta / 60:.1f} min", flush=True)
@@ -197,10 +201,30 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
             raise
         finally:
             log.close()
+            if bar is not None:
+                bar.close()
         if manager.latest_step() != int(state.step):
             manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
     return state
+
+
+class _ProgressBar:
+    """A rich progress bar over training steps (used on a terminal; logs get one line per logged step)."""
+
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                           TextColumn("{task.description}"))
+        self._p.start()
+        self._task = self._p.add_task("", total=total, completed=start)
+
+    def update(self, step: int, text: str) -> None:
+        self._p.update(self._task, completed=step, description=text)
+
+    def close(self) -> None:
+        self._p.stop()
 
 
 def export(config: TrainConfig, state: TrainState, run_dir: str | Path, dst: str | Path, *,
