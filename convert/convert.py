@@ -9,7 +9,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from convert.names import ENTRIES, IGNORED_SUFFIXES
+from convert.names import IGNORED_SUFFIXES, LAYOUTS, entries as expected_entries
 from convert.safetensors_io import CheckpointError as SourceError
 from convert.safetensors_io import SafetensorsCheckpoint
 from jdlm.checkpoint import AtomicDirectory, CheckpointError, sha256_file, to_host, write_manifest, write_params
@@ -55,8 +55,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
       progress: show a progress bar.
     """
     src = Path(src)
-    if family not in ENTRIES:
-        raise ConversionError(f"unknown model family {family!r}; choose one of {sorted(ENTRIES)}")
+    if family not in LAYOUTS:
+        raise ConversionError(f"unknown model family {family!r}; choose one of {sorted(LAYOUTS)}")
     if not src.is_dir():
         raise ConversionError(f"{src} is not a directory; give the Hugging Face checkpoint directory")
     config_path = src / "config.json"
@@ -80,7 +80,7 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
     except SourceError as e:
         raise ConversionError(str(e)) from None
 
-    entries = ENTRIES[family](config)
+    entries = expected_entries(family, config)
     expected = {e.source for e in entries}
     available = set(ckpt.keys())
     missing = sorted(expected - available)
@@ -95,7 +95,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         if ckpt.shape(e.source) != e.source_shape:
             raise ConversionError(f"{src}: tensor {e.source} has shape {list(ckpt.shape(e.source))}, but config.json "
                                   f"implies {list(e.source_shape)}")
-    target = np.dtype(DTYPES[dtype]) if dtype else _source_dtype(ckpt, [e.source for e in entries])
+    source_dtype = _source_dtype(ckpt, [e.source for e in entries])
+    target = np.dtype(DTYPES[dtype]) if dtype else source_dtype
 
     weights: dict = {}
     bar = _progress(progress, len(entries))
@@ -119,7 +120,7 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
                     (tmp / name).write_bytes((src / name).read_bytes())
             write_manifest(tmp, target, weights, {
                 "family": family, "source_dir": str(src.resolve()), "source_files": sources,
-                "source_dtype": str(_source_dtype(ckpt, [e.source for e in entries])),
+                "source_dtype": str(source_dtype),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
     except CheckpointError as err:

@@ -18,78 +18,75 @@ class Entry(NamedTuple):
     transform: Callable[[np.ndarray], np.ndarray]
 
 
-def _same(a):
-    return a
-
-
-def _linear_to_heads(heads: int, head_dim: int):
-    """PyTorch [heads*H, D] -> [D, heads, H] (x @ W layout, split per head)."""
-    return lambda a: a.T.reshape(a.shape[1], heads, head_dim)
-
-
-def _out_to_heads(heads: int, head_dim: int):
-    """PyTorch [D, heads*H] -> [heads, H, D]."""
-    return lambda a: a.T.reshape(heads, head_dim, a.shape[0])
-
-
-def _transpose(a):
-    return a.T
-
-
-def _bias_to_heads(heads: int, head_dim: int):
-    return lambda a: a.reshape(heads, head_dim)
-
-
-def llada_entries(c: ModelConfig) -> list[Entry]:
+def _kinds(c: ModelConfig) -> dict[str, tuple[tuple[int, ...], Callable]]:
+    """Each kind of weight: its PyTorch shape and the reshape into jdlm's `x @ W` layout."""
     D, N, K, H, F, V = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.mlp_hidden, c.vocab_size
-    t = "model.transformer"
-    out = [Entry(f"{t}.wte.weight", (V, D), ("embed",), _same),
-           Entry(f"{t}.ln_f.weight", (D,), ("final_norm",), _same)]
+    return {
+        "vector": ((D,), lambda a: a),
+        "embed": ((V, D), lambda a: a),
+        "head": ((V, D), lambda a: a.T),  # [V, D] -> [D, V]
+        "q": ((N * H, D), lambda a: a.T.reshape(D, N, H)),
+        "kv": ((K * H, D), lambda a: a.T.reshape(D, K, H)),
+        "q_bias": ((N * H,), lambda a: a.reshape(N, H)),
+        "kv_bias": ((K * H,), lambda a: a.reshape(K, H)),
+        "o": ((D, N * H), lambda a: a.T.reshape(N, H, D)),
+        "mlp_in": ((F, D), lambda a: a.T),  # [F, D] -> [D, F]
+        "mlp_out": ((D, F), lambda a: a.T),  # [D, F] -> [F, D]
+    }
+
+
+class Layout(NamedTuple):
+    """A family's names: global tensors, the output head (absent when tied), and the per-layer tensors
+    (`layer_prefix` formatted with the layer index). Values are (jdlm name, kind)."""
+
+    globals: dict[str, tuple[str, str]]
+    head: str
+    layer_prefix: str
+    layer: dict[str, tuple[str, str]]
+
+
+LLADA = Layout(
+    globals={"model.transformer.wte.weight": ("embed", "embed"),
+             "model.transformer.ln_f.weight": ("final_norm", "vector")},
+    head="model.transformer.ff_out.weight",
+    layer_prefix="model.transformer.blocks.{i}.",
+    layer={"attn_norm.weight": ("attn_norm", "vector"), "q_proj.weight": ("q", "q"), "k_proj.weight": ("k", "kv"),
+           "v_proj.weight": ("v", "kv"), "attn_out.weight": ("o", "o"), "ff_norm.weight": ("mlp_norm", "vector"),
+           "ff_proj.weight": ("gate", "mlp_in"),  # SiLU is applied to ff_proj: it is the gate
+           "up_proj.weight": ("up", "mlp_in"), "ff_out.weight": ("down", "mlp_out")},
+)
+
+DREAM = Layout(
+    globals={"model.embed_tokens.weight": ("embed", "embed"), "model.norm.weight": ("final_norm", "vector")},
+    head="lm_head.weight",
+    layer_prefix="model.layers.{i}.",
+    layer={"input_layernorm.weight": ("attn_norm", "vector"), "self_attn.q_proj.weight": ("q", "q"),
+           "self_attn.k_proj.weight": ("k", "kv"), "self_attn.v_proj.weight": ("v", "kv"),
+           "self_attn.q_proj.bias": ("q_bias", "q_bias"), "self_attn.k_proj.bias": ("k_bias", "kv_bias"),
+           "self_attn.v_proj.bias": ("v_bias", "kv_bias"), "self_attn.o_proj.weight": ("o", "o"),
+           "post_attention_layernorm.weight": ("mlp_norm", "vector"), "mlp.gate_proj.weight": ("gate", "mlp_in"),
+           "mlp.up_proj.weight": ("up", "mlp_in"), "mlp.down_proj.weight": ("down", "mlp_out")},
+)
+
+LAYOUTS = {"llada": LLADA, "dream": DREAM}
+
+
+def entries(family: str, c: ModelConfig) -> list[Entry]:
+    """Every source tensor a `family` checkpoint with config `c` must contain, in reading order."""
+    layout, kinds = LAYOUTS[family], _kinds(c)
+
+    def entry(source, target, kind):
+        shape, transform = kinds[kind]
+        return Entry(source, shape, target, transform)
+
+    out = [entry(name, (target,), kind) for name, (target, kind) in layout.globals.items()]
     if not c.tie_embeddings:
-        out.append(Entry(f"{t}.ff_out.weight", (V, D), ("lm_head",), _transpose))
+        out.append(entry(layout.head, ("lm_head",), "head"))
     for i in range(c.n_layers):
-        b = f"{t}.blocks.{i}"
-        out += [
-            Entry(f"{b}.attn_norm.weight", (D,), ("layers", i, "attn_norm"), _same),
-            Entry(f"{b}.q_proj.weight", (N * H, D), ("layers", i, "q"), _linear_to_heads(N, H)),
-            Entry(f"{b}.k_proj.weight", (K * H, D), ("layers", i, "k"), _linear_to_heads(K, H)),
-            Entry(f"{b}.v_proj.weight", (K * H, D), ("layers", i, "v"), _linear_to_heads(K, H)),
-            Entry(f"{b}.attn_out.weight", (D, N * H), ("layers", i, "o"), _out_to_heads(N, H)),
-            Entry(f"{b}.ff_norm.weight", (D,), ("layers", i, "mlp_norm"), _same),
-            Entry(f"{b}.ff_proj.weight", (F, D), ("layers", i, "gate"), _transpose),
-            Entry(f"{b}.up_proj.weight", (F, D), ("layers", i, "up"), _transpose),
-            Entry(f"{b}.ff_out.weight", (D, F), ("layers", i, "down"), _transpose),
-        ]
+        prefix = layout.layer_prefix.format(i=i)
+        out += [entry(prefix + name, ("layers", i, target), kind) for name, (target, kind) in layout.layer.items()]
     return out
 
-
-def dream_entries(c: ModelConfig) -> list[Entry]:
-    D, N, K, H, F, V = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.mlp_hidden, c.vocab_size
-    out = [Entry("model.embed_tokens.weight", (V, D), ("embed",), _same),
-           Entry("model.norm.weight", (D,), ("final_norm",), _same)]
-    if not c.tie_embeddings:
-        out.append(Entry("lm_head.weight", (V, D), ("lm_head",), _transpose))
-    for i in range(c.n_layers):
-        b = f"model.layers.{i}"
-        a = f"{b}.self_attn"
-        out += [
-            Entry(f"{b}.input_layernorm.weight", (D,), ("layers", i, "attn_norm"), _same),
-            Entry(f"{a}.q_proj.weight", (N * H, D), ("layers", i, "q"), _linear_to_heads(N, H)),
-            Entry(f"{a}.k_proj.weight", (K * H, D), ("layers", i, "k"), _linear_to_heads(K, H)),
-            Entry(f"{a}.v_proj.weight", (K * H, D), ("layers", i, "v"), _linear_to_heads(K, H)),
-            Entry(f"{a}.q_proj.bias", (N * H,), ("layers", i, "q_bias"), _bias_to_heads(N, H)),
-            Entry(f"{a}.k_proj.bias", (K * H,), ("layers", i, "k_bias"), _bias_to_heads(K, H)),
-            Entry(f"{a}.v_proj.bias", (K * H,), ("layers", i, "v_bias"), _bias_to_heads(K, H)),
-            Entry(f"{a}.o_proj.weight", (D, N * H), ("layers", i, "o"), _out_to_heads(N, H)),
-            Entry(f"{b}.post_attention_layernorm.weight", (D,), ("layers", i, "mlp_norm"), _same),
-            Entry(f"{b}.mlp.gate_proj.weight", (F, D), ("layers", i, "gate"), _transpose),
-            Entry(f"{b}.mlp.up_proj.weight", (F, D), ("layers", i, "up"), _transpose),
-            Entry(f"{b}.mlp.down_proj.weight", (D, F), ("layers", i, "down"), _transpose),
-        ]
-    return out
-
-
-ENTRIES = {"llada": llada_entries, "dream": dream_entries}
 
 # Buffers some exporters save that carry no weights (recomputed from the config).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

@@ -57,9 +57,6 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.header[name]["shape"])
 
-    def dtype_name(self, name: str) -> str:
-        return self.header[name]["dtype"]
-
     def dtype(self, name: str) -> np.dtype:
         info = self.header[name]
         if info["dtype"] not in _DTYPES:

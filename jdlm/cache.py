@@ -114,5 +114,3 @@ class DualCache(_Refreshing):
         return jax.lax.cond(refresh, lambda: seq.full(tokens, block_start, return_cache=True),
                             lambda: seq.window(tokens, kv, block_start - shift, seq.block + shift, block_start))
 
-
-Cache = NoCache | PrefixCache | DualCache

@@ -19,7 +19,6 @@ from typing import Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdlm.config import ConfigError, load_config
 from jdlm.model import Params, param_shapes

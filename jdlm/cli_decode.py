@@ -156,18 +156,6 @@ class Timed:
         return f"compiled in {self.compile_s:.2f} s, {text}" if self.compile_s >= 0.01 else text
 
 
-def answer_ids(tokenizer, ids) -> list[int]:
-    """Generated ids up to (not including) the first end or mask token: what `Tokenizer.decode` shows."""
-    cfg = tokenizer.config
-    stops = {cfg.eos_id, cfg.mask_id} | ({cfg.eot_id} if cfg.eot_id is not None else set())
-    out = []
-    for i in ids:
-        if int(i) in stops:
-            break
-        out.append(int(i))
-    return out
-
-
 def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int, bucket: bool = False,
                console=None) -> Timed:
     """Decodes one prompt; `bucket` pads it to a standard length (when that still fits) so that prompts of
@@ -199,7 +187,7 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
         if spinner:
             spinner.stop()
     compile_s = min(clock.seconds, total)
-    return Timed(result=result, answer_ids=answer_ids(tokenizer, result.tokens[0]), compile_s=compile_s,
+    return Timed(result=result, answer_ids=tokenizer.answer_ids(result.tokens[0]), compile_s=compile_s,
                  run_s=total - compile_s)
 
 

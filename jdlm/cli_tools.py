@@ -46,16 +46,10 @@ def _tree_size(path: Path) -> int:
 def describe_checkpoint(path: str) -> dict:
     """What `jdlm inspect` reports, as a JSON-ready dict; reads config.json and manifest.json, no weights."""
     from jdlm.checkpoint import resolve
-    from jdlm.config import ModelConfig, from_hf
+    from jdlm.config import ModelConfig, from_hf, read_config_json
 
     directory = resolve(path)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise UsageError(f"{directory} has no config.json; give a jdlm checkpoint directory (or a Hugging Face one)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{config_path} is not valid JSON ({e})") from None
+    raw = read_config_json(directory)
     files = {p.name + ("/" if p.is_dir() else ""): _tree_size(p) for p in sorted(directory.iterdir())
              if not p.name.startswith(".")}
     info = {"path": str(directory.resolve()), "files": files, "total_bytes": sum(files.values())}
@@ -74,7 +68,7 @@ def describe_checkpoint(path: str) -> dict:
         info.update(kind="huggingface", dtype=raw.get("torch_dtype") or raw.get("dtype"),
                     model_type=raw.get("model_type"))
         try:
-            config = from_hf(raw, str(config_path))
+            config = from_hf(raw, str(directory / "config.json"))
             info.update(config=config.to_dict(), n_params=config.n_params,
                         hint=f"convert it first: jdlm convert {config.family} {directory} DST")
         except Exception as e:  # any family jdlm cannot read: report it, do not fail inspect

@@ -58,6 +58,11 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} is outside the vocabulary [0, {self.vocab_size})")
 
     @property
+    def end_ids(self) -> tuple[int, ...]:
+        """Tokens that end an answer: EOS, and end-of-turn where the model has one."""
+        return (self.eos_id,) if self.eot_id is None else (self.eos_id, self.eot_id)
+
+    @property
     def n_params(self) -> int:
         """Number of parameters (embeddings and head included)."""
         attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
@@ -181,17 +186,23 @@ def from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
                       "(LLaDA-8B, LLaDA-1.5) and 'Dream' (Dream-v0-7B) checkpoints")
 
 
-def load_config(path: str | Path) -> ModelConfig:
-    """Reads a config.json: jdlm's own (key "jdlm_config") or a Hugging Face one."""
+def read_config_json(path: str | Path) -> dict:
+    """The raw dict of a config.json (or of `path/config.json` for a directory), with clear errors."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
     if not path.exists():
-        raise ConfigError(f"{path} does not exist")
+        raise ConfigError(f"{path} does not exist; give a jdlm checkpoint directory (or a Hugging Face one)")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Reads a config.json: jdlm's own (key "jdlm_config") or a Hugging Face one."""
+    path = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+    data = read_config_json(path)
     if "jdlm_config" in data:
         return ModelConfig.from_dict(data["jdlm_config"])
     return from_hf(data, str(path))

@@ -88,17 +88,19 @@ class Tokenizer:
         """Many texts -> token ids (in parallel)."""
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
 
+    def answer_ids(self, ids: Sequence[int]) -> list[int]:
+        """Generated ids up to (not including) the first end token (EOS, end of turn) or mask token."""
+        stops = {*self.config.end_ids, self.config.mask_id}
+        out = []
+        for i in ids:
+            if int(i) in stops:
+                break
+            out.append(int(i))
+        return out
+
     def decode(self, ids: Sequence[int], *, stop_at_eos: bool = True, skip_special_tokens: bool = True) -> str:
         """Token ids -> text, cut at the first EOS / end-of-turn / mask token when `stop_at_eos`."""
-        ids = [int(i) for i in ids]
-        if stop_at_eos:
-            stops = {self.config.eos_id, self.config.mask_id}
-            if self.config.eot_id is not None:
-                stops.add(self.config.eot_id)
-            for n, i in enumerate(ids):
-                if i in stops:
-                    ids = ids[:n]
-                    break
+        ids = self.answer_ids(ids) if stop_at_eos else [int(i) for i in ids]
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def id_to_token(self, i: int) -> str:

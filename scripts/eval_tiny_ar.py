@@ -18,21 +18,24 @@ GEN = {"sudoku": 24, "countdown": 64, "arithmetic": 80, "code": 32}
 
 
 def greedy(params, ids: np.ndarray, mask: np.ndarray, steps: int) -> np.ndarray:
-    """Appends `steps` argmax tokens to left-padded prompts [B, P] (full recompute per token; fine at this size)."""
+    """Appends `steps` argmax tokens to left-padded prompts [B, P].
+
+    The buffer has its final length from the start, so one compiled forward serves every step: causal attention
+    keeps the not-yet-written positions from influencing the one being predicted (full recompute per token; fine
+    at this size).
+    """
 
     @jax.jit
-    def next_token(tokens, valid):
+    def next_token(tokens, valid, i):
         positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
         logits = jdlm.forward(params, tokens, positions=positions, key_mask=valid, causal=True).logits
-        return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        return jnp.argmax(logits[:, P + i - 1], axis=-1).astype(jnp.int32)
 
     B, P = ids.shape
     tokens = np.concatenate([ids, np.full((B, steps), params.config.pad_id, np.int32)], axis=1)
-    valid = np.concatenate([mask, np.zeros((B, steps), bool)], axis=1)
-    for i in range(steps):  # the window grows one token at a time; pads beyond it are masked keys
-        window = P + i
-        tokens[:, window] = np.asarray(next_token(jnp.asarray(tokens[:, :window]), jnp.asarray(valid[:, :window])))
-        valid[:, window] = True
+    valid = np.concatenate([mask, np.ones((B, steps), bool)], axis=1)
+    for i in range(steps):
+        tokens[:, P + i] = np.asarray(next_token(jnp.asarray(tokens), jnp.asarray(valid), i))
     return tokens[:, P:]
 
 

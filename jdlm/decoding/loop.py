@@ -174,9 +174,7 @@ def _stop_at_end(tokens, done, revealed_at, step, P, cfg):
     """
     gen = tokens[:, P:]
     G = gen.shape[1]
-    end = gen == cfg.eos_id
-    if cfg.eot_id is not None:
-        end |= gen == cfg.eot_id
+    end = jnp.isin(gen, jnp.asarray(cfg.end_ids))
     first_end = jnp.where(end.any(-1), jnp.argmax(end, axis=-1), G)  # [B]
     idx = jnp.arange(G)
     masked_before = ((gen == cfg.mask_id) & (idx < first_end[:, None])).any(-1)

@@ -48,9 +48,7 @@ class Generation:
 
 def answer_lengths(tokens: np.ndarray, config) -> np.ndarray:
     """Tokens up to and including the first EOS / end-of-turn per row of tokens [N, G]; G where none: [N]."""
-    end = tokens == config.eos_id
-    if config.eot_id is not None:
-        end |= tokens == config.eot_id
+    end = np.isin(tokens, config.end_ids)
     return np.where(end.any(-1), end.argmax(-1) + 1, tokens.shape[1])
 
 

@@ -70,12 +70,6 @@ def generate_examples(counts: dict[str, int], seed: int = 0, workers: int | None
     return out
 
 
-def chat_prompt(tokenizer, task_name: str, example_input: str) -> list[int]:
-    """The prompt ids the models see: the task prompt as a user turn through the chat template."""
-    text = TASKS[task_name].prompt(example_input)
-    return tokenizer.encode_chat([{"role": "user", "content": text}])
-
-
 def build_pool(tokenizer, examples: dict[str, list[Example]], length: int) -> Pool:
     """Tokenises examples into rows of `length`; rows that do not fit are dropped (and counted in a warning)."""
     names = tuple(sorted(examples))
