@@ -22,13 +22,11 @@ import jax.numpy as jnp
 
 from jdlm.config import ConfigError, load_config
 from jdlm.model import Params, param_shapes
+from jdlm.errors import CheckpointError
 
 FORMAT_VERSION = 1
 PACKAGED_MODELS = ("tiny", "tiny-ar")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded or written; the message says what is wrong and how to fix it."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:

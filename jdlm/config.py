@@ -6,12 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+from jdlm.errors import ConfigError
 
 FAMILIES = ("llada", "dream")
 
-
-class ConfigError(ValueError):
-    """A config.json or a ModelConfig that jdlm cannot run; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Sequence
 
 from jdlm.config import ModelConfig
+from jdlm.errors import TokenizerError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                    "chat_template.jinja", "chat_template.json")
 
-
-class TokenizerError(ValueError):
-    """A missing or unusable tokenizer; the message says which file."""
 
 
 def _token_text(value) -> str | None:

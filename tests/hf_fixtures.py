@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from convert.safetensors_io import write_safetensors
+from jdlm.convert.safetensors_io import write_safetensors
 
 VOCAB = 256
 MASK_ID = 250

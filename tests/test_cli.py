@@ -56,7 +56,7 @@ def test_every_command_has_help_with_examples(command):
 
 
 def test_strategy_help_names_every_rule():
-    from jdlm.cli import STRATEGY_HELP
+    from jdlm.cli.args import STRATEGY_HELP
     from jdlm.decoding.strategy import RULES
 
     for name in RULES:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jdlm
-from convert import ConversionError, convert_checkpoint
-from convert.__main__ import main as convert_main
+from jdlm.convert import ConversionError, convert_checkpoint
+from jdlm.convert.__main__ import main as convert_main
 from jdlm.checkpoint import sha256_file
 from tests.hf_fixtures import build_torch_model, write_hf_checkpoint
 
@@ -111,7 +111,7 @@ def test_destination_exists_needs_overwrite(llada_src, tmp_path):
 
 
 def test_interrupted_conversion_leaves_nothing(llada_src, tmp_path, monkeypatch):
-    import convert.convert as conv
+    import jdlm.convert.convert as conv
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -156,7 +156,7 @@ def _peak_rss_mb(code: str) -> float:
 def test_conversion_memory_stays_near_the_output_size(tmp_path):
     import ml_dtypes
 
-    from convert.safetensors_io import write_safetensors
+    from jdlm.convert.safetensors_io import write_safetensors
 
     src = tmp_path / "hf"
     model = build_torch_model("llada", seed=0)
@@ -181,8 +181,8 @@ def test_conversion_memory_stays_near_the_output_size(tmp_path):
     size_mb = sum(a.nbytes for a in tensors.values()) / 2**20
     del tensors
 
-    baseline = _peak_rss_mb("import jax, jax.numpy as jnp, orbax.checkpoint, convert; jnp.zeros(1).block_until_ready()")
-    peak = _peak_rss_mb(f"from convert import convert_checkpoint; convert_checkpoint('llada', {str(src)!r}, "
+    baseline = _peak_rss_mb("import jax, jax.numpy as jnp, orbax.checkpoint, jdlm.convert; jnp.zeros(1).block_until_ready()")
+    peak = _peak_rss_mb(f"from jdlm.convert import convert_checkpoint; convert_checkpoint('llada', {str(src)!r}, "
                         f"{str(tmp_path / 'out')!r})")
     print(f"output {size_mb:.0f} MB, baseline {baseline:.0f} MB, peak {peak:.0f} MB")
     # The output, plus orbax's write buffer (capped at 1 GB in flight), plus slack; whole-tree staging (the state

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jdlm
-from convert import convert_checkpoint
+from jdlm.convert import convert_checkpoint
 from tests.hf_fixtures import bidirectional_logits, build_torch_model, write_hf_checkpoint
 
 TOL = 1e-4

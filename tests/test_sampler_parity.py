@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import jdlm
-from convert import convert_checkpoint
+from jdlm.convert import convert_checkpoint
 from jdlm import strategies as S
 from tests.hf_fixtures import write_tokenizer
 from tests.reference import samplers

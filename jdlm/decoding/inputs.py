@@ -8,12 +8,10 @@ import jax
 import numpy as np
 
 from jdlm.config import ModelConfig
+from jdlm.errors import InputError
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
-
-class InputError(ValueError):
-    """A prompt that cannot be decoded; the message says what is wrong and how to fix it."""
 
 
 def _concrete(x) -> bool:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from jdlm.errors import StrategyError
 
 COUNT_POLICIES = ("llada", "dream")
 
-
-class StrategyError(ValueError):
-    """An invalid decoding strategy; the message names the field, its value and what is allowed."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -9,19 +9,16 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from convert.names import IGNORED_SUFFIXES, LAYOUTS, entries as expected_entries
-from convert.safetensors_io import CheckpointError as SourceError
-from convert.safetensors_io import SafetensorsCheckpoint
+from jdlm.convert.names import IGNORED_SUFFIXES, LAYOUTS, entries as expected_entries
+from jdlm.convert.safetensors_io import SafetensorsCheckpoint
 from jdlm.checkpoint import AtomicDirectory, CheckpointError, sha256_file, to_host, write_manifest, write_params
 from jdlm.config import ConfigError, from_hf
 from jdlm.tokenizer import TOKENIZER_FILES
+from jdlm.errors import ConversionError, SourceCheckpointError
 
 DTYPES = {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "float32": jnp.float32, "fp32": jnp.float32,
           "float16": jnp.float16, "fp16": jnp.float16}
 
-
-class ConversionError(ValueError):
-    """A conversion that cannot proceed; nothing was written at the destination."""
 
 
 def _set(tree: dict, path: tuple, value) -> None:
@@ -77,7 +74,7 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         raise ConversionError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     try:
         ckpt = SafetensorsCheckpoint(src)
-    except SourceError as e:
+    except SourceCheckpointError as e:
         raise ConversionError(str(e)) from None
 
     entries = expected_entries(family, config)
@@ -104,7 +101,7 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         for e in entries:  # one source tensor in memory at a time, besides the converted ones
             _set(weights, e.target, to_host(np.asarray(e.transform(ckpt.get(e.source))).astype(target)))
             bar.advance()
-    except SourceError as err:
+    except SourceCheckpointError as err:
         raise ConversionError(str(err)) from None
     finally:
         bar.close()

@@ -13,15 +13,13 @@ from typing import Iterator
 
 import ml_dtypes
 import numpy as np
+from jdlm.errors import SourceCheckpointError
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 
-
-class CheckpointError(ValueError):
-    """A source checkpoint that cannot be read; the message names the file and what is wrong."""
 
 
 class SafetensorsFile:
@@ -30,25 +28,25 @@ class SafetensorsFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise CheckpointError(f"{self.path} is missing")
+            raise SourceCheckpointError(f"{self.path} is missing")
         size = self.path.stat().st_size
         with open(self.path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
-                raise CheckpointError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
+                raise SourceCheckpointError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
             (n,) = struct.unpack("<Q", raw)
             if 8 + n > size:
-                raise CheckpointError(f"{self.path} is truncated: its header needs {n} bytes, the file has {size}")
+                raise SourceCheckpointError(f"{self.path} is truncated: its header needs {n} bytes, the file has {size}")
             try:
                 header = json.loads(f.read(n))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise CheckpointError(f"{self.path} has a corrupt header: not a safetensors file") from None
+                raise SourceCheckpointError(f"{self.path} has a corrupt header: not a safetensors file") from None
         header.pop("__metadata__", None)
         self.header = header
         self.data_start = 8 + n
         end = max((t["data_offsets"][1] for t in header.values()), default=0)
         if self.data_start + end > size:
-            raise CheckpointError(f"{self.path} is truncated: its tensors need {self.data_start + end} bytes, the "
+            raise SourceCheckpointError(f"{self.path} is truncated: its tensors need {self.data_start + end} bytes, the "
                                   f"file has {size}; download or copy it again")
 
     def keys(self) -> list[str]:
@@ -60,7 +58,7 @@ class SafetensorsFile:
     def dtype(self, name: str) -> np.dtype:
         info = self.header[name]
         if info["dtype"] not in _DTYPES:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise SourceCheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
         return np.dtype(_DTYPES[info["dtype"]])
 
     def get(self, name: str) -> np.ndarray:
@@ -71,7 +69,7 @@ class SafetensorsFile:
         begin, end = info["data_offsets"]
         count = int(np.prod(info["shape"], dtype=np.int64))
         if end - begin != count * dtype.itemsize:
-            raise CheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
+            raise SourceCheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
                                   f"of {info['dtype']}; the file is corrupt")
         flat = np.fromfile(self.path, dtype=dtype, count=count, offset=self.data_start + begin)
         return flat.reshape(info["shape"])
@@ -89,22 +87,22 @@ class SafetensorsCheckpoint:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError):
-                raise CheckpointError(f"{index} is corrupt: expected JSON with a 'weight_map'") from None
+                raise SourceCheckpointError(f"{index} is corrupt: expected JSON with a 'weight_map'") from None
             shard_names = sorted(set(weight_map.values()))
             missing = [s for s in shard_names if not (self.directory / s).exists()]
             if missing:
-                raise CheckpointError(f"{self.directory}: shard(s) {missing} listed in {index.name} are missing")
+                raise SourceCheckpointError(f"{self.directory}: shard(s) {missing} listed in {index.name} are missing")
             self.files = {s: SafetensorsFile(self.directory / s) for s in shard_names}
             self.location = dict(weight_map)
             for name, shard in self.location.items():
                 if name not in self.files[shard].header:
-                    raise CheckpointError(f"{self.directory / shard} lacks tensor {name} that {index.name} places "
+                    raise SourceCheckpointError(f"{self.directory / shard} lacks tensor {name} that {index.name} places "
                                           "there; the shard is incomplete")
         elif single.exists():
             self.files = {single.name: SafetensorsFile(single)}
             self.location = {name: single.name for name in self.files[single.name].keys()}
         else:
-            raise CheckpointError(f"{self.directory} has neither model.safetensors nor model.safetensors.index.json;"
+            raise SourceCheckpointError(f"{self.directory} has neither model.safetensors nor model.safetensors.index.json;"
                                   " point to a Hugging Face checkpoint directory with safetensors weights")
 
     def keys(self) -> list[str]:

@@ -1,5 +1,5 @@
 """Converts Hugging Face LLaDA / Dream checkpoints (safetensors) into jdlm checkpoints; no torch needed."""
 
-from convert.convert import ConversionError, convert_checkpoint
+from jdlm.convert.convert import ConversionError, convert_checkpoint
 
 __all__ = ["ConversionError", "convert_checkpoint"]

@@ -1,18 +1,18 @@
-"""`python -m convert llada|dream SRC DST [--dtype bfloat16] [--overwrite]`."""
+"""`python -m jdlm.convert llada|dream SRC DST [--dtype bfloat16] [--overwrite]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from convert.convert import ConversionError, convert_checkpoint
+from jdlm.convert.convert import ConversionError, convert_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m convert",
+        prog="python -m jdlm.convert",
         description="Convert a Hugging Face LLaDA or Dream checkpoint (safetensors) into a jdlm checkpoint.",
-        epilog="example: python -m convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct")
+        epilog="example: python -m jdlm.convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct")
     p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("dst", help="jdlm checkpoint directory to create")

@@ -11,6 +11,8 @@ import html
 import time
 from pathlib import Path
 
+from jdlm.errors import PlotUnavailable
+
 MASK_GLYPH = "░"  # how a still-masked position looks in the terminal
 
 # viridis at five stops: dark purple (first step) -> yellow (last step). Readable as a background on both light
@@ -221,9 +223,6 @@ def write_html(trace: RevealTrace, path: str | Path, *, prompt: str = "", meta: 
     path.write_text(page, encoding="utf-8")
     return path
 
-
-class PlotUnavailable(RuntimeError):
-    """matplotlib is not installed."""
 
 
 def _label(piece: str) -> str:

@@ -1,17 +1,13 @@
-"""`jdlm generate` and `jdlm chat`, and what they share: loading a model, building a strategy from flags, timing
-a compiled decode (compile and run apart)."""
+"""What the commands share: consoles, loading a model, building a strategy from flags, timing a compiled decode."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import time
 from pathlib import Path
 
-from jdlm.cli import PACKAGED_MODELS, UsageError
-
-TRACE_KINDS = (".html", ".htm", ".png")
+from jdlm.cli.args import PACKAGED_MODELS
+from jdlm.errors import UsageError
 
 
 def stderr_console():
@@ -191,145 +187,15 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
                  run_s=total - compile_s)
 
 
-# ---------------------------------------------------------------- generate
 
 
-def read_prompt(prompt: str | None) -> str:
-    if prompt is None and sys.stdin.isatty():
-        raise UsageError('give a prompt: jdlm generate "What is 17 * 23?" (or pipe one: echo ... | jdlm generate -)')
-    if prompt is None or prompt == "-":
-        prompt = sys.stdin.read()
-    prompt = prompt.strip()
-    if not prompt:
-        raise UsageError('the prompt is empty; give some text, e.g. jdlm generate "What is 17 * 23?"')
-    return prompt
 
-
-def check_trace_path(path: str | None) -> str | None:
-    """The trace format from --trace's suffix; checked before any work is done."""
+def check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> None:
     if path is None:
-        return None
-    suffix = Path(path).suffix.lower()
-    if suffix not in TRACE_KINDS:
-        raise UsageError(f"--trace {path}: unknown picture format {suffix or '(no suffix)'!r}; give a file ending "
-                         "in .html or .png")
-    parent = Path(path).expanduser().parent
-    if not parent.is_dir():
-        raise UsageError(f"--trace {path}: directory {parent} does not exist; create it or choose another path")
-    return "png" if suffix == ".png" else "html"
+        return
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {path}: give a file ending in {' or '.join(suffixes)}")
+    if not p.parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {p.parent} does not exist; create it or choose another path")
 
-
-def generate(args) -> int:
-    """`jdlm generate`: the answer on stdout, everything else on stderr."""
-    trace_kind = check_trace_path(args.trace)
-    prompt = read_prompt(args.prompt)
-    console = stderr_console()
-    strategy = build_strategy(args, steps=args.steps)
-    params, tokenizer, loaded = load_model(args)
-    prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
-    timed = run_decode(params, tokenizer, prompt_ids, strategy, seed=args.seed,
-                       console=None if args.quiet else console)
-    result = timed.result
-    text = tokenizer.decode(timed.answer_ids)
-    if not args.quiet:
-        note(console, loaded)
-        note(console, timed.summary())
-
-    if args.show or trace_kind:
-        from jdlm import viz
-
-        trace = viz.RevealTrace.from_result(result, tokenizer)
-        meta = f"{args.model} · {describe(strategy, args.strategy)} · NFE {int(result.nfe[0])}"
-        if args.show:
-            viz.show(trace, console, title=f"{args.strategy}: ")
-        if trace_kind == "html":
-            viz.write_html(trace, Path(args.trace).expanduser(), prompt=prompt, meta=meta)
-        elif trace_kind == "png":
-            viz.write_png(trace, Path(args.trace).expanduser(), title=meta)
-        if trace_kind and not args.quiet:
-            note(console, f"wrote {args.trace}")
-
-    if args.json:
-        steps = [int(s) for s in result.trace.step[0][: len(timed.answer_ids)]]
-        print(json.dumps({
-            "text": text, "token_ids": timed.answer_ids, "reveal_step": steps, "nfe": int(result.nfe[0]),
-            "steps": int(result.steps), "compile_s": round(timed.compile_s, 4), "run_s": round(timed.run_s, 4),
-            "tokens_per_s": round(timed.tokens_per_s, 2), "prompt_tokens": len(prompt_ids),
-            "gen_length": strategy.schedule.gen_length, "model": args.model, "strategy": args.strategy,
-            "cache": args.cache,
-        }))
-    else:
-        print(text)
-    return 0
-
-
-# ---------------------------------------------------------------- chat
-
-
-def chat(args) -> int:
-    """`jdlm chat`: a read-decode-print loop over stdin that keeps the conversation."""
-    from jdlm.decoding import InputError
-
-    console = stderr_console()
-    interactive = sys.stdin.isatty()
-    strategy = build_strategy(args, steps=args.steps)
-    params, tokenizer, loaded = load_model(args)
-    if not args.quiet:
-        note(console, loaded)
-    if not tokenizer.chat_template:
-        note(console, "note: this model has no chat template; each line is sent as plain text without the "
-             "conversation", "yellow")
-    if interactive:
-        note(console, f"chatting with {args.model} ({describe(strategy, args.strategy)}); /reset forgets the "
-             "conversation, /exit or Ctrl-D quits")
-    messages: list[dict[str, str]] = []
-    while True:
-        line = _read_line(interactive)
-        if line is None or line.strip() in ("/exit", "/quit"):
-            return 0
-        line = line.strip()
-        if not line:
-            continue
-        if line == "/reset":
-            messages = []
-            note(console, "(conversation cleared)")
-            continue
-        if line.startswith("/"):
-            note(console, f"unknown command {line.split()[0]}; /reset or /exit", "yellow")
-            continue
-        messages.append({"role": "user", "content": line})
-        try:
-            ids = _fit(tokenizer, messages, strategy.schedule.gen_length, params.config.max_seq_len, console)
-            timed = run_decode(params, tokenizer, ids, strategy, seed=args.seed, bucket=True,
-                               console=None if args.quiet else console)
-        except (UsageError, InputError) as e:
-            note(console, f"error: {e}", "red")
-            messages.pop()
-            continue
-        reply = tokenizer.decode(timed.answer_ids)
-        messages.append({"role": "assistant", "content": reply})
-        print(reply, flush=True)
-        if not args.quiet:
-            note(console, timed.summary())
-
-
-def _read_line(interactive: bool) -> str | None:
-    """The next line from stdin (with a prompt on a terminal); None at end of input."""
-    if interactive:
-        try:
-            return input("you> ")
-        except EOFError:
-            return None
-    line = sys.stdin.readline()
-    return line if line else None
-
-
-def _fit(tokenizer, messages: list[dict[str, str]], gen_length: int, max_seq_len: int, console) -> list[int]:
-    """Prompt ids for the conversation, dropping the oldest exchanges until prompt + answer fit the model."""
-    while True:
-        ids = encode(tokenizer, messages, chat=True)
-        if len(ids) + gen_length <= max_seq_len or len(messages) <= 1:
-            check_fits(len(ids), gen_length, max_seq_len)
-            return ids
-        del messages[:2]  # the oldest user turn and its answer
-        note(console, "(dropped the oldest turn to fit the model's context)")

@@ -1,0 +1,95 @@
+"""The `jdlm` command line: one module per command, each with `add_parser(sub)` and `run(args)`.
+
+Only the standard library is imported until a command runs, so `jdlm --help` stays fast; each command imports
+JAX and the rest of jdlm when it runs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+
+from jdlm.cli.args import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Formatter, Parser
+from jdlm.errors import UserError
+
+COMMANDS = ("generate", "chat", "convert", "inspect", "eval", "bench")
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for errors a user causes and can fix (bad flags, paths, models, prompts, strategies)."""
+    return isinstance(exc, (UserError, *_USER_OS_ERRORS))
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="jdlm", formatter_class=Formatter,
+        description="jdlm: fast, exact decoding for masked-diffusion language models (LLaDA, Dream, tiny) in JAX.",
+        epilog=textwrap.dedent("""\
+            start here:
+              jdlm generate "What is 17 * 23?"                      # the packaged tiny model, on CPU
+              jdlm generate "What is 17 * 23?" --strategy threshold:0.9 --cache dual --show
+              jdlm chat
+              jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b
+              jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."
+
+            'jdlm COMMAND --help' shows every flag of a command, with examples.
+
+            """) + EXIT_CODES)
+    parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback on errors")
+    parser.add_argument("--version", action="version", version=f"jdlm {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    for name in COMMANDS:
+        importlib.import_module(f"jdlm.cli.{name}").add_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("jdlm")
+    except Exception:  # not installed as a distribution (running from a source tree)
+        return "0.1.0"
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs `jdlm ARGS`; returns the exit code (see EXIT_CODES)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    for stream in (sys.stdout, sys.stderr):  # model text may hold characters the terminal's encoding lacks
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        if args.command is None:
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        return importlib.import_module(f"jdlm.cli.{args.command}").run(args) or EXIT_OK
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); stop quietly without a second error while flushing stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:  # every failure ends here: one line, or the traceback with --debug
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if is_user_error(e):
+            message = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+            print(f"error: {one_line(message)}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: internal error ({type(e).__name__}: {one_line(e)}); rerun with --debug for the traceback "
+              "and please report it", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,120 @@
+"""Argument parsing shared by the commands: the parser class, value types and the common flag groups."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+from jdlm.errors import UsageError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug in jdlm: rerun with --debug and report it
+EXIT_USAGE = 2  # something the user can fix: a flag, a path, a prompt, a model, a missing optional package
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    success
+  {EXIT_INTERNAL}    unexpected internal error (a bug): rerun with --debug for the traceback and report it
+  {EXIT_USAGE}    a problem you can fix: bad flag or value, missing or unconverted model, bad prompt, missing file or
+       optional package; one line "error: ..." on stderr says what to change
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)"""
+
+PACKAGED_MODELS = ("tiny", "tiny-ar")
+DEFAULT_MODEL = "tiny"
+CACHES = ("none", "prefix", "dual")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Kept in step with jdlm.strategies.RULES (tests/test_cli.py checks); written out so --help needs no import.
+STRATEGY_HELP = """\
+reveal rule, NAME or NAME:VALUE (default low_confidence):
+  low_confidence     the most probable proposals, a fixed count per step (LLaDA)
+  random             random positions (LLaDA)
+  threshold:T        every proposal with probability >= T, at least one (Fast-dLLM), e.g. threshold:0.9
+  factor:F           Fast-dLLM's rank-dependent threshold, e.g. factor:1
+  maskgit_plus[:A]   Dream's top-1 probability rule (A: alg_temp)
+  margin[:A]         Dream's top-1 minus top-2 rule
+  entropy[:A]        Dream's negative-entropy rule"""
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line naming the fix, not a usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the hand-wrapped descriptions and examples; wraps argument help as usual except where it has
+    line breaks of its own (the strategy list)."""
+
+    def _split_lines(self, text, width):
+        if "\n" in text:
+            return text.splitlines()
+        return super()._split_lines(text, width)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def command(sub, name: str, help: str, description: str, examples: str) -> Parser:
+    p = sub.add_parser(name, help=help, description=description, formatter_class=Formatter,
+                       epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  ")
+                       + "\n\n" + EXIT_CODES)
+    # Also accepted after the command; SUPPRESS keeps it from overwriting a --debug given before the command.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback on errors")
+    return p
+
+
+def model_args(p: Parser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL, metavar="NAME|DIR",
+                   help=f"packaged model ({', '.join(PACKAGED_MODELS)}) or a converted checkpoint directory "
+                        f"(default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", metavar="DTYPE",
+                   help="compute dtype: float32, bfloat16 or float16; auto (default) is float32 on CPU and the "
+                        "stored dtype elsewhere")
+
+
+def strategy_args(p: Parser, *, repeatable: bool = False, gen_length: int = 64) -> None:
+    """Flags that build a Strategy (decoding.build_strategy reads them)."""
+    if repeatable:
+        p.add_argument("--strategy", "-s", action="append", metavar="SPEC",
+                       help=STRATEGY_HELP + "\nrepeat to compare several")
+    else:
+        p.add_argument("--strategy", "-s", default="low_confidence", metavar="SPEC", help=STRATEGY_HELP)
+    p.add_argument("--cache", "-c", choices=CACHES, default="none",
+                   help="KV cache: none (exact, full forward every step), prefix (reuse keys/values left of the "
+                        "block), dual (reuse the whole sequence, recompute only the block); default none")
+    p.add_argument("--gen-length", "-n", type=positive_int, default=gen_length, metavar="N",
+                   help=f"tokens to generate (default {gen_length})")
+    p.add_argument("--block-length", "-b", type=positive_int, default=None, metavar="N",
+                   help="tokens per semi-autoregressive block, must divide --gen-length (default 32 when it "
+                        "divides --gen-length, else one block)")
+    p.add_argument("--temperature", "-t", type=non_negative_float, default=0.0, metavar="T",
+                   help="0 (default) is greedy; > 0 samples")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling and random orders (default 0)")
+    p.add_argument("--cfg", type=non_negative_float, default=0.0, metavar="SCALE",
+                   help="classifier-free guidance scale (default 0: off); costs a second batch row per step")
+    p.add_argument("--no-eos-stop", action="store_true",
+                   help="keep decoding after the answer ends (default: stop a row at its end token)")

@@ -1,0 +1,38 @@
+"""`jdlm convert`: a Hugging Face LLaDA or Dream checkpoint to a jdlm checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+from jdlm.cli.args import command
+from jdlm.cli.common import note, stderr_console
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "convert", "convert a Hugging Face LLaDA or Dream checkpoint",
+                 "Convert a Hugging Face LLaDA or Dream checkpoint (safetensors, no torch needed) into a jdlm\n"
+                 "checkpoint directory: orbax weights, config.json, tokenizer files and manifest.json. Every tensor\n"
+                 "name and shape is checked; the output appears only when the conversion finished.",
+                 """
+                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct
+                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16
+                 """)
+    p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
+    p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("dst", help="jdlm checkpoint directory to create")
+    p.add_argument("--dtype", default=None, help="cast weights: bfloat16, float32 or float16 (default: keep)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """`jdlm convert`: convert.convert_checkpoint with a progress bar."""
+    from jdlm.convert.convert import convert_checkpoint
+
+    t0 = time.perf_counter()
+    dst = convert_checkpoint(args.family, args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,
+                             progress=not args.quiet)
+    console = stderr_console()
+    note(console, f"wrote {dst} in {time.perf_counter() - t0:.1f} s; next: jdlm inspect {dst}", "green")
+    note(console, f'try it: jdlm generate --model {dst} "Hello!"')
+    return 0

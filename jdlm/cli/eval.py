@@ -1,0 +1,129 @@
+"""`jdlm eval`: accuracy against NFE of strategies on the task suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jdlm.cli.args import (
+    CACHES,
+    STRATEGY_HELP,
+    command,
+    model_args,
+    non_negative_float,
+    positive_int,
+)
+from jdlm.cli.common import check_output, load_model, note, stderr_console
+from jdlm.errors import UsageError
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "eval", "accuracy versus NFE of strategies on the task suite",
+                 "Evaluate decoding strategies on jdlm's generated tasks (sudoku, countdown, arithmetic, code) or\n"
+                 "on your own examples (--data), and report accuracy, forward passes (NFE) and tokens/s per task\n"
+                 "and strategy. Each task decodes with its own measured generation and block length unless\n"
+                 "--gen-length / --block-length override them. Decoding stops each row at its end token.",
+                 """
+                 jdlm eval --task arithmetic --limit 100
+                 jdlm eval --task sudoku --strategy low_confidence --strategy threshold:0.9 --cache dual \\
+                           --json results.json --plot pareto.png
+                 jdlm eval --task countdown --strategy low_confidence --tokens-per-step 2
+                 jdlm eval --task countdown --data my_examples.jsonl
+                 """)
+    model_args(p)
+    p.add_argument("--task", action="append", metavar="NAME",
+                   help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
+                        "(default: all four; exactly one with --data)")
+    p.add_argument("--data", metavar="FILE.jsonl",
+                   help="evaluate these examples ({\"input\": ..., \"output\": ...} per line) instead of the "
+                        "task's own eval split")
+    p.add_argument("--strategy", "-s", action="append", metavar="SPEC",
+                   help=STRATEGY_HELP + "\nrepeat to compare several")
+    p.add_argument("--cache", "-c", choices=CACHES, default="none", help="KV cache for every strategy (default none)")
+    p.add_argument("--tokens-per-step", "-k", type=positive_int, default=1, metavar="K",
+                   help="tokens revealed per step by counted rules (low_confidence, random, maskgit_plus, margin, "
+                        "entropy); must divide the block length; threshold and factor decide their own (default 1)")
+    p.add_argument("--temperature", "-t", type=non_negative_float, default=0.0, metavar="T",
+                   help="0 (default) is greedy")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampled strategies (default 0)")
+    p.add_argument("--gen-length", "-n", type=positive_int, default=None, metavar="N",
+                   help="override every task's generation length (default: each task's measured length)")
+    p.add_argument("--block-length", "-b", type=positive_int, default=None, metavar="N",
+                   help="override every task's block length")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="examples per task (default 500, or all of --data)")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="prompts per decode (default 16)")
+    p.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the reports (with every example) "
+                   "as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="also plot accuracy against NFE (needs jdlm[plot])")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """`jdlm eval`: jdlm.eval.evaluate for every (task, strategy); a table on stdout, optional JSON and plot."""
+    import jdlm.eval as jeval
+    from jdlm.tasks import TASKS
+
+    tasks = args.task or list(TASKS)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UsageError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    examples = None
+    if args.data is not None:
+        if len(tasks) != 1:
+            raise UsageError("--data needs exactly one --task (the one that prompts and scores its examples)")
+        if not Path(args.data).expanduser().is_file():
+            raise UsageError(f"--data {args.data}: no such file")
+        from jdlm.tasks import load_jsonl
+
+        try:
+            examples = load_jsonl(Path(args.data).expanduser())
+        except ValueError as e:
+            raise UsageError(f"--data: {e}") from None
+        if not examples:
+            raise UsageError(f"--data {args.data} holds no examples")
+    check_output(args.json_out, "--json", (".json",))
+    check_output(args.plot, "--plot", (".png", ".pdf", ".svg"))
+    specs = []
+    for text in args.strategy or ["low_confidence"]:
+        try:
+            rule = _parse_rule(text)
+            k = args.tokens_per_step if rule.counted else 1  # threshold / factor choose their own count
+            specs.append(jeval.EvalSpec(rule=rule, cache=args.cache, tokens_per_step=k,
+                                        temperature=args.temperature))
+        except ValueError as e:
+            raise UsageError(f"--strategy {text}: {e}") from None
+
+    params, tokenizer, loaded = load_model(args)
+    # Every (task, strategy) pair is checked before anything is decoded, so a bad combination fails at once.
+    settings = {}
+    for task in tasks:
+        try:
+            settings[task] = jeval.task_settings(TASKS[task], tokenizer, gen_length=args.gen_length,
+                                                 block_length=args.block_length)
+            for spec in specs:
+                spec.strategy(settings[task])
+        except ValueError as e:
+            raise UsageError(f"{task}: {e}") from None
+    console = stderr_console()
+    if not args.quiet:
+        note(console, loaded)
+    import jax
+
+    reports = []
+    for task in tasks:
+        for spec in specs:
+            reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
+                                          batch_size=args.batch_size, progress=not args.quiet,
+                                          key=jax.random.key(args.seed), settings=settings[task]))
+    print(jeval.format_table(reports))
+    if args.json_out:
+        note(console, f"wrote {jeval.write_json(reports, Path(args.json_out).expanduser())}")
+    if args.plot:
+        note(console, f"wrote {jeval.plot_pareto(reports, Path(args.plot).expanduser())}")
+    return 0
+
+
+def _parse_rule(text: str):
+    from jdlm.decoding import parse_rule
+
+    return parse_rule(text)
