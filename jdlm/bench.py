@@ -19,26 +19,30 @@ from jdlm.model import Params, init_params
 RANDOM_MODELS = {"llada-8b": llada_8b, "dream-7b": dream_7b, "test": tiny}
 
 
+DEFAULT_SPECS = ("low_confidence keep_idle_steps=true", "threshold:0.9", "threshold:0.9 prefix", "threshold:0.9 dual")
+
+
 def default_strategies(gen_length: int, block_length: int) -> dict[str, Strategy]:
-    """The reference set: LLaDA's one token per step, Fast-dLLM threshold with each cache, and dual at 4/step."""
-    g, b = gen_length, block_length
-    return {
-        "llada": S.llada(gen_length=g, steps=g, block_length=b),
-        "threshold0.9": S.fast_dllm(gen_length=g, block_length=b, threshold=0.9),
-        "threshold0.9+prefix": S.fast_dllm(gen_length=g, block_length=b, threshold=0.9, cache="prefix"),
-        "threshold0.9+dual": S.fast_dllm(gen_length=g, block_length=b, threshold=0.9, cache="dual"),
-        "4/step+dual": S.fast_dllm(gen_length=g, block_length=b, steps=g // 4, cache="dual"),
-    }
+    """The reference set, named as the CLI spells it: LLaDA's one token per step, Fast-dLLM threshold 0.9 with each
+    cache, and 4 tokens per step with the dual cache."""
+    base = S.Strategy(schedule=S.Schedule(gen_length=gen_length, block_length=block_length, steps=gen_length))
+    specs = DEFAULT_SPECS + (f"low_confidence dual steps={gen_length // 4}",)
+    return {spec: S.parse_strategy(spec, base) for spec in specs}
 
 
 def random_params(name: str, dtype=jnp.bfloat16, seed: int = 0) -> Params:
     """Random weights at a published model's shapes (no download), created on the default device."""
     config = RANDOM_MODELS[name]()
-    return jax.jit(lambda k: init_params(config, k, dtype))(jax.random.key(seed))
+    # Tensor by tensor, not one jitted initialiser: XLA took about 3 minutes to compile that at 8B shapes; eager
+    # ops compile once per distinct shape (a handful) and hold one float32 tensor at a time.
+    return init_params(config, jax.random.key(seed), dtype)
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
+    """One timed strategy; `strategy` is its spec (as `--strategy` reads it), `strategy_config` the whole strategy
+    (`jdlm.Strategy.to_dict()`), so the run can be repeated."""
+
     strategy: str
     batch: int
     prompt_len: int
@@ -48,6 +52,7 @@ class BenchResult:
     tokens_per_s: float
     nfe: float
     device: str
+    strategy_config: dict
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -78,7 +83,7 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
     return BenchResult(strategy=name, batch=batch, prompt_len=prompt_len, gen_length=G,
                        compile_s=round(max(first - run, 0.0), 3), run_s=round(run, 4),
                        tokens_per_s=round(batch * G / run, 2), nfe=float(np.mean(np.asarray(result.nfe))),
-                       device=jax.devices()[0].device_kind)
+                       device=jax.devices()[0].device_kind, strategy_config=strategy.to_dict())
 
 
 def run(params: Params, strategies: dict[str, Strategy], *, batch: int = 1, prompt_len: int = 64,

@@ -1,6 +1,9 @@
-"""The decode loop: compile once, batching equals single decoding, invariants, cache refresh, clear errors."""
+"""The decode loop: compile once per structure, batching equals single decoding, invariants, cache refresh, the
+while_loop equals a Python loop over `step`, clear errors."""
 
+import contextlib
 import dataclasses
+import itertools
 
 import jax
 import numpy as np
@@ -10,8 +13,7 @@ from hypothesis import strategies as st
 
 import jdlm
 from jdlm import strategies as S
-from jdlm.decoding import loop
-import jdlm.cache as cache_module
+from jdlm.decoding import cache as cache_module
 
 MASK = 250
 
@@ -41,15 +43,71 @@ STRATEGIES = {
 }
 
 
+@contextlib.contextmanager
+def compiles():
+    """Counts XLA compilations of the decode loop (jax.monitoring's backend-compile events) while the block runs."""
+    names = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration" and "_decode_loop" in str(kwargs.get("fun_name")):
+            names.append(kwargs["fun_name"])
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def _sweep(params, strategies, prompt_len=5, **kwargs):
+    jax.clear_caches()  # earlier tests may have compiled these shapes
+    with compiles() as compiled:
+        results = [jdlm.decode(params, _prompt(2, length=prompt_len), s, **kwargs) for s in strategies]
+    return compiled, results
+
+
 def test_second_call_with_same_shapes_does_not_recompile(params):
     strategy = STRATEGIES["threshold_dual"]
-    jdlm.decode(params, _prompt(2), strategy)
-    before = loop.trace_count(strategy)
-    jdlm.decode(params, _prompt(2, seed=1), strategy, key=jax.random.key(3))
-    assert loop.trace_count(strategy) == before
-    equal = dataclasses.replace(strategy)  # equal value, new object: same compilation
-    jdlm.decode(params, _prompt(2, seed=2), equal)
-    assert loop.trace_count(strategy) == before
+    compiled, _ = _sweep(params, [strategy, strategy, dataclasses.replace(strategy)])
+    assert len(compiled) == 1
+
+
+@pytest.mark.parametrize("name, make", [
+    ("threshold", lambda v: S.fast_dllm(gen_length=16, block_length=8, threshold=v, cache="dual")),
+    ("factor", lambda v: S.fast_dllm(gen_length=16, block_length=8, factor=v * 4)),
+    ("temperature", lambda v: S.llada(gen_length=16, steps=16, block_length=8, temperature=v)),
+    ("cfg_scale", lambda v: S.llada(gen_length=16, steps=16, block_length=8, cfg_scale=v)),
+    ("top_p_alg_temp_eps", lambda v: S.dream(max_new_tokens=16, steps=8, top_p=v, alg_temp=v, eps=v / 100)),
+    ("steps", lambda v: S.fast_dllm(gen_length=16, block_length=8, steps=2 * round(8 * v))),
+])
+def test_sweeping_a_knob_compiles_once(params, name, make):
+    values = [0.3, 0.45, 0.6, 0.75, 0.9]
+    compiled, results = _sweep(params, [make(v) for v in values])
+    assert len(compiled) == 1, f"{name}: {len(compiled)} compilations for {len(values)} values"
+    assert len({np.asarray(r.tokens).tobytes() + np.asarray(r.nfe).tobytes() for r in results}) > 1 or \
+        name in ("cfg_scale",), f"{name}: every value gave the same decode: is the knob used at all?"
+
+
+def test_greedy_and_sampled_are_two_structures(params):
+    compiled, _ = _sweep(params, [S.llada(gen_length=16, steps=16, block_length=8, temperature=t)
+                                  for t in (0.0, 0.5, 0.0, 0.9)])
+    assert len(compiled) == 2
+
+
+def test_prompt_mask_none_bool_and_int_share_one_program(params):
+    strategy = STRATEGIES["llada_low_confidence"]
+    prompt = _prompt(2, length=5)
+    jax.clear_caches()
+    with compiles() as compiled:
+        plain = jdlm.decode(params, prompt, strategy)
+        boolean = jdlm.decode(params, prompt, strategy, prompt_mask=np.ones((2, 5), bool))
+        integer = jdlm.decode(params, prompt, strategy, prompt_mask=np.ones((2, 5), np.int32))
+    assert len(compiled) == 1
+    for other in (boolean, integer):
+        np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(plain.tokens))
+    padded_bool = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2, bool))
+    padded_int = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2))
+    np.testing.assert_array_equal(np.asarray(padded_int.tokens), np.asarray(padded_bool.tokens))
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -63,7 +121,7 @@ def test_batch_with_padding_equals_each_prompt_alone(params, name):
         alone = jdlm.decode(params, np.asarray([p], np.int32), strategy, key=keys[row:row + 1])
         np.testing.assert_array_equal(np.asarray(batched.tokens[row]), np.asarray(alone.tokens[0]))
         assert int(batched.nfe[row]) == int(alone.nfe[0])
-    assert int(batched.steps) == int(batched.nfe.max())
+    assert int(batched.forwards) == int(batched.nfe.max())
 
 
 class _ForwardCounter:
@@ -112,10 +170,10 @@ def test_invariants_under_random_strategies(params, data):
     tokens = np.asarray(result.tokens)
     assert tokens.shape == (B, G)
     assert not (tokens == MASK).any(), "a mask token was left in the output"
-    assert counter.calls == int(result.steps), "steps must count the forward passes that ran"
-    assert (np.asarray(result.nfe) <= int(result.steps)).all()
+    assert counter.calls == int(result.forwards), "forwards must count the forward passes that ran"
+    assert (np.asarray(result.nfe) <= int(result.forwards)).all()
     trace = np.asarray(result.trace.step)
-    assert (trace >= 0).all() and (trace < int(result.steps)).all()
+    assert (trace >= 0).all() and (trace < int(result.forwards)).all()
     if rule.counted and schedule.keep_idle_steps:
         assert (np.asarray(result.nfe) == steps).all()
 
@@ -159,15 +217,23 @@ def test_stop_at_eos_fills_after_the_end(params):
     (lambda: jdlm.Schedule(gen_length=32, block_length=8, steps=6), "multiple of the number of blocks"),
     (lambda: jdlm.Schedule(gen_length=16, block_length=32), "larger than gen_length"),
     (lambda: jdlm.Schedule(gen_length=30, block_length=8, steps=30), "must divide gen_length"),
-    (lambda: jdlm.Schedule(temperature=-1.0), "temperature must be >= 0"),
+    (lambda: jdlm.Schedule(temperature=-1.0), "temperature must be a finite number >= 0"),
+    (lambda: jdlm.Schedule(temperature=float("inf")), "temperature must be a finite number >= 0"),
+    (lambda: S.Guidance(cfg_scale=float("inf")), "cfg_scale must be a finite number"),
+    (lambda: S.parse_strategy("threshold:0.9 dual wings=3"), "unknown field 'wings'"),
+    (lambda: S.parse_strategy("threshold:inf"), "finite number"),
+    (lambda: S.dream(alg="origin").replace(keep_idle_steps=False), "origin rule reveals by Dream's time schedule"),
+    (lambda: S.Strategy.from_dict({"rule": {"name": "speculative"}, "cache": {"name": "none"}, "schedule": {}}),
+     "unknown rule 'speculative'"),
     (lambda: S.Threshold(threshold=1.5), r"threshold must be in \(0, 1\]"),
     (lambda: S.Threshold(threshold=0.0), r"threshold must be in \(0, 1\]"),
     (lambda: S.parse_rule("speculative:3"), "unknown strategy 'speculative'"),
     (lambda: S.parse_cache("paged"), "unknown cache 'paged'"),
     (lambda: S.parse_rule("threshold:high"), "needs a number"),
     (lambda: jdlm.Strategy(rule="threshold"), "rule must be one of"),
-], ids=["steps_not_dividing", "block_too_long", "block_not_dividing", "negative_temperature", "threshold_high",
-        "threshold_zero", "unknown_rule", "unknown_cache", "bad_value", "rule_not_object"])
+], ids=["steps_not_dividing", "block_too_long", "block_not_dividing", "negative_temperature", "inf_temperature",
+        "inf_cfg", "unknown_field", "inf_threshold", "origin_without_dream_schedule", "unknown_rule_json",
+        "threshold_high", "threshold_zero", "unknown_rule", "unknown_cache", "bad_value", "rule_not_object"])
 def test_invalid_strategies_are_refused(make, match):
     with pytest.raises(jdlm.StrategyError, match=match):
         make()
@@ -181,13 +247,71 @@ def test_invalid_strategies_are_refused(make, match):
     (np.array([[3, 9999]]), "must lie in"),
 ], ids=["empty", "too_long", "float", "mask_in_prompt", "out_of_vocab"])
 def test_bad_prompts_are_refused_before_tracing(params, prompt, match):
-    before = loop.trace_count()
-    with pytest.raises(jdlm.InputError, match=match):
+    with compiles() as compiled, pytest.raises(jdlm.InputError, match=match):
         jdlm.decode(params, prompt, S.llada(gen_length=16, steps=16, block_length=8))
-    assert loop.trace_count() == before
+    assert not compiled
 
 
 def test_right_padding_is_refused(params):
     mask = np.array([[True, True, False]])
     with pytest.raises(jdlm.InputError, match="left-padded"):
         jdlm.decode(params, np.array([[3, 4, 1]]), S.llada(gen_length=8, steps=8, block_length=8), prompt_mask=mask)
+
+
+# ---------------------------------------------------------------- the while_loop equals a Python loop over `step`
+
+RULES = {"low_confidence": S.LowConfidence(), "random": S.RandomOrder(), "maskgit_plus": S.MaskGitPlus(),
+         "margin": S.Margin(alg_temp=0.5), "entropy": S.Entropy(top_p=0.9), "threshold": S.Threshold(threshold=0.5),
+         "factor": S.Factor(factor=2.0)}
+CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(), "dual": S.DualCache()}
+
+
+@pytest.fixture(scope="module")
+def small_params():
+    cfg = jdlm.tiny(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, mlp_hidden=64)
+    return jdlm.init_params(cfg, jax.random.key(3), std=0.3)
+
+
+def python_loop(params, prompt, strategy, key):
+    """The plainest driver of the module-level step functions: a Python while loop around a jitted `step` (jitted
+    only to keep the test fast; op by op it gives the same tokens, 5x slower)."""
+    from jdlm.decoding import loop
+
+    args = loop._arguments(params, prompt, strategy, key, None)
+    inputs, state = loop.init_state(*args)
+    strategy = args[4]
+    step = jax.jit(loop.step)
+    while bool(loop.running(state, strategy)):
+        state = step(inputs, state, strategy)
+    return loop.result(state, prompt.shape[1])
+
+
+@pytest.mark.parametrize("rule, cache, guided, eos_stop", [
+    (r, c, g, e) for (r, c), (g, e) in zip(itertools.product(RULES, CACHES), itertools.cycle(
+        itertools.product([False, True], [False, True])))
+] + [("origin", "none", False, False)])
+def test_while_loop_equals_python_loop_over_step(small_params, rule, cache, guided, eos_stop):
+    if rule == "origin":
+        strategy = S.dream(max_new_tokens=8, steps=4, alg="origin", temperature=0.5)
+    else:
+        schedule = jdlm.Schedule(gen_length=8, block_length=4, steps=4, temperature=0.6, stop_at_eos=eos_stop)
+        strategy = jdlm.Strategy(schedule=schedule, rule=RULES[rule], cache=CACHES[cache],
+                                 guidance=S.Guidance(cfg_scale=0.5) if guided else None)
+    prompt, key = _prompt(2, seed=4, length=3), jax.random.key(11)
+    compiled = jdlm.decode(small_params, prompt, strategy, key=key)
+    stepped = python_loop(small_params, prompt, strategy, key)
+    np.testing.assert_array_equal(np.asarray(compiled.tokens), np.asarray(stepped.tokens))
+    np.testing.assert_array_equal(np.asarray(compiled.nfe), np.asarray(stepped.nfe))
+    np.testing.assert_array_equal(np.asarray(compiled.trace.step), np.asarray(stepped.trace.step))
+
+
+def test_decode_steps_yields_every_forward_and_ends_at_decode(small_params):
+    strategy = S.fast_dllm(gen_length=8, block_length=4, threshold=0.5, cache="dual")
+    prompt = _prompt(2, seed=5, length=3)
+    final = jdlm.decode(small_params, prompt, strategy)
+    partial = list(jdlm.decoding.decode_steps(small_params, prompt, strategy))
+    assert len(partial) == int(final.forwards)
+    masked = [int((np.asarray(p.tokens) == MASK).sum()) for p in partial]
+    assert masked == sorted(masked, reverse=True) and masked[-1] == 0
+    np.testing.assert_array_equal(np.asarray(partial[-1].tokens), np.asarray(final.tokens))
+    np.testing.assert_array_equal(np.asarray(partial[-1].nfe), np.asarray(final.nfe))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from jdlm.decoding import names
 from jdlm.errors import UsageError
 
 EXIT_OK = 0
@@ -12,7 +13,13 @@ EXIT_INTERNAL = 1  # a bug in jdlm: rerun with --debug and report it
 EXIT_USAGE = 2  # something the user can fix: a flag, a path, a prompt, a model, a missing optional package
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
-EXIT_CODES = f"""\
+ENVIRONMENT = """\
+environment:
+  JDLM_COMPILATION_CACHE   where compiled decodes are kept between runs (default ~/.cache/jdlm/jax, or
+                           $XDG_CACHE_HOME/jdlm/jax); 0 turns the cache off"""
+
+EXIT_CODES = ENVIRONMENT + f"""
+
 exit codes:
   {EXIT_OK}    success
   {EXIT_INTERNAL}    unexpected internal error (a bug): rerun with --debug for the traceback and report it
@@ -22,19 +29,12 @@ exit codes:
 
 PACKAGED_MODELS = ("tiny", "tiny-ar")
 DEFAULT_MODEL = "tiny"
-CACHES = ("none", "prefix", "dual")
+CACHES = tuple(names.CACHES)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-# Kept in step with jdlm.strategies.RULES (tests/test_cli.py checks); written out so --help needs no import.
-STRATEGY_HELP = """\
-reveal rule, NAME or NAME:VALUE (default low_confidence):
-  low_confidence     the most probable proposals, a fixed count per step (LLaDA)
-  random             random positions (LLaDA)
-  threshold:T        every proposal with probability >= T, at least one (Fast-dLLM), e.g. threshold:0.9
-  factor:F           Fast-dLLM's rank-dependent threshold, e.g. factor:1
-  maskgit_plus[:A]   Dream's top-1 probability rule (A: alg_temp)
-  margin[:A]         Dream's top-1 minus top-2 rule
-  entropy[:A]        Dream's negative-entropy rule"""
+STRATEGY_HELP = ("strategy spec: RULE[:VALUE] [CACHE] [field=value ...] (default low_confidence), e.g.\n"
+                 "threshold:0.9, 'threshold:0.9 dual', 'entropy top_p=0.9'. Rules:\n" + names.rule_help()
+                 + "\nfields: the rule's, the cache's (refresh_every) and the schedule's (see jdlm.Schedule)")
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -104,8 +104,7 @@ def strategy_args(p: Parser, *, repeatable: bool = False, gen_length: int = 64) 
     else:
         p.add_argument("--strategy", "-s", default="low_confidence", metavar="SPEC", help=STRATEGY_HELP)
     p.add_argument("--cache", "-c", choices=CACHES, default="none",
-                   help="KV cache: none (exact, full forward every step), prefix (reuse keys/values left of the "
-                        "block), dual (reuse the whole sequence, recompute only the block); default none")
+                   help="KV cache (default none): " + "; ".join(f"{n.name} ({n.help})" for n in names.CACHES.values()))
     p.add_argument("--gen-length", "-n", type=positive_int, default=gen_length, metavar="N",
                    help=f"tokens to generate (default {gen_length})")
     p.add_argument("--block-length", "-b", type=positive_int, default=None, metavar="N",

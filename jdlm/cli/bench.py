@@ -50,7 +50,7 @@ def run(args) -> int:
     if args.strategy:
         strategies = {spec: build_strategy(args, spec, steps=args.steps) for spec in args.strategy}
     else:
-        block = build_strategy(args, "low_confidence").schedule.block  # checks the lengths
+        block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
         strategies = jbench.default_strategies(G, block)
     console = stderr_console()
     if args.random:

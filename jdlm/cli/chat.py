@@ -41,7 +41,7 @@ def run(args) -> int:
         note(console, "note: this model has no chat template; each line is sent as plain text without the "
              "conversation", "yellow")
     if interactive:
-        note(console, f"chatting with {args.model} ({describe(strategy, args.strategy)}); /reset forgets the "
+        note(console, f"chatting with {args.model} ({describe(strategy)}); /reset forgets the "
              "conversation, /exit or Ctrl-D quits")
     messages: list[dict[str, str]] = []
     while True:

@@ -92,7 +92,7 @@ def run(args) -> int:
         from jdlm.cli import viz
 
         trace = viz.RevealTrace.from_result(result, tokenizer)
-        meta = f"{args.model} · {describe(strategy, args.strategy)} · NFE {int(result.nfe[0])}"
+        meta = f"{args.model} · {describe(strategy)} · NFE {int(result.nfe[0])}"
         if args.show:
             viz.show(trace, console, title=f"{args.strategy}: ")
         if trace_kind == "html":

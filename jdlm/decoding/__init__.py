@@ -1,25 +1,38 @@
-"""Decoding: the compiled loop and the strategy parts it composes."""
+"""Decoding: the step function, the compiled loop, and the strategy parts it composes (`jdlm.strategies`).
 
-from jdlm.cache import DualCache, NoCache, PrefixCache
-from jdlm.decoding.entropy import Entropy
-from jdlm.decoding.factor import Factor
-from jdlm.decoding.guidance import Guidance
-from jdlm.decoding.inputs import InputError, pad_prompts
-from jdlm.decoding.loop import decode, trace_count
-from jdlm.decoding.low_confidence import LowConfidence
-from jdlm.decoding.margin import Margin
-from jdlm.decoding.maskgit_plus import MaskGitPlus
-from jdlm.decoding.random_order import RandomOrder
-from jdlm.decoding.rule import Rule
-from jdlm.decoding.schedule import Schedule, StrategyError
-from jdlm.decoding.state import DecodeResult, Trace
-from jdlm.decoding.strategy import Strategy, dream, fast_dllm, llada, parse_cache, parse_rule
-from jdlm.decoding.threshold import Threshold
+Names are imported on first use (PEP 562), so `jdlm.decoding.names` (the name table the CLI's help reads) loads
+without JAX.
+"""
 
-__all__ = [
-    "decode", "trace_count", "DecodeResult", "Trace", "pad_prompts",
-    "Strategy", "Schedule", "Guidance", "llada", "dream", "fast_dllm", "parse_rule", "parse_cache",
-    "Rule", "LowConfidence", "RandomOrder", "MaskGitPlus", "Margin", "Entropy", "Threshold", "Factor",
-    "NoCache", "PrefixCache", "DualCache",
-    "InputError", "StrategyError",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # the loop
+    "decode": "loop", "decode_steps": "loop", "init_state": "loop", "step": "loop", "running": "loop",
+    "result": "loop", "DecodeResult": "state", "DecodeState": "state", "Trace": "state", "pad_prompts": "inputs",
+    # composing a strategy, and its text / JSON forms
+    "Strategy": "strategy", "Schedule": "schedule", "Guidance": "guidance", "llada": "strategy", "dream": "strategy",
+    "fast_dllm": "strategy", "parse_strategy": "strategy", "parse_rule": "strategy", "parse_cache": "strategy",
+    # reveal rules
+    "Rule": "rule", "LowConfidence": "low_confidence", "RandomOrder": "random_order", "MaskGitPlus": "maskgit_plus",
+    "Margin": "margin", "Entropy": "entropy", "Origin": "origin", "Threshold": "threshold", "Factor": "factor",
+    # caches
+    "NoCache": "cache", "PrefixCache": "prefix_cache", "DualCache": "dual_cache",
+    # errors
+    "InputError": "inputs", "StrategyError": "schedule",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jdlm.decoding' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jdlm.decoding.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

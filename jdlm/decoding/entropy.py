@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from jdlm.decoding.dream_rules import DreamRule
+from jdlm.decoding.part import part
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Entropy(DreamRule):
     """Reveals the positions whose distribution is most peaked: confidence = sum p * log(p + 1e-10)."""
 

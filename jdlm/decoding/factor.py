@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 import jax.numpy as jnp
 
+from jdlm.decoding.part import knob, part
 from jdlm.decoding.proposals import gumbel_argmax, token_probability
 from jdlm.decoding.rule import Rule
-from jdlm.decoding.schedule import StrategyError
+from jdlm.errors import StrategyError
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Factor(Rule):
     """Sort the block's N masked confidences descending, c(1) >= c(2) >= ...; rank n passes when
     c(n) >= 1 - factor / (n + 1), rank 1 always passes. Reveal the ranks before the first failing rank.
@@ -23,17 +23,17 @@ class Factor(Rule):
     """
 
     counted: ClassVar[bool] = False
-    factor: float = 1.0
+    factor: float = knob(1.0)
 
     def __post_init__(self):
-        if not self.factor > 0:
-            raise StrategyError(f"factor must be > 0, got {self.factor}")
+        if not 0 < self.factor < float("inf"):
+            raise StrategyError(f"factor must be a finite number > 0, got {self.factor}")
 
     def propose(self, logits, temperature, key):
         tokens = gumbel_argmax(logits, temperature, key)
         return tokens, token_probability(logits, tokens)
 
-    def select(self, confidence, candidates, count, key):
+    def select(self, confidence, candidates, budget, key):
         W = confidence.shape[-1]
         n_masked = candidates.sum(-1, keepdims=True)  # [B, 1]
         order = jnp.argsort(-confidence, axis=-1, stable=True)

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from jdlm.decoding.schedule import StrategyError
+from jdlm.decoding.part import knob, part
+from jdlm.errors import StrategyError
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Guidance:
     """Runs every step twice in one batch, with and without the prompt, and sharpens towards the prompt:
     `logits = uncond + (cfg_scale + 1) * (cond - uncond)`. The unconditional copy has every prompt position
     (padding included) replaced by the mask token. One forward pass (NFE) per step, at twice the batch.
+    cfg_scale is traced: a new scale reuses the compiled program.
     """
 
-    cfg_scale: float = 1.0
+    cfg_scale: float = knob(1.0)
 
     def __post_init__(self):
-        if not self.cfg_scale > 0:
-            raise StrategyError(f"cfg_scale must be > 0 (leave guidance=None for no guidance), got {self.cfg_scale}")
+        if not 0 < self.cfg_scale < float("inf"):
+            raise StrategyError(f"cfg_scale must be a finite number > 0 (leave guidance=None for no guidance), "
+                                f"got {self.cfg_scale}")
 
     @staticmethod
     def double(tokens: jax.Array, prompt_len: int, mask_id: int) -> jax.Array:

@@ -42,8 +42,9 @@ def check_prompt(config: ModelConfig, prompt, prompt_mask, gen_length: int):
     if prompt_mask is not None:
         if tuple(prompt_mask.shape) != (B, P):
             raise InputError(f"prompt_mask must have the prompt's shape {(B, P)}, got {tuple(prompt_mask.shape)}")
-        if prompt_mask.dtype != bool:
-            raise InputError(f"prompt_mask must be boolean (True = real token), got dtype {prompt_mask.dtype}")
+        if prompt_mask.dtype != bool and not np.issubdtype(prompt_mask.dtype, np.integer):
+            raise InputError(f"prompt_mask must be boolean or 0/1 integers (1 = real token, as transformers' "
+                             f"attention_mask), got dtype {prompt_mask.dtype}")
     if _concrete(prompt):
         values = np.asarray(prompt)
         if (values == config.mask_id).any():
@@ -54,6 +55,10 @@ def check_prompt(config: ModelConfig, prompt, prompt_mask, gen_length: int):
                              f"{values.max()}; was it encoded with this model's tokenizer?")
     if prompt_mask is not None and _concrete(prompt_mask):
         m = np.asarray(prompt_mask)
+        if m.dtype != bool:
+            if not np.isin(m, (0, 1)).all():
+                raise InputError("an integer prompt_mask may hold only 0 (padding) and 1 (real token)")
+            m = m.astype(bool)
         if not m.any(axis=1).all():
             raise InputError("a row of prompt_mask has no real token; every prompt needs at least one")
         if (np.diff(m.astype(np.int8), axis=1) < 0).any():

@@ -1,41 +1,43 @@
-"""`decode`: the one driver. Every strategy runs through this single `lax.while_loop`.
+"""`decode` and `decode_steps`: every strategy runs through one step function, `step`.
 
-Each iteration is one step of the current block:
+Each step is one forward pass for the current block:
   forward (through the strategy's cache) -> the rule's proposals and confidences for the block -> the rule picks
   positions to reveal (a mask, never a dynamic slice) -> write them -> bookkeeping (NFE, trace, EOS stop) ->
   advance to the next block when this one is finished.
+`decode` runs `step` in one compiled `lax.while_loop`, with no return to Python; `decode_steps` drives the same
+`step` from Python and yields after each forward pass (for live views and prompt interruption).
+
 Blocks are decoded in lockstep across the batch; a row with nothing left to do in the block sits out (its
 tokens and NFE are frozen), so every row gets exactly the tokens and NFE it would get decoded alone.
+
+The strategy is an ordinary (traced) argument of the compiled functions: its structure is part of the compile key,
+its numeric knobs are not (see `part`), so sweeping a threshold compiles once.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jdlm.cache import SequenceInputs
+from jdlm.decoding.cache import SequenceInputs
 from jdlm.decoding.inputs import check_prompt
-from jdlm.decoding.state import DecodeResult, DecodeState, Trace
+from jdlm.decoding.rule import Budget
+from jdlm.decoding.schedule import StepTables
+from jdlm.decoding.state import DecodeInputs, DecodeResult, DecodeState, Trace
 from jdlm.decoding.strategy import Strategy
 from jdlm.model import Params
-
-_TRACES: collections.Counter = collections.Counter()
-
-
-def trace_count(strategy: Strategy | None = None) -> int:
-    """How many times the decode loop was traced (compiled), for one strategy or in all."""
-    return _TRACES[strategy] if strategy is not None else sum(_TRACES.values())
 
 
 def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
            prompt_mask=None) -> DecodeResult:
     """Generates `strategy.schedule.gen_length` tokens after each prompt.
 
-    Compiled once per (params structure, batch, prompt length, strategy); later calls with the same shapes reuse
-    the compiled loop, which runs on the device without returning to Python.
+    Compiled once per (params structure, batch, prompt length, strategy structure); later calls with the same
+    shapes reuse the compiled loop, also with other knob values (threshold, temperature, ...) and with or without
+    `prompt_mask`. The loop runs on the device without returning to Python.
 
     Args:
       params: model weights (`jdlm.load` / `init_params`).
@@ -44,19 +46,44 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
       key: PRNG key for sampled proposals and random orders (default `jax.random.key(0)`): one key, from which
         row b takes `jax.random.fold_in(key, b)`, or one key per row ([B]). Row b of a batch decodes exactly as
         its prompt alone with that row's key.
-      prompt_mask: [B, P] bool, True at real tokens, or None when nothing is padded.
+      prompt_mask: [B, P], True (or 1) at real tokens and False (or 0) at left padding; None when nothing is padded.
 
     Returns:
-      DecodeResult with tokens [B, G], nfe [B], steps [] and the unmasking trace.
+      DecodeResult with tokens [B, G], nfe [B], forwards [] and the unmasking trace.
     """
+    return _decode_loop(*_arguments(params, prompt, strategy, key, prompt_mask))
+
+
+def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
+                 prompt_mask=None) -> Iterator[DecodeResult]:
+    """Decodes as `decode` does, one forward pass per compiled call, yielding the result so far after each.
+
+    The last result yielded equals `decode(...)`'s. Slower than `decode` (one host round-trip per step); meant for
+    live views (`jdlm generate --show`), streaming, and stopping promptly on Ctrl-C. Arguments as for `decode`;
+    positions not revealed yet hold the mask id.
+    """
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables)
+    going = True
+    while going:
+        state, partial, going = _advance(inputs, state, strategy)
+        yield partial
+        going = bool(going)
+
+
+def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask):
+    """Checks everything on the host and builds the arguments of the compiled functions."""
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a jdlm.Strategy, got {type(strategy).__name__}")
     if not jnp.issubdtype(params.dtype, jnp.floating):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
-    keys = row_keys(jax.random.key(0) if key is None else key, prompt.shape[0])
-    return _decode(params, jnp.asarray(prompt, jnp.int32), None if prompt_mask is None else jnp.asarray(prompt_mask),
-                   keys, strategy)
+    B, P = prompt.shape
+    mask = jnp.ones((B, P), bool) if prompt_mask is None else jnp.asarray(prompt_mask).astype(bool)
+    keys = row_keys(jax.random.key(0) if key is None else key, B)
+    strategy = strategy.for_model(params.config)
+    tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
+    return params, jnp.asarray(prompt, jnp.int32), mask, keys, strategy, tables
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -70,93 +97,125 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
     return key
 
 
-@functools.partial(jax.jit, static_argnames="strategy")
-def _decode(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, key: jax.Array,
-            strategy: Strategy) -> DecodeResult:
-    _TRACES[strategy] += 1
-    cfg = params.config
-    sched, rule = strategy.schedule, strategy.rule
-    B, P = prompt.shape
-    G, W = sched.gen_length, sched.block
-    L = P + G
-    table = sched.block_counts()  # reveal count per step of a block, computed on the host
-    counts = jnp.asarray(table) if rule.counted else None
-    steps_in_block = len(table) if rule.counted else W  # a rule that picks its own count reveals >= 1 per step
+# ---------------------------------------------------------------- the step, as pure functions
 
+
+def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array, keys: jax.Array, strategy: Strategy,
+               tables: StepTables) -> tuple[DecodeInputs, DecodeState]:
+    """The fixed inputs and the first state of a decode: prompt [B, P] int32, prompt_mask [B, P] bool (True at real
+    tokens), keys [B] PRNG keys, tables from `strategy.schedule.tables()`."""
+    cfg = params.config
+    sched = strategy.schedule
+    B, P = prompt.shape
+    G = sched.gen_length
+    L = P + G
     # Positions count from each row's first real token; padding is masked as keys.
-    valid = jnp.ones((B, L), bool) if prompt_mask is None else \
-        jnp.concatenate([prompt_mask, jnp.ones((B, G), bool)], axis=1)
+    valid = jnp.concatenate([prompt_mask, jnp.ones((B, G), bool)], axis=1)  # [B, L]
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    key_mask = None if prompt_mask is None else valid
     rows = 2 * B if strategy.guidance else B
     if strategy.guidance:
-        positions = jnp.concatenate([positions, positions])
-        key_mask = None if key_mask is None else jnp.concatenate([key_mask, key_mask])
-    seq = SequenceInputs(params=params, positions=positions, key_mask=key_mask, prompt_len=P, block=W)
-
+        positions, valid = jnp.concatenate([positions, positions]), jnp.concatenate([valid, valid])
+    seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P, block_length=sched.block_length)
     state = DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
-        block=jnp.int32(0), block_step=jnp.int32(0), forwards=jnp.int32(0), nfe=jnp.zeros((B,), jnp.int32),
-        done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=key,
+        block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
+        nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32))
+    return DecodeInputs(seq=seq, tables=tables), state
 
-    def block_logits(state: DecodeState, block_start):
-        tokens = state.tokens
-        if strategy.guidance:
-            tokens = strategy.guidance.double(tokens, P, cfg.mask_id)
-        logits, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
-        logits = logits.astype(jnp.float32)
-        if strategy.guidance:
-            logits = strategy.guidance.combine(logits)
-        # Never propose the mask token itself (trained models never do; random ones can, and would stall).
-        return logits.at[..., cfg.mask_id].set(-jnp.inf), kv
 
-    def step(state: DecodeState) -> DecodeState:
-        split = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)  # [B, 3]
-        key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
-        block_start = P + state.block * W
-        logits, kv = block_logits(state, block_start)  # [B, W, V]
-        block = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
-        masked = block == cfg.mask_id
-        active = ~state.done & (masked.any(-1) | sched.keep_idle_steps)  # [B]
+def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, block_start):
+    """Logits of the current block's positions, float32 [B, W, V], and the updated KV cache."""
+    seq = inputs.seq
+    cfg = seq.params.config
+    tokens = state.tokens
+    if strategy.guidance:
+        tokens = strategy.guidance.double(tokens, seq.prompt_len, cfg.mask_id)
+    logits, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
+    logits = logits.astype(jnp.float32)
+    if strategy.guidance:
+        logits = strategy.guidance.combine(logits)
+    # Never propose the mask token itself (trained models never do; random ones can, and would stall).
+    return logits.at[..., cfg.mask_id].set(-jnp.inf), kv
 
-        proposal, confidence = rule.propose(logits, sched.temperature, k_propose)
-        candidates = masked & active[:, None]
-        confidence = jnp.where(candidates, confidence, -jnp.inf)
-        count = counts[jnp.minimum(state.block_step, steps_in_block - 1)] if rule.counted else jnp.int32(0)
-        reveal = rule.select(confidence, candidates, count, k_select) & candidates  # [B, W]
-        if sched.first_token_at_block_start:
-            first = candidates & (jnp.arange(W) == 0)
-            reveal = jnp.where(state.block_step == 0, first, reveal)
 
-        tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, jnp.where(reveal, proposal, block), block_start, 1)
-        offset = block_start - P
-        revealed_at = _update_window(state.revealed_at, reveal, state.forwards, offset)
-        revealed_conf = _update_window(state.revealed_conf, reveal, confidence, offset)
-        done = state.done
-        if sched.stop_at_eos:
-            tokens, done, revealed_at = _stop_at_end(tokens, done, revealed_at, state.forwards, P, cfg)
+def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> DecodeState:
+    """One forward pass and the reveals it decides: the body of the decode loop."""
+    sched, rule, tables = strategy.schedule, strategy.rule, inputs.tables
+    cfg = inputs.seq.params.config
+    P, W = inputs.seq.prompt_len, sched.block_length
+    split = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)  # [B, 3]
+    key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
+    block_start = P + state.block_index * W
+    logits, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
+    block_tokens = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
+    masked = block_tokens == cfg.mask_id
+    active = ~state.done & (masked.any(-1) | sched.keep_idle_steps)  # [B]
 
-        left = jax.lax.dynamic_slice_in_dim(tokens, block_start, W, axis=1) == cfg.mask_id
-        any_left = (left.any(-1) & ~done).any()
-        taken = state.block_step + 1
-        block_over = taken >= steps_in_block
-        if not sched.keep_idle_steps:
-            block_over |= ~any_left
-        every = strategy.cache.refresh_every
-        periodic = (taken % every == 0) if every else False
-        return DecodeState(
-            tokens=tokens, block=state.block + block_over, block_step=jnp.where(block_over, 0, taken),
-            forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
-            kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf)
+    temperature = sched.temperature if sched.sampled else None
+    proposal, confidence = rule.propose(logits, temperature, k_propose)
+    candidates = masked & active[:, None]
+    confidence = jnp.where(candidates, confidence, -jnp.inf)
+    at = jnp.minimum(state.step_in_block, sched.table_length - 1)
+    budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
+    reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
+    if sched.first_token_at_block_start:
+        first = candidates & (jnp.arange(W) == 0)
+        reveal = jnp.where(state.step_in_block == 0, first, reveal)
 
-    def not_finished(state: DecodeState):
-        return (state.block < sched.n_blocks) & ~state.done.all()  # blocks left, and a row still decoding
+    written = jnp.where(reveal, proposal, block_tokens)
+    tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, written, block_start, axis=1)
+    offset = block_start - P
+    revealed_at = _update_window(state.revealed_at, reveal, state.forwards, offset)
+    revealed_conf = _update_window(state.revealed_conf, reveal, confidence, offset)
+    done = state.done
+    if sched.stop_at_eos:
+        tokens, done, revealed_at = _stop_at_end(tokens, done, revealed_at, state.forwards, P, cfg)
 
-    final = jax.lax.while_loop(not_finished, step, state)
-    return DecodeResult(tokens=final.tokens[:, P:], nfe=final.nfe, steps=final.forwards,
-                        trace=Trace(step=final.revealed_at, confidence=final.revealed_conf))
+    left = jax.lax.dynamic_slice_in_dim(tokens, block_start, W, axis=1) == cfg.mask_id
+    any_left = (left.any(-1) & ~done).any()
+    taken = state.step_in_block + 1
+    steps_in_block = tables.steps_in_block if rule.counted else W  # an uncounted rule reveals >= 1 a step
+    block_over = taken >= steps_in_block
+    if not sched.keep_idle_steps:
+        block_over |= ~any_left
+    every = strategy.cache.refresh_every
+    periodic = (taken % every == 0) if every else False
+    return DecodeState(
+        tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
+        forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
+        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf)
+
+
+def running(state: DecodeState, strategy: Strategy) -> jax.Array:
+    """[] bool: blocks are left, and a row is still decoding."""
+    return (state.block_index < strategy.schedule.n_blocks) & ~state.done.all()
+
+
+def result(state: DecodeState, prompt_len: int) -> DecodeResult:
+    """The generation part of a state."""
+    return DecodeResult(tokens=state.tokens[:, prompt_len:], nfe=state.nfe, forwards=state.forwards,
+                        trace=Trace(step=state.revealed_at, confidence=state.revealed_conf))
+
+
+# ---------------------------------------------------------------- compiled entry points
+
+
+@jax.jit
+def _decode_loop(params, prompt, prompt_mask, keys, strategy, tables) -> DecodeResult:
+    inputs, state = init_state(params, prompt, prompt_mask, keys, strategy, tables)
+    final = jax.lax.while_loop(lambda s: running(s, strategy), lambda s: step(inputs, s, strategy), state)
+    return result(final, prompt.shape[1])
+
+
+_init = jax.jit(init_state)
+
+
+@jax.jit
+def _advance(inputs, state, strategy):
+    state = step(inputs, state, strategy)
+    return state, result(state, inputs.seq.prompt_len), running(state, strategy)
 
 
 def _update_window(buffer, reveal, value, offset):
@@ -167,14 +226,14 @@ def _update_window(buffer, reveal, value, offset):
     return jax.lax.dynamic_update_slice_in_dim(buffer, new, offset, axis=1)
 
 
-def _stop_at_end(tokens, done, revealed_at, step, P, cfg):
+def _stop_at_end(tokens, done, revealed_at, step_index, P, cfg):
     """Rows whose generation has an end token with everything before it revealed: fill the rest with EOS.
 
     gen  [a, b, EOS, M, c, M]   (M = mask)   ->   [a, b, EOS, EOS, EOS, EOS], row done
     """
     gen = tokens[:, P:]
     G = gen.shape[1]
-    end = jnp.isin(gen, jnp.asarray(cfg.end_ids))
+    end = jnp.isin(gen, np.asarray(cfg.end_ids))
     first_end = jnp.where(end.any(-1), jnp.argmax(end, axis=-1), G)  # [B]
     idx = jnp.arange(G)
     masked_before = ((gen == cfg.mask_id) & (idx < first_end[:, None])).any(-1)
@@ -182,5 +241,5 @@ def _stop_at_end(tokens, done, revealed_at, step, P, cfg):
     fill = finish[:, None] & (idx > first_end[:, None])
     newly = fill & (gen == cfg.mask_id)
     gen = jnp.where(fill, cfg.eos_id, gen)
-    revealed_at = jnp.where(newly, step, revealed_at)
+    revealed_at = jnp.where(newly, step_index, revealed_at)
     return tokens.at[:, P:].set(gen), done | finish, revealed_at

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
 from jdlm.decoding.dream_rules import DreamRule
+from jdlm.decoding.part import part
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Margin(DreamRule):
     """Reveals the positions where the best token leads the runner-up by the widest margin."""
 

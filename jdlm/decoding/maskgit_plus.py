@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from jdlm.decoding.dream_rules import DreamRule
+from jdlm.decoding.part import part
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class MaskGitPlus(DreamRule):
     """Reveals the positions whose proposal has the highest probability (top-1 probability when greedy)."""
 

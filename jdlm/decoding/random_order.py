@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
-from jdlm.decoding.proposals import gumbel_argmax, per_row
-from jdlm.decoding.rule import Rule
+from jdlm.decoding.low_confidence import LowConfidence
+from jdlm.decoding.part import part
+from jdlm.decoding.proposals import per_row
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RandomOrder(Rule):
+@part
+class RandomOrder(LowConfidence):
     """Each step reveals the schedule's count of masked positions chosen uniformly at random.
 
-    Confidence is `u ~ U(0, 1)` per block position: row b draws `jax.random.uniform(keys[b], (W,))` from its
-    step key, so a run is reproducible from `decode`'s key (see `decode` for how row keys are derived).
+    Proposals as LowConfidence (with its EOS options). Confidence is `u ~ U(0, 1)` per block position: row b draws
+    `jax.random.uniform(keys[b], (W,))` from its step key, so a run is reproducible from `decode`'s key.
     """
 
     def propose(self, logits, temperature, keys):
-        gumbel_keys, uniform_keys = split_rows(keys)
-        tokens = gumbel_argmax(logits, temperature, gumbel_keys)
-        return tokens, per_row(jax.random.uniform, uniform_keys, tokens.shape[1:])
-
-
-def split_rows(keys):
-    """Two independent keys per row: keys [B] -> ([B], [B])."""
-    pairs = jax.vmap(jax.random.split)(keys)  # [B, 2]
-    return pairs[:, 0], pairs[:, 1]
+        pairs = jax.vmap(jax.random.split)(keys)  # [B, 2]: one key for the proposal, one for the order
+        tokens, _ = self.proposal(logits, temperature, pairs[:, 0])
+        return tokens, per_row(jax.random.uniform, pairs[:, 1], tokens.shape[1:])

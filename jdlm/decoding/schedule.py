@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+import flax.struct
+import jax
 import numpy as np
+
+from jdlm.decoding.part import derived, knob, part
 from jdlm.errors import StrategyError
 
 COUNT_POLICIES = ("llada", "dream")
 
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Schedule:
     """Generation length, semi-autoregressive blocks and the per-step reveal counts.
 
     Attributes:
       gen_length: number of tokens to generate (G).
-      block_length: tokens per block; blocks are decoded left to right. None means one block of `gen_length`.
+      block_length: tokens per block (W); blocks are decoded left to right. None means one block of `gen_length`
+        (stored as gen_length).
       steps: forward passes budgeted over the whole generation (split evenly over blocks); rules that decide their
-        own count (Threshold, Factor) ignore it.
-      temperature: 0 is greedy; > 0 samples proposals (each rule says how).
+        own count (Threshold, Factor) ignore it. Traced unless `keep_idle_steps` (then it sets the loop's length).
+      temperature: 0 is greedy; > 0 samples proposals (each rule says how). Traced; greedy or sampled is static
+        (`sampled`), so 0.5 and 0.7 share a compiled program and 0 has its own.
       counts: how a block's masked tokens are spread over its steps: "llada" (LLaDA `generate`: `m // s` per step,
         one more in the first `m % s` steps) or "dream" (Dream `_sample`: `int(m * (1 - s/t))` on
         `linspace(1, eps, s + 1)`, the rest at the last step).
@@ -37,45 +40,48 @@ class Schedule:
 
     gen_length: int = 128
     block_length: int | None = 32
-    steps: int = 128
-    temperature: float = 0.0
+    steps: int = knob(128)
+    temperature: float = knob(0.0)
     counts: str = "llada"
-    eps: float = 1e-3
+    eps: float = knob(1e-3)
     keep_idle_steps: bool = False
     first_token_at_block_start: bool = False
     stop_at_eos: bool = False
+    sampled: bool = derived()  # temperature > 0
+    table_length: int = derived()  # entries of the per-step tables (`tables`)
 
     def __post_init__(self):
         if self.gen_length <= 0:
             raise StrategyError(f"gen_length must be positive, got {self.gen_length}")
-        if self.block_length is not None:
-            if self.block_length <= 0:
-                raise StrategyError(f"block_length must be positive, got {self.block_length}")
-            if self.block_length > self.gen_length:
-                raise StrategyError(f"block_length ({self.block_length}) is larger than gen_length "
-                                    f"({self.gen_length}); use block_length <= gen_length")
-            if self.gen_length % self.block_length:
-                raise StrategyError(f"block_length ({self.block_length}) must divide gen_length "
-                                    f"({self.gen_length})")
+        if self.block_length is None:
+            object.__setattr__(self, "block_length", self.gen_length)
+        if self.block_length <= 0:
+            raise StrategyError(f"block_length must be positive, got {self.block_length}")
+        if self.block_length > self.gen_length:
+            raise StrategyError(f"block_length ({self.block_length}) is larger than gen_length "
+                                f"({self.gen_length}); use block_length <= gen_length")
+        if self.gen_length % self.block_length:
+            raise StrategyError(f"block_length ({self.block_length}) must divide gen_length "
+                                f"({self.gen_length})")
         if self.steps <= 0:
             raise StrategyError(f"steps must be positive, got {self.steps}")
         if self.steps % self.n_blocks:
             raise StrategyError(f"steps ({self.steps}) must be a multiple of the number of blocks "
                                 f"({self.n_blocks} = gen_length / block_length)")
-        if not self.temperature >= 0:
-            raise StrategyError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):
+            raise StrategyError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.counts not in COUNT_POLICIES:
             raise StrategyError(f"counts must be one of {COUNT_POLICIES}, got {self.counts!r}")
         if not 0 < self.eps < 1:
             raise StrategyError(f"eps must be in (0, 1), got {self.eps}")
-
-    @property
-    def block(self) -> int:
-        return self.block_length or self.gen_length
+        object.__setattr__(self, "sampled", self.temperature > 0)
+        # Idle steps kept: the loop runs every budgeted step, so their number is structure. Otherwise every step
+        # reveals at least one token, so a block never needs more than its length.
+        object.__setattr__(self, "table_length", self.steps_per_block if self.keep_idle_steps else self.block_length)
 
     @property
     def n_blocks(self) -> int:
-        return self.gen_length // self.block
+        return self.gen_length // self.block_length
 
     @property
     def steps_per_block(self) -> int:
@@ -84,13 +90,41 @@ class Schedule:
     def block_counts(self) -> np.ndarray:
         """Tokens revealed at each step of a block, int32 [n] (idle steps dropped unless `keep_idle_steps`).
 
-        Every block starts fully masked, so the table is the same for every block and is computed here, on the host.
+        Every block starts fully masked, so the table is the same for every block and is computed on the host.
         """
-        counts = llada_counts(self.block, self.steps_per_block) if self.counts == "llada" else \
-            dream_counts(self.block, self.steps_per_block, self.eps)
+        counts = llada_counts(self.block_length, self.steps_per_block) if self.counts == "llada" else \
+            dream_counts(self.block_length, self.steps_per_block, self.eps)
         if not self.keep_idle_steps:
             counts = counts[counts > 0]
         return counts.astype(np.int32)
+
+    def tables(self) -> "StepTables":
+        """The per-step tables of one block, computed on the host and passed to the compiled loop as arrays (so
+        `steps` and `eps` are values, not structure), padded to `table_length`."""
+        counts = self.block_counts()
+        n = len(counts)
+        fraction = np.ones(self.table_length, np.float32)
+        if self.counts == "dream" and self.keep_idle_steps:  # Dream's 1 - s/t at step i; all at the last step
+            t = torch_linspace_f32(1.0, self.eps, self.steps_per_block + 1)
+            fraction[:-1] = (np.float32(1) - t[1:-1] / t[:-2]).astype(np.float32)
+        return StepTables(counts=np.pad(counts, (0, self.table_length - n)), fraction=fraction,
+                          steps_in_block=np.int32(n))
+
+
+@flax.struct.dataclass
+class StepTables:
+    """What each step of a block may reveal, by its index s in the block. S = `Schedule.table_length`.
+
+    counts:         [S] int32   tokens to reveal at step s (counted rules).
+    fraction:       [S] float32 probability of revealing each masked position at step s, for rules that reveal
+                                positions independently: Dream's `1 - s/t` (counts="dream" with idle steps kept),
+                                1 at the last step; all ones otherwise.
+    steps_in_block: [] int32    steps a block runs for counted rules (entries of `counts` in use).
+    """
+
+    counts: jax.Array
+    fraction: jax.Array
+    steps_in_block: jax.Array
 
 
 def llada_counts(masked: int, steps: int) -> np.ndarray:

@@ -5,29 +5,39 @@ from __future__ import annotations
 import flax.struct
 import jax
 
+from jdlm.decoding.cache import SequenceInputs
+from jdlm.decoding.schedule import StepTables
 from jdlm.model import KVCache
+
+
+@flax.struct.dataclass
+class DecodeInputs:
+    """What stays fixed during one decode: the model calls' inputs and the schedule's per-step tables."""
+
+    seq: SequenceInputs
+    tables: StepTables
 
 
 @flax.struct.dataclass
 class DecodeState:
     """Carried through `lax.while_loop`. B batch, L = P + G sequence length, G generation length.
 
-    tokens:     [B, L] int32  prompt, then the generation (mask id where not yet revealed).
-    block:      [] int32      index of the block being decoded.
-    block_step: [] int32      steps taken in the current block.
-    forwards:   [] int32      forward passes run for the batch so far.
-    nfe:        [B] int32     forward passes each row took part in (what decoding it alone would cost).
-    done:       [B] bool      row finished early (Schedule.stop_at_eos).
-    refresh:    [] bool       the next forward rebuilds the KV cache (first step of a block).
-    key:        [B] one PRNG key per row, split at the start of every step.
-    kv:         KVCache [B', L, K, H] per layer (B' = 2B with guidance), or None without a cache.
-    revealed_at:   [B, G] int32    forward-pass index at which each generated position was revealed (-1: never).
+    tokens:        [B, L] int32    prompt, then the generation (mask id where not yet revealed).
+    block_index:   [] int32        the block being decoded.
+    step_in_block: [] int32        steps taken in the current block.
+    forwards:      [] int32        forward passes run for the batch so far.
+    nfe:           [B] int32       forward passes each row took part in (what decoding it alone would cost).
+    done:          [B] bool        row finished early (Schedule.stop_at_eos).
+    refresh:       [] bool         the next forward rebuilds the KV cache (first step of a block).
+    key:           [B]             one PRNG key per row, split at the start of every step.
+    kv:            KVCache [B', L, K, H] per layer (B' = 2B with guidance), or None without a cache.
+    revealed_at:   [B, G] int32    index of the forward pass that revealed each generated position (-1: not yet).
     revealed_conf: [B, G] float32  the rule's confidence for it at that step.
     """
 
     tokens: jax.Array
-    block: jax.Array
-    block_step: jax.Array
+    block_index: jax.Array
+    step_in_block: jax.Array
     forwards: jax.Array
     nfe: jax.Array
     done: jax.Array
@@ -40,8 +50,8 @@ class DecodeState:
 
 @flax.struct.dataclass
 class Trace:
-    """Order of unmasking. step: [B, G] int32 forward-pass index that revealed each position (-1: never);
-    confidence: [B, G] float32 the rule's confidence when it was revealed (0 for EOS fill)."""
+    """Order of unmasking. step: [B, G] int32 index (from 0) of the forward pass that revealed each position (-1:
+    never); confidence: [B, G] float32 the rule's confidence when it was revealed (0 for EOS fill)."""
 
     step: jax.Array
     confidence: jax.Array
@@ -49,10 +59,10 @@ class Trace:
 
 @flax.struct.dataclass
 class DecodeResult:
-    """tokens: [B, G] generated ids; nfe: [B] forward passes per row; steps: [] forward passes run for the batch;
-    trace: the unmasking order."""
+    """tokens: [B, G] generated ids (mask id where not revealed yet); nfe: [B] forward passes per row; forwards: []
+    forward passes run for the batch; trace: the unmasking order."""
 
     tokens: jax.Array
     nfe: jax.Array
-    steps: jax.Array
+    forwards: jax.Array
     trace: Trace

@@ -1,79 +1,207 @@
-"""Strategy: a schedule, a reveal rule, a cache and optional guidance, composed; plus parsing by name."""
+"""Strategy: a schedule, a reveal rule, a cache and optional guidance, composed; its spec string and JSON form."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from jdlm.cache import DualCache, NoCache, PrefixCache
-from jdlm.decoding.entropy import Entropy
-from jdlm.decoding.factor import Factor
+from jdlm.decoding import names
+from jdlm.decoding.cache import NoCache
 from jdlm.decoding.guidance import Guidance
 from jdlm.decoding.low_confidence import LowConfidence
-from jdlm.decoding.margin import Margin
-from jdlm.decoding.maskgit_plus import MaskGitPlus
-from jdlm.decoding.random_order import RandomOrder
+from jdlm.decoding.part import child, knob_names, part
 from jdlm.decoding.rule import Rule
-from jdlm.decoding.schedule import Schedule, StrategyError
-from jdlm.decoding.threshold import Threshold
-
-CACHES = (NoCache, PrefixCache, DualCache)
+from jdlm.decoding.schedule import Schedule
+from jdlm.errors import StrategyError
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Strategy:
-    """Everything `decode` needs to know besides the weights and the prompt. Frozen and hashable: it is a static
-    argument of the compiled decode, so two equal strategies share one compilation.
+    """Everything `decode` needs to know besides the weights and the prompt. Frozen and hashable; a pytree whose
+    leaves are the parts' numeric knobs, so two strategies that differ only in knob values share one compilation.
 
-    Any rule composes with any cache and with guidance.
+    Any rule composes with any cache and with guidance. Text form: `spec` / `parse_strategy`; JSON form:
+    `to_dict` / `from_dict`.
     """
 
-    schedule: Schedule = Schedule()
-    rule: Rule = LowConfidence()
-    cache: NoCache | PrefixCache | DualCache = NoCache()
-    guidance: Guidance | None = None
+    schedule: Schedule = child(Schedule())
+    rule: Rule = child(LowConfidence())
+    cache: object = child(NoCache())
+    guidance: Guidance | None = child(None)
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
             raise StrategyError(f"schedule must be a jdlm Schedule, got {type(self.schedule).__name__}")
         if not isinstance(self.rule, Rule):
-            raise StrategyError(f"rule must be one of {sorted(RULES)} (a jdlm Rule), got {self.rule!r}")
-        if not isinstance(self.cache, CACHES):
-            raise StrategyError(f"cache must be one of {sorted(CACHE_NAMES)}, got {self.cache!r}")
+            raise StrategyError(f"rule must be one of {', '.join(names.RULES)} (a jdlm Rule), got {self.rule!r}")
+        try:
+            names.name_of(self.cache, names.CACHES)
+        except KeyError:
+            raise StrategyError(f"cache must be one of {', '.join(names.CACHES)}, got {self.cache!r}") from None
         if self.guidance is not None and not isinstance(self.guidance, Guidance):
             raise StrategyError(f"guidance must be a jdlm Guidance or None, got {self.guidance!r}")
+        self.rule.check_schedule(self.schedule)
 
     def replace(self, **changes) -> "Strategy":
         """A copy with some parts replaced; schedule fields may be given directly (`steps=64`)."""
-        schedule_fields = {f.name for f in dataclasses.fields(Schedule)}
+        schedule_fields = {f.name for f in dataclasses.fields(Schedule) if f.init}
         sched = {k: changes.pop(k) for k in list(changes) if k in schedule_fields}
         if sched:
             changes["schedule"] = dataclasses.replace(changes.get("schedule", self.schedule), **sched)
         return dataclasses.replace(self, **changes)
+
+    def for_model(self, config) -> "Strategy":
+        """The strategy with what the rule needs to know of the model (its special token ids) filled in."""
+        rule = self.rule.for_model(config)
+        return self if rule is self.rule else dataclasses.replace(self, rule=rule)
+
+    # ------------------------------------------------------------ text and JSON forms
+
+    @property
+    def spec(self) -> str:
+        """The strategy as one line that `parse_strategy` reads back: the rule (`threshold:0.9`), the cache when
+        there is one, then `field=value` for every other field that differs from its default."""
+        words = rule_spec(self.rule).split()
+        cache_name = names.name_of(self.cache, names.CACHES)
+        if cache_name != "none":
+            words.insert(1, cache_name)
+        fields = {**_changed(self.schedule), **_changed(self.cache)}
+        if self.guidance is not None:
+            fields["cfg_scale"] = self.guidance.cfg_scale
+        return " ".join(words + [f"{k}={_text(v)}" for k, v in fields.items()])
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"rule": {"name": ..., fields}, "cache": {...}, "schedule": {...}, "guidance": {...} | None}."""
+        def fields(p):
+            return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.init}
+        return {"rule": {"name": names.name_of(self.rule, names.RULES), **fields(self.rule)},
+                "cache": {"name": names.name_of(self.cache, names.CACHES), **fields(self.cache)},
+                "schedule": fields(self.schedule),
+                "guidance": None if self.guidance is None else fields(self.guidance)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Strategy":
+        """Inverse of `to_dict`; unknown names and fields are StrategyErrors."""
+        try:
+            rule = _build(names.RULES, dict(d["rule"]), "rule")
+            cache = _build(names.CACHES, dict(d["cache"]), "cache")
+            schedule = _make(Schedule, d["schedule"], "schedule")
+            guidance = None if d.get("guidance") is None else _make(Guidance, d["guidance"], "guidance")
+        except (KeyError, TypeError) as e:
+            raise StrategyError(f"not a strategy in JSON form (Strategy.to_dict): missing or bad {e}") from None
+        return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance)
+
+
+def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
+    """Reads a spec string (`Strategy.spec`) into a Strategy.
+
+    `RULE[:VALUE] [CACHE] [field=value ...]`: e.g. "threshold:0.9 dual", "entropy:0.1 top_p=0.9 steps=64",
+    "low_confidence prefix gen_length=128 block_length=32 cfg_scale=1.5". Fields belong to the rule, the cache or the
+    schedule; `cfg_scale` adds guidance. Whatever the spec does not say comes from `base` (default `Strategy()`):
+    its schedule and guidance are kept, its rule and cache are replaced.
+    """
+    words = spec.split()
+    if not words:
+        raise StrategyError("empty strategy; e.g. 'threshold:0.9 dual' or 'low_confidence'")
+    base = base or Strategy()
+    rule_fields = _rule_word(words[0])
+    rule_name = rule_fields.pop("name")
+    rule_cls = names.RULES[rule_name].load()
+    cache_name, cache_fields, sched_fields, guidance = "none", {}, {}, base.guidance
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if not eq:
+            if word.lower() not in names.CACHES:
+                raise StrategyError(f"cannot read {word!r} in strategy {spec!r}: a cache ({', '.join(names.CACHES)}) "
+                                    "or field=value")
+            cache_name = word.lower()
+            continue
+        if key == "cache":
+            if value.lower() not in names.CACHES:
+                raise StrategyError(f"unknown cache {value!r}; choose one of {', '.join(names.CACHES)}")
+            cache_name = value.lower()
+            continue
+        if key == "cfg_scale":
+            number = _value(value, key)
+            guidance = Guidance(cfg_scale=number) if number else None
+        elif key in _init_fields(rule_cls):
+            rule_fields[key] = _value(value, key)
+        elif key in _init_fields(Schedule):
+            sched_fields[key] = _value(value, key)
+        else:
+            cache_fields[key] = (key, value)  # checked against the cache once the cache is known
+    cache_cls = names.CACHES[cache_name].load()
+    unknown = [k for k in cache_fields if k not in _init_fields(cache_cls)]
+    if unknown:
+        allowed = sorted(_init_fields(rule_cls) | _init_fields(Schedule) | _init_fields(cache_cls) | {"cfg_scale"})
+        raise StrategyError(f"unknown field {unknown[0]!r} in strategy {spec!r} (with rule {rule_name} and cache "
+                            f"{cache_name}); fields: {', '.join(allowed)}")
+    schedule = dataclasses.replace(base.schedule, **sched_fields) if sched_fields else base.schedule
+    return Strategy(schedule=schedule, rule=_make(rule_cls, rule_fields, rule_name),
+                    cache=_make(cache_cls, {k: _value(v, k) for k, (_, v) in cache_fields.items()}, cache_name),
+                    guidance=guidance)
+
+
+def rule_spec(rule: Rule) -> str:
+    """A rule as spec words: "threshold:0.9", "low_confidence", "entropy:0.5 top_p=0.9"; `parse_rule` reads it."""
+    name = names.name_of(rule, names.RULES)
+    value = names.RULES[name].value
+    fields = _changed(rule)
+    if value is not None and (value in fields or value in names.REQUIRED_VALUES):
+        name += f":{_text(getattr(rule, value))}"
+        fields.pop(value, None)
+    return " ".join([name] + [f"{k}={_text(v)}" for k, v in fields.items()])
+
+
+def parse_rule(text: str) -> Rule:
+    """"threshold:0.9", "factor:1", "low_confidence", "entropy:0.5 top_p=0.9", "random" ... -> a Rule."""
+    words = text.split()
+    if not words:
+        raise StrategyError("empty rule; e.g. 'threshold:0.9' or 'low_confidence'")
+    fields = _rule_word(words[0])
+    name = fields.pop("name")
+    for word in words[1:]:
+        key, eq, value = word.partition("=")
+        if not eq:
+            raise StrategyError(f"cannot read {word!r} in rule {text!r}: give field=value")
+        fields[key] = _value(value, key)
+    return _make(names.RULES[name].load(), fields, name)
+
+
+def parse_cache(name: str):
+    """"none", "prefix" or "dual" -> a cache part."""
+    key = (name or "none").strip().lower()
+    if key not in names.CACHES:
+        raise StrategyError(f"unknown cache {name!r}; choose one of {', '.join(names.CACHES)}")
+    return names.CACHES[key].load()()
 
 
 # ---------------------------------------------------------------- presets mirroring the references
 
 
 def llada(*, gen_length=128, steps=128, block_length=32, temperature=0.0, cfg_scale=0.0,
-          remasking="low_confidence") -> Strategy:
+          remasking="low_confidence", logits_eos_inf=False, confidence_eos_eot_inf=False) -> Strategy:
     """ML-GSAI/LLaDA `generate(...)` with the same arguments (NFE = steps; idle steps are run)."""
-    rules = {"low_confidence": LowConfidence(), "random": RandomOrder()}
-    if remasking not in rules:
-        raise StrategyError(f"remasking must be one of {sorted(rules)}, got {remasking!r}")
+    if remasking not in ("low_confidence", "random"):
+        raise StrategyError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
+    rule = names.RULES[remasking].load()(logits_eos_inf=logits_eos_inf,
+                                          confidence_eos_eot_inf=confidence_eos_eot_inf)
     return Strategy(schedule=Schedule(gen_length=gen_length, block_length=block_length, steps=steps,
                                       temperature=temperature, keep_idle_steps=True),
-                    rule=rules[remasking], guidance=Guidance(cfg_scale=cfg_scale) if cfg_scale else None)
+                    rule=rule, guidance=Guidance(cfg_scale=cfg_scale) if cfg_scale else None)
 
 
 def dream(*, max_new_tokens=128, steps=128, eps=1e-3, alg="entropy", alg_temp=0.0, temperature=0.0, top_p=None,
           top_k=None) -> Strategy:
     """HKUNLP Dream `diffusion_generate(...)` with the same arguments (one block; NFE = steps)."""
-    algs = {"maskgit_plus": MaskGitPlus, "topk_margin": Margin, "entropy": Entropy}
+    algs = {"maskgit_plus": "maskgit_plus", "topk_margin": "margin", "entropy": "entropy", "origin": "origin"}
     if alg not in algs:
-        raise StrategyError(f"alg must be one of {sorted(algs)}, got {alg!r}")
+        raise StrategyError(f"alg must be one of {', '.join(algs)}, got {alg!r}")
+    rule_cls = names.RULES[algs[alg]].load()
+    options = {"top_p": top_p, "top_k": top_k} | ({} if alg == "origin" else {"alg_temp": alg_temp})
     return Strategy(schedule=Schedule(gen_length=max_new_tokens, block_length=None, steps=steps,
                                       temperature=temperature, counts="dream", eps=eps, keep_idle_steps=True),
-                    rule=algs[alg](alg_temp=alg_temp, top_p=top_p, top_k=top_k))
+                    rule=rule_cls(**options))
 
 
 def fast_dllm(*, gen_length=256, block_length=32, steps=None, threshold=None, factor=None, cache="none",
@@ -87,42 +215,92 @@ def fast_dllm(*, gen_length=256, block_length=32, steps=None, threshold=None, fa
         raise StrategyError("Fast-dLLM's Dream sampler uses the threshold rule: give threshold=...")
     if threshold is not None and factor is not None:
         raise StrategyError("give threshold or factor, not both")
-    rule = Threshold(threshold=threshold) if threshold is not None else \
-        Factor(factor=factor) if factor is not None else LowConfidence()
+    rule = parse_rule(f"threshold:{threshold}") if threshold is not None else \
+        parse_rule(f"factor:{factor}") if factor is not None else LowConfidence()
     return Strategy(schedule=Schedule(gen_length=gen_length, block_length=block_length, steps=steps or gen_length,
                                       temperature=temperature, first_token_at_block_start=family == "dream"),
                     rule=rule, cache=parse_cache(cache))
 
 
-# ---------------------------------------------------------------- parsing names (CLI, configs)
-
-RULES = {"low_confidence": LowConfidence, "random": RandomOrder, "maskgit_plus": MaskGitPlus, "margin": Margin,
-         "entropy": Entropy, "threshold": Threshold, "factor": Factor}
-RULE_ARG = {"threshold": "threshold", "factor": "factor", "maskgit_plus": "alg_temp", "margin": "alg_temp",
-            "entropy": "alg_temp"}
-CACHE_NAMES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache}
+# ---------------------------------------------------------------- helpers
 
 
-def parse_rule(spec: str) -> Rule:
-    """"threshold:0.9", "factor:1", "low_confidence", "entropy", "random" ... -> a Rule."""
-    name, _, arg = spec.partition(":")
+def _init_fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _changed(p) -> dict:
+    """The init fields of a part that differ from its class defaults."""
+    default = type(p)()
+    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p)
+            if f.init and getattr(p, f.name) != getattr(default, f.name)}
+
+
+def _text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if not value.is_integer() else f"{value:g}"
+    return str(value)
+
+
+def _value(text: str, field: str):
+    """A field value from a spec: none, true/false, an integer, a number, or a word."""
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        raise StrategyError(f"{field}={text}: give a finite number")
+    return number
+
+
+def _rule_word(word: str) -> dict:
+    """"threshold:0.9" -> {"name": "threshold", "threshold": 0.9}."""
+    name, _, arg = word.partition(":")
     name = name.strip().lower().replace("-", "_")
-    if name not in RULES:
-        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(RULES))} "
+    if name not in names.RULES:
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(names.RULES)} "
                             "(e.g. --strategy threshold:0.9)")
+    value_field = names.RULES[name].value
     if not arg:
-        return RULES[name]()
-    if name not in RULE_ARG:
-        raise StrategyError(f"strategy {name!r} takes no value (got {spec!r})")
+        return {"name": name}
+    if value_field is None:
+        raise StrategyError(f"strategy {name!r} takes no value (got {word!r})")
     try:
         value = float(arg)
     except ValueError:
         raise StrategyError(f"strategy {name!r} needs a number after ':', got {arg!r}") from None
-    return RULES[name](**{RULE_ARG[name]: value})
+    if not math.isfinite(value):
+        raise StrategyError(f"strategy {name!r} needs a finite number after ':', got {arg!r}")
+    return {"name": name, value_field: value}
 
 
-def parse_cache(name: str):
-    key = (name or "none").strip().lower()
-    if key not in CACHE_NAMES:
-        raise StrategyError(f"unknown cache {name!r}; choose one of {', '.join(CACHE_NAMES)}")
-    return CACHE_NAMES[key]()
+def _make(cls, fields: dict, what: str):
+    allowed = _init_fields(cls)
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise StrategyError(f"{what} has no field {unknown[0]!r}; its fields: {', '.join(sorted(allowed)) or 'none'}")
+    for k in knob_names(cls) & set(fields):
+        v = fields[k]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise StrategyError(f"{what}: {k} must be a number, got {v!r}")
+    return cls(**fields)
+
+
+def _build(table, d: dict, what: str):
+    name = d.pop("name")
+    if name not in table:
+        raise StrategyError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    return _make(table[name].load(), d, name)

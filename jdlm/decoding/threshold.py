@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
+from jdlm.decoding.part import knob, part
 from jdlm.decoding.proposals import gumbel_argmax, token_probability
 from jdlm.decoding.rule import Rule, best_one
-from jdlm.decoding.schedule import StrategyError
+from jdlm.errors import StrategyError
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class Threshold(Rule):
     """Reveals every masked position of the block whose confidence is >= `threshold`, and always at least the
     single most confident one (NVlabs/Fast-dLLM `get_transfer_index`), so a block needs at most W steps.
@@ -20,7 +20,7 @@ class Threshold(Rule):
     """
 
     counted: ClassVar[bool] = False
-    threshold: float = 0.9
+    threshold: float = knob(0.9)
 
     def __post_init__(self):
         if not 0 < self.threshold <= 1:
@@ -30,5 +30,5 @@ class Threshold(Rule):
         tokens = gumbel_argmax(logits, temperature, key)
         return tokens, token_probability(logits, tokens)
 
-    def select(self, confidence, candidates, count, key):
+    def select(self, confidence, candidates, budget, key):
         return (candidates & (confidence >= self.threshold)) | best_one(confidence, candidates)

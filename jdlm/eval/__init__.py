@@ -15,11 +15,11 @@ from jdlm.eval.plot import pareto_front, plot_pareto
 from jdlm.eval.report import EvalReport, Record, format_table, read_json, write_json
 from jdlm.eval.runner import DEFAULT_EXAMPLES, encode_prompt, evaluate, generate, score_tokens, sweep
 from jdlm.eval.settings import TASK_SETTINGS, TaskSettings, is_task_tokenizer, task_settings
-from jdlm.eval.spec import EvalSpec, describe_strategy, parse_spec, rule_name
+from jdlm.eval.spec import EvalSpec, describe_strategy, parse_spec
 
 __all__ = [
     # what to evaluate
-    "EvalSpec", "parse_spec", "rule_name", "describe_strategy",
+    "EvalSpec", "parse_spec", "describe_strategy",
     "TaskSettings", "TASK_SETTINGS", "task_settings", "is_task_tokenizer",
     # running
     "evaluate", "sweep", "evaluate_humaneval", "generate", "encode_prompt", "score_tokens", "DEFAULT_EXAMPLES",

@@ -26,7 +26,7 @@ from lm_eval.api.registry import register_model
 import lm_eval.models  # noqa: F401  (fills lm-eval's registry first; it fills it only while empty)
 from jdlm.eval.runner import generate
 from jdlm.eval.settings import TaskSettings
-from jdlm.eval.spec import EvalSpec
+from jdlm.eval.spec import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ NO_LOGLIKELIHOOD = (
 class JdlmLM(LM):
     """lm-eval model over a jdlm checkpoint. Arguments come from `--model_args` (comma-separated key=value):
 
-    path: checkpoint directory or packaged model name ("tiny"); strategy: rule name ("low_confidence",
-    "threshold:0.9", ...); cache: none/prefix/dual; tokens_per_step: for counted rules; gen_length, block_length:
+    path: checkpoint directory or packaged model name ("tiny"); strategy: a strategy as `jdlm eval --strategy` reads
+    it ("low_confidence", "threshold:0.9", "threshold:0.9 dual", "entropy top_p=0.9"); cache: none/prefix/dual; tokens_per_step: for counted rules; gen_length, block_length:
     decode shapes (a request's max_gen_toks, when smaller, cuts the output there); batch_size: rows per decode
     call; temperature: 0 (greedy, the default) or more; dtype: e.g. float32 / bfloat16.
     `params` and `tokenizer` may be passed instead of `path` (from Python).
@@ -62,8 +62,8 @@ class JdlmLM(LM):
         elif tokenizer is None:
             raise ValueError("give tokenizer together with params")
         self.params, self.tokenizer = params, tokenizer
-        self.spec = EvalSpec(rule=str(strategy), cache=str(cache or "none"), tokens_per_step=int(tokens_per_step),
-                             temperature=float(temperature))
+        rule, _, options = str(strategy).strip().partition(" ")  # the strategy's own cache wins over `cache`
+        self.spec = parse_spec(f"{rule} {cache or 'none'} k={int(tokens_per_step)} T={float(temperature)} {options}")
         self.settings = TaskSettings(gen_length=int(gen_length), block_length=min(int(block_length), int(gen_length)))
         self.strategy = self.spec.strategy(self.settings)
         if batch_size in ("auto", None) or str(batch_size).startswith("auto"):

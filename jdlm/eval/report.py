@@ -41,6 +41,8 @@ class EvalReport:
       gen_length, block_length, prompt_length, batch_size: the shapes decoded with.
       device: the JAX device kind the timings come from.
       records: one Record per example, in input order.
+      strategy_config: the whole strategy that ran (`jdlm.Strategy.to_dict()`; `Strategy.from_dict` rebuilds it),
+        so the result can be re-run; None in files written before it was recorded.
     """
 
     task: str
@@ -62,6 +64,7 @@ class EvalReport:
     batch_size: int
     device: str
     records: tuple[Record, ...] = ()
+    strategy_config: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"records": [dataclasses.asdict(r) for r in self.records]}

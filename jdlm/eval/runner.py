@@ -157,7 +157,7 @@ def score_tokens(task: Task, examples: Sequence[Example], tokenizer, tokens: np.
 
 def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: Sequence[Record],
                 generation: Generation, prompt_length: int | None, batch_size: int,
-                name: str | None = None) -> EvalReport:
+                name: str | None = None, strategy: Strategy | None = None) -> EvalReport:
     n = len(records)
     return EvalReport(
         task=task, strategy=name or spec.name, family=spec.family, rule=spec.rule_name, cache=spec.cache,
@@ -165,7 +165,8 @@ def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: S
         accuracy=sum(r.correct for r in records) / n, mean_nfe=float(np.mean([r.nfe for r in records])),
         tokens_per_s=generation.tokens_per_s, decode_s=generation.decode_s, compile_s=generation.compile_s,
         gen_length=settings.gen_length, block_length=settings.block_length, prompt_length=prompt_length,
-        batch_size=batch_size, device=jax.devices()[0].device_kind, records=tuple(records))
+        batch_size=batch_size, device=jax.devices()[0].device_kind, records=tuple(records),
+        strategy_config=None if strategy is None else strategy.to_dict())
 
 
 def plan(spec: EvalSpec | Strategy | str, settings: TaskSettings) -> tuple[EvalSpec, str, Strategy, TaskSettings]:
@@ -176,7 +177,7 @@ def plan(spec: EvalSpec | Strategy | str, settings: TaskSettings) -> tuple[EvalS
     """
     if isinstance(spec, Strategy):
         sched = spec.schedule
-        settings = TaskSettings(gen_length=sched.gen_length, block_length=sched.block,
+        settings = TaskSettings(gen_length=sched.gen_length, block_length=sched.block_length,
                                 prompt_length=settings.prompt_length)
         described, name = describe_strategy(spec)
         return described, name, spec.replace(stop_at_eos=True), settings
@@ -231,7 +232,7 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
         gen = generate(params, prompts, strategy, batch_size=batch_size, prompt_length=P, key=key, advance=advance)
     records = score_tokens(task, examples, tokenizer, gen.tokens, gen.nfe, gen.lengths)
     return make_report(task=task.name, spec=spec, settings=settings, records=records, generation=gen,
-                       prompt_length=P, batch_size=batch_size, name=name)
+                       prompt_length=P, batch_size=batch_size, name=name, strategy=strategy)
 
 
 def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequence[EvalSpec | Strategy | str], *,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from jdlm.decoding import names
 from jdlm.decoding.rule import Rule
-from jdlm.decoding.schedule import Schedule, StrategyError
-from jdlm.decoding.strategy import CACHE_NAMES, RULE_ARG, RULES, Strategy, parse_cache, parse_rule
+from jdlm.decoding.schedule import Schedule
+from jdlm.decoding.strategy import Strategy, parse_cache, parse_rule, rule_spec
+from jdlm.errors import StrategyError
 from jdlm.eval.settings import TaskSettings
 
 
@@ -36,7 +38,7 @@ class EvalSpec:
         if isinstance(self.rule, str):
             object.__setattr__(self, "rule", parse_rule(self.rule))
         if not isinstance(self.rule, Rule):
-            raise StrategyError(f"rule must be a jdlm Rule or a rule name ({', '.join(sorted(RULES))}), "
+            raise StrategyError(f"rule must be a jdlm Rule or a rule name ({', '.join(names.RULES)}), "
                                 f"got {self.rule!r}")
         parse_cache(self.cache)  # raises with the allowed names
         object.__setattr__(self, "cache", self.cache.strip().lower())
@@ -50,13 +52,13 @@ class EvalSpec:
 
     @property
     def rule_name(self) -> str:
-        """The rule as `parse_rule` reads it ("threshold:0.9", "low_confidence"); its repr if it has other fields."""
-        return rule_name(self.rule)
+        """The rule as `parse_rule` reads it ("threshold:0.9", "low_confidence", "entropy top_p=0.9")."""
+        return rule_spec(self.rule)
 
     @property
     def family(self) -> str:
         """The rule's kind and the cache ("threshold", "low_confidence dual"): one line of the Pareto plot."""
-        kind = self.rule_name.partition(":")[0]
+        kind = names.name_of(self.rule, names.RULES)
         return kind if self.cache == "none" else f"{kind} {self.cache}"
 
     @property
@@ -90,31 +92,18 @@ class EvalSpec:
                 "temperature": self.temperature}
 
 
-def rule_name(rule: Rule) -> str:
-    """"threshold:0.9", "factor:1", "low_confidence", "entropy:0.5" (alg_temp); `repr(rule)` for other settings."""
-    for name, cls in RULES.items():
-        if type(rule) is not cls:
-            continue
-        arg = RULE_ARG.get(name)
-        if arg is None:
-            return name if rule == cls() else repr(rule)
-        value = getattr(rule, arg)
-        if rule != cls(**{arg: value}):  # other fields (top_p, top_k) differ from their defaults
-            return repr(rule)
-        shown = not rule.counted or rule != cls()  # thresholds are always shown; a default alg_temp is not
-        return f"{name}:{value:g}" if shown else name
-    return repr(rule)
-
-
 def parse_spec(text: str) -> EvalSpec:
-    """Reads the names `EvalSpec.name` writes: "threshold:0.9 dual", "low_confidence k=2 prefix", "random T=0.5".
+    """Reads the names `EvalSpec.name` writes: "threshold:0.9 dual", "low_confidence k=2 prefix", "random T=0.5",
+    "entropy top_p=0.9 k=2".
 
-    Words after the rule: "k=N" (tokens per step), a cache name, "T=x" (temperature), in any order.
+    Words after the rule: "k=N" (tokens per step), a cache name, "T=x" (temperature), the rule's own field=value
+    (as `jdlm.strategies.parse_rule` reads them), in any order.
     """
     words = text.split()
     if not words:
         raise StrategyError("empty strategy spec; e.g. 'low_confidence k=2' or 'threshold:0.9 dual'")
-    fields: dict = {"rule": words[0]}
+    fields: dict = {}
+    rule_words = [words[0]]
     for word in words[1:]:
         key, eq, value = word.partition("=")
         try:
@@ -122,14 +111,16 @@ def parse_spec(text: str) -> EvalSpec:
                 fields["tokens_per_step"] = int(value)
             elif eq and key == "T":
                 fields["temperature"] = float(value)
-            elif not eq and word.lower() in CACHE_NAMES:
+            elif not eq and word.lower() in names.CACHES:
                 fields["cache"] = word.lower()
+            elif eq:
+                rule_words.append(word)
             else:
                 raise ValueError
         except ValueError:
             raise StrategyError(f"cannot read {word!r} in strategy spec {text!r}; after the rule give k=N, "
-                                f"T=temperature or a cache ({', '.join(CACHE_NAMES)})") from None
-    return EvalSpec(**fields)
+                                f"T=temperature, a cache ({', '.join(names.CACHES)}) or a rule field=value") from None
+    return EvalSpec(rule=parse_rule(" ".join(rule_words)), **fields)
 
 
 def describe_strategy(strategy: Strategy) -> tuple[EvalSpec, str]:
@@ -140,10 +131,10 @@ def describe_strategy(strategy: Strategy) -> tuple[EvalSpec, str]:
     count that is not gen_length / k, a periodic cache refresh, ...).
     """
     sched = strategy.schedule
-    cache = next(name for name, cls in CACHE_NAMES.items() if type(strategy.cache) is cls)
+    cache = names.name_of(strategy.cache, names.CACHES)
     k = max(1, sched.gen_length // sched.steps) if strategy.rule.counted else 1
     spec = EvalSpec(rule=strategy.rule, cache=cache, tokens_per_step=k, temperature=sched.temperature)
-    settings = TaskSettings(gen_length=sched.gen_length, block_length=sched.block)
+    settings = TaskSettings(gen_length=sched.gen_length, block_length=sched.block_length)
     try:
         exact = spec.strategy(settings) == strategy.replace(stop_at_eos=True)
     except StrategyError:

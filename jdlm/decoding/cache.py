@@ -1,4 +1,5 @@
-"""KV caches for decoding: NoCache, PrefixCache and DualCache (Fast-dLLM), as one model call per step.
+"""What every cache shares (the model calls of one decode), and NoCache. PrefixCache and DualCache have files of
+their own.
 
 Every cache answers the same question: the logits of the current block's W positions at this step. With a cache,
 a block starts with one full forward that also stores every position's keys/values (`refresh`); the block's
@@ -8,20 +9,19 @@ later steps run only a window of the sequence against the stored keys/values:
     Prefix     .......................[ window: current block + everything after, fresh keys/values ]
     Dual       .......................[ window: current block ]  (later blocks' keys/values stay stale)
 
-Window shapes are static. Positions left of the window are read from the cache. For Dream (shifted logits) the
+Window shapes are static (PrefixCache picks among a few sizes with `lax.switch`). Positions left of the window are read from the cache. For Dream (shifted logits) the
 window also covers the position just before the block, whose output predicts the block's first token; its cached
 keys/values are kept (`write_from`), so the result equals a window that starts at the block.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jdlm.decoding.schedule import StrategyError
+from jdlm.decoding.part import part
+from jdlm.errors import StrategyError
 from jdlm.model import KVCache, Params, forward
 
 
@@ -29,20 +29,20 @@ from jdlm.model import KVCache, Params, forward
 class SequenceInputs:
     """What every model call of one decode shares.
 
-    params: the model. positions: [B, L] rotary positions. key_mask: [B, L] bool real positions, or None (no
-    padding). prompt_len (P) and block (W) are static.
+    params: the model. positions: [B, L] rotary positions. key_mask: [B, L] bool, True at real positions.
+    prompt_len (P) and block_length (W) are static.
     """
 
     params: Params
     positions: jax.Array
-    key_mask: jax.Array | None
+    key_mask: jax.Array
     prompt_len: int = flax.struct.field(pytree_node=False)
-    block: int = flax.struct.field(pytree_node=False)
+    block_length: int = flax.struct.field(pytree_node=False)
 
     def full(self, tokens: jax.Array, block_start: jax.Array, return_cache: bool):
         """Forward over the whole sequence [B, L]: block logits [B, W, V] and (optionally) a fresh KVCache."""
         out = forward(self.params, tokens, positions=self.positions, key_mask=self.key_mask,
-                      logits_slice=(block_start, self.block), return_cache=return_cache)
+                      logits_slice=(block_start, self.block_length), return_cache=return_cache)
         return out.logits, out.cache
 
     def window(self, tokens, kv: KVCache, start, size: int, block_start):
@@ -50,7 +50,7 @@ class SequenceInputs:
         window = jax.lax.dynamic_slice_in_dim(tokens, start, size, axis=1)
         positions = jax.lax.dynamic_slice_in_dim(self.positions, start, size, axis=1)
         out = forward(self.params, window, positions=positions, key_mask=self.key_mask, cache=kv,
-                      window_start=start, write_from=block_start, logits_slice=(block_start - start, self.block))
+                      window_start=start, write_from=block_start, logits_slice=(block_start - start, self.block_length))
         return out.logits, out.cache
 
 
@@ -61,7 +61,7 @@ def empty_cache(params: Params, batch: int, length: int) -> KVCache:
     return KVCache(k=zeros, v=zeros)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@part
 class NoCache:
     """Every step runs the model over the whole sequence (exact; the reference behaviour)."""
 
@@ -75,42 +75,19 @@ class NoCache:
         return logits, kv
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _Refreshing:
-    """refresh_every: also rebuild the cache every this many steps inside a block (None: only at block starts).
-    1 rebuilds it at every step, which makes the cached decode exact (and as slow as no cache)."""
+@part
+class RefreshingCache:
+    """A cache rebuilt by a full forward at every block start.
+
+    refresh_every: also rebuild it every this many steps inside a block (None: only at block starts). 1 rebuilds it
+    at every step, which makes the cached decode exact (and as slow as no cache). Static.
+    """
 
     refresh_every: int | None = None
 
     def __post_init__(self):
-        if self.refresh_every is not None and self.refresh_every <= 0:
-            raise StrategyError(f"refresh_every must be positive or None, got {self.refresh_every}")
+        if self.refresh_every is not None and (not isinstance(self.refresh_every, int) or self.refresh_every <= 0):
+            raise StrategyError(f"refresh_every must be a positive integer or None, got {self.refresh_every!r}")
 
     def init(self, params: Params, batch: int, length: int) -> KVCache:
         return empty_cache(params, batch, length)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PrefixCache(_Refreshing):
-    """Fast-dLLM prefix cache: keys/values left of the block are computed at the block's first step and reused;
-    later steps recompute the block and everything after it. Approximate: the prefix is not refreshed within a
-    block."""
-
-    def block_logits(self, seq: SequenceInputs, tokens, kv, refresh, block_start):
-        shift = int(seq.params.config.logits_shift)
-        start = seq.prompt_len - shift  # static: every block's window reaches the end of the sequence
-        size = tokens.shape[1] - start
-        return jax.lax.cond(refresh, lambda: seq.full(tokens, block_start, return_cache=True),
-                            lambda: seq.window(tokens, kv, start, size, block_start))
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DualCache(_Refreshing):
-    """Fast-dLLM dual cache: keys/values of every position are computed at the block's first step; later steps
-    recompute only the block against the cached prefix and the stale suffix. Approximate."""
-
-    def block_logits(self, seq: SequenceInputs, tokens, kv, refresh, block_start):
-        shift = int(seq.params.config.logits_shift)
-        return jax.lax.cond(refresh, lambda: seq.full(tokens, block_start, return_cache=True),
-                            lambda: seq.window(tokens, kv, block_start - shift, seq.block + shift, block_start))
-
