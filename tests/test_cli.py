@@ -84,7 +84,7 @@ def test_generate_json_trace_html_and_show(model, tmp_path):
     out = jdlm("generate", PROMPT, "--model", str(model), *FAST, "--json", "--show", "--trace", str(html))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["nfe"] >= 1 and result["steps"] >= result["nfe"] and result["gen_length"] == 16
+    assert result["nfe"] >= 1 and result["forwards"] >= result["nfe"] and result["gen_length"] == 16
     assert len(result["token_ids"]) == len(result["reveal_step"]) <= 16
     assert result["compile_s"] > 0 and result["run_s"] >= 0 and isinstance(result["text"], str)
     assert "compiled in" in out.stderr and "NFE" in out.stderr
@@ -230,3 +230,19 @@ def test_second_generate_loads_the_compiled_decode_from_the_cache(tmp_path):
     assert any((tmp_path / "cache").iterdir()), "nothing was written to the compilation cache"
     assert first["text"] == second["text"]
     assert second["compile_s"] < 0.5 * first["compile_s"], (first["compile_s"], second["compile_s"])
+
+
+def test_ctrl_c_stops_a_long_decode_within_a_second():
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "jdlm", "generate", "--quiet", "--gen-length", "224", "--block-length", "224",
+           "--no-eos-stop", "--cfg", "1", "sudoku:\n1.3.\n.4.2\n2..3\n.1.4"]  # 224 forward passes at twice the batch
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(8)  # imports, load and compile; the decode itself takes much longer
+    assert proc.poll() is None, "the decode finished before it could be interrupted; make it longer"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0, f"took {time.monotonic() - sent:.1f} s to stop"
+    assert proc.returncode == 130 and "interrupted" in err

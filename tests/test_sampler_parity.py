@@ -175,6 +175,19 @@ FAST_CASES = {
 }
 
 
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_prefix_cache_window_larger_than_the_rest(llada, dream, family):
+    """Five blocks: PrefixCache's windows are 5, 3, 2 and 1 blocks, so blocks 1 and 3 recompute a decoded block
+    before them (its cached keys/values kept); still token-exact against Fast-dLLM's exact-size window."""
+    ref, params = llada if family == "llada" else dream
+    prompt = _prompts(1, P=6, seed=5)
+    args = dict(gen_length=40, block_length=8, threshold=0.4)
+    x, nfe = samplers.fastdllm_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, cache="prefix",
+                                        family=family, **args)
+    strategy = S.fast_dllm(cache="prefix", family=family, **args)
+    _check(x, nfe, jdlm.decode(params, prompt, strategy), prompt.shape[1])
+
+
 @pytest.mark.parametrize("case", list(FAST_CASES))
 def test_fast_dllm(llada, case):
     ref, params = llada

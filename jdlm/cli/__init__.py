@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return importlib.import_module(f"jdlm.cli.{args.command}").run(args) or EXIT_OK
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print("error: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Leave now: a decode still running on the device (a worker thread) would hold up a normal exit.
+        os._exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); stop quietly without a second error while flushing stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -43,6 +43,12 @@ def run(args) -> int:
     if interactive:
         note(console, f"chatting with {args.model} ({describe(strategy)}); /reset forgets the "
              "conversation, /exit or Ctrl-D quits")
+    live = None
+    if interactive and console.is_interactive and not args.quiet:  # the reply forming, step by step
+        from jdlm.cli import viz
+
+        def live(partials):
+            return viz.show_live(partials, tokenizer, console, transient=True)
     messages: list[dict[str, str]] = []
     while True:
         line = _read_line(interactive)
@@ -62,7 +68,7 @@ def run(args) -> int:
         try:
             ids = _fit(tokenizer, messages, strategy.schedule.gen_length, params.config.max_seq_len, console)
             timed = run_decode(params, tokenizer, ids, strategy, seed=args.seed, bucket=True,
-                               console=None if args.quiet else console)
+                               console=None if args.quiet else console, live=live)
         except (UsageError, InputError) as e:
             note(console, f"error: {e}", "red")
             messages.pop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -190,13 +191,19 @@ class Timed:
 
 
 def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int, bucket: bool = False,
-               console=None) -> Timed:
+               console=None, live=None) -> Timed:
     """Decodes one prompt; `bucket` pads it to a standard length (when that still fits) so that prompts of
-    similar length share one compilation."""
+    similar length share one compilation.
+
+    Without `live`, the decode is the one compiled call (`jdlm.decode`), run in a worker thread so that Ctrl-C
+    stops the command at once instead of after the decode. With `live`, a callable taking the iterator of partial
+    results (`jdlm.decoding.decode_steps`) and returning the last: one compiled step at a time, for live views.
+    """
     import jax
     import jax.numpy as jnp
 
     import jdlm
+    from jdlm.decoding import decode_steps
 
     G = strategy.schedule.gen_length
     check_fits(len(prompt_ids), G, params.config.max_seq_len)
@@ -205,16 +212,19 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
         padded, padded_mask = jdlm.pad_prompts([prompt_ids], tokenizer.pad_id)
         if padded.shape[1] + G <= params.config.max_seq_len:
             ids, mask = padded, padded_mask
+    args = (params, jnp.asarray(ids, jnp.int32), strategy)
+    kwargs = dict(key=jax.random.key(seed), prompt_mask=None if mask is None else jnp.asarray(mask))
     spinner = console.status("decoding (the first call of a shape also compiles) ...") \
-        if console is not None and console.is_interactive else None
+        if console is not None and console.is_interactive and live is None else None
     if spinner:
         spinner.start()
     try:
         with CompileClock() as clock:
             t0 = time.perf_counter()
-            result = jdlm.decode(params, jnp.asarray(ids, jnp.int32), strategy, key=jax.random.key(seed),
-                                 prompt_mask=None if mask is None else jnp.asarray(mask))
-            result = jax.block_until_ready(result)
+            if live is not None:
+                result = live(decode_steps(*args, **kwargs))
+            else:
+                result = interruptible(lambda: jax.block_until_ready(jdlm.decode(*args, **kwargs)))
             total = time.perf_counter() - t0
     finally:
         if spinner:
@@ -222,6 +232,26 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
     compile_s = min(clock.seconds, total)
     return Timed(result=result, answer_ids=tokenizer.answer_ids(result.tokens[0]), compile_s=compile_s,
                  run_s=total - compile_s)
+
+
+def interruptible(work):
+    """`work()` in a worker thread, the main thread waiting in short slices: Ctrl-C reaches the main thread at once
+    (a compiled call blocks it until the device finishes); the command then exits without waiting for the work."""
+    done: dict = {}
+
+    def target():
+        try:
+            done["value"] = work()
+        except BaseException as e:  # handed to the main thread below
+            done["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 

@@ -80,8 +80,14 @@ def run(args) -> int:
     strategy = build_strategy(args, steps=args.steps)
     params, tokenizer, loaded = load_model(args)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
+    from jdlm.cli import viz
+
+    live = None
+    if args.show and console.is_interactive:  # watch the decode as it runs, one forward pass per frame
+        def live(partials):
+            return viz.show_live(partials, tokenizer, console, title=f"{args.strategy}: ")
     timed = run_decode(params, tokenizer, prompt_ids, strategy, seed=args.seed,
-                       console=None if args.quiet else console)
+                       console=None if args.quiet else console, live=live)
     result = timed.result
     text = tokenizer.decode(timed.answer_ids)
     if not args.quiet:
@@ -89,11 +95,9 @@ def run(args) -> int:
         note(console, timed.summary())
 
     if args.show or trace_kind:
-        from jdlm.cli import viz
-
         trace = viz.RevealTrace.from_result(result, tokenizer)
         meta = f"{args.model} · {describe(strategy)} · NFE {int(result.nfe[0])}"
-        if args.show:
+        if args.show and live is None:  # not a terminal: the final frame
             viz.show(trace, console, title=f"{args.strategy}: ")
         if trace_kind == "html":
             viz.write_html(trace, Path(args.trace).expanduser(), prompt=prompt, meta=meta)
@@ -106,10 +110,10 @@ def run(args) -> int:
         steps = [int(s) for s in result.trace.step[0][: len(timed.answer_ids)]]
         print(json.dumps({
             "text": text, "token_ids": timed.answer_ids, "reveal_step": steps, "nfe": int(result.nfe[0]),
-            "steps": int(result.steps), "compile_s": round(timed.compile_s, 4), "run_s": round(timed.run_s, 4),
+            "forwards": int(result.forwards), "compile_s": round(timed.compile_s, 4), "run_s": round(timed.run_s, 4),
             "tokens_per_s": round(timed.tokens_per_s, 2), "prompt_tokens": len(prompt_ids),
-            "gen_length": strategy.schedule.gen_length, "model": args.model, "strategy": args.strategy,
-            "cache": args.cache,
+            "gen_length": strategy.schedule.gen_length, "model": args.model, "strategy": strategy.spec,
+            "strategy_config": strategy.to_dict(),
         }))
     else:
         print(text)

@@ -82,7 +82,7 @@ class RevealTrace:
                   or f"<{i}>" for i in ids]
         special = [i in ends or i in (cfg.mask_id, cfg.pad_id) for i in ids]
         return cls(pieces=pieces, ids=ids, step=step, confidence=conf, special=special,
-                   n_steps=max(int(np.asarray(result.steps)), max(step, default=-1) + 1),
+                   n_steps=max(int(np.asarray(result.forwards)), max(step, default=-1) + 1),
                    hidden=len(result.tokens[row]) - keep)
 
     def fraction(self, step: int) -> float:
@@ -155,6 +155,19 @@ def show(trace: RevealTrace, console, *, title: str = "", seconds: float = 3.0) 
         for upto in range(trace.n_steps):
             time.sleep(delay)
             live.update(_view(trace, upto, title))
+
+
+def show_live(results, tokenizer, console, *, title: str = "", transient: bool = False):
+    """Shows the decode while it runs: one frame per partial `DecodeResult` from `jdlm.decoding.decode_steps`
+    (colours scale with the forward passes run so far). Returns the last result; `transient` clears the view."""
+    from rich.live import Live
+
+    last = None
+    with Live(console=console, refresh_per_second=30, transient=transient) as live:
+        for last in results:
+            trace = RevealTrace.from_result(last, tokenizer)
+            live.update(_view(trace, trace.n_steps - 1, title))
+    return last
 
 
 # ---------------------------------------------------------------- files

@@ -29,13 +29,14 @@ from jdlm.model import KVCache, Params, forward
 class SequenceInputs:
     """What every model call of one decode shares.
 
-    params: the model. positions: [B, L] rotary positions. key_mask: [B, L] bool, True at real positions.
+    params: the model. positions: [B, L] rotary positions. key_mask: [B, L] bool, True at real positions, or None
+    (no padding).
     prompt_len (P) and block_length (W) are static.
     """
 
     params: Params
     positions: jax.Array
-    key_mask: jax.Array
+    key_mask: jax.Array | None
     prompt_len: int = flax.struct.field(pytree_node=False)
     block_length: int = flax.struct.field(pytree_node=False)
 

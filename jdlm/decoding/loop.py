@@ -79,7 +79,9 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
     B, P = prompt.shape
-    mask = jnp.ones((B, P), bool) if prompt_mask is None else jnp.asarray(prompt_mask).astype(bool)
+    # A mask without padding is no mask: one program for both, and attention keeps its unmasked fast path.
+    no_padding = prompt_mask is None or (not isinstance(prompt_mask, jax.core.Tracer) and np.asarray(prompt_mask).all())
+    mask = None if no_padding else jnp.asarray(prompt_mask).astype(bool)
     keys = row_keys(jax.random.key(0) if key is None else key, B)
     strategy = strategy.for_model(params.config)
     tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
@@ -100,21 +102,23 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
 # ---------------------------------------------------------------- the step, as pure functions
 
 
-def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array, keys: jax.Array, strategy: Strategy,
-               tables: StepTables) -> tuple[DecodeInputs, DecodeState]:
+def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, keys: jax.Array,
+               strategy: Strategy, tables: StepTables) -> tuple[DecodeInputs, DecodeState]:
     """The fixed inputs and the first state of a decode: prompt [B, P] int32, prompt_mask [B, P] bool (True at real
-    tokens), keys [B] PRNG keys, tables from `strategy.schedule.tables()`."""
+    tokens) or None (no padding), keys [B] PRNG keys, tables from `strategy.schedule.tables()`."""
     cfg = params.config
     sched = strategy.schedule
     B, P = prompt.shape
     G = sched.gen_length
     L = P + G
     # Positions count from each row's first real token; padding is masked as keys.
-    valid = jnp.concatenate([prompt_mask, jnp.ones((B, G), bool)], axis=1)  # [B, L]
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    valid = None if prompt_mask is None else jnp.concatenate([prompt_mask, jnp.ones((B, G), bool)], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)) if valid is None else \
+        jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)  # [B, L]
     rows = 2 * B if strategy.guidance else B
     if strategy.guidance:
-        positions, valid = jnp.concatenate([positions, positions]), jnp.concatenate([valid, valid])
+        positions = jnp.concatenate([positions, positions])
+        valid = None if valid is None else jnp.concatenate([valid, valid])
     seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P, block_length=sched.block_length)
     state = DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),

@@ -6,6 +6,7 @@ import dataclasses
 
 from jdlm.decoding.inputs import bucket_length
 from jdlm.tasks import TASKS, Task
+from jdlm.tasks.vocab import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,7 +59,6 @@ def is_task_tokenizer(tokenizer) -> bool:
     Checked by its fingerprint: the five special tokens at ids 0-4, its chat template, and numbers spelled digit by
     digit. Another BPE trained the same way would pass too; that is the point (same lengths).
     """
-    from jdlm.training.vocab import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     try:
         specials = all(tokenizer.token_to_id(t) == i for i, t in enumerate(SPECIAL_TOKENS))

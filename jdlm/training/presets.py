@@ -7,7 +7,8 @@ from pathlib import Path
 import jax
 
 from jdlm.config import ModelConfig
-from jdlm.training.vocab import EOS, MASK, PAD, build_tokenizer, save_tokenizer
+from jdlm.tasks.vocab import EOS, MASK, PAD
+from jdlm.training.vocab import build_tokenizer, save_tokenizer
 
 VOCAB = 832  # the BPE's ~800 tokens, rounded up to a multiple of 64
 

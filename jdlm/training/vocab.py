@@ -6,18 +6,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-SPECIAL_TOKENS = ("<|pad|>", "<|eos|>", "<|mask|>", "<|user|>", "<|assistant|>")
-PAD, EOS, MASK, USER, ASSISTANT = range(len(SPECIAL_TOKENS))
-# A user turn is its text with surrounding whitespace trimmed, then one newline: task prompts end with "\n", and a
-# prompt typed on the command line (usually without it) renders the same.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}<|user|>{{ m['content'] | trim }}\n"
-    "{% elif m['role'] == 'assistant' %}<|assistant|>{{ m['content'] }}<|eos|>{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
+from jdlm.tasks.vocab import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Trains a byte-level BPE (tokenizers library) on `texts`; ids 0-4 are the special tokens above.
