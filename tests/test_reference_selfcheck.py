@@ -7,7 +7,7 @@ import torch
 
 from tests.reference import samplers as S
 from tests.reference.make_fixtures import (
-    MASK_ID, load_ref_model, load_state_dict, tiny_dream_checkpoint, tiny_llada_checkpoint)
+    EOS_ID, MASK_ID, load_ref_model, load_state_dict, tiny_dream_checkpoint, tiny_llada_checkpoint)
 from tests.reference.torch_dlm import RefModel, one_thread, padded_position_ids
 
 FAMILIES = ["llada", "dream"]
@@ -342,3 +342,254 @@ def test_fastdllm_dream(models, cache):
                                  mask_id=MASK_ID, family="dream")
     assert_decoded(x, p)
     assert 2 <= nfe <= 16
+
+
+# --- LLaDA EOS options and Dream "origin" ------------------------------------------------------------------------
+
+EOT_ID = 2
+VOCAB = 256
+
+
+class Recorded:
+    """A reference model with a fixed [L, V] table added to its logits (every row); records every input x."""
+
+    def __init__(self, model, bump=None):
+        self.model, self.bump, self.inputs = model, bump, []
+
+    def __call__(self, x, **kwargs):
+        self.inputs.append(x.clone())
+        logits = self.model(x, **kwargs)
+        return logits if self.bump is None else logits + self.bump[:x.shape[1]]
+
+
+def bump_table(L, *entries):
+    """[L, V] zeros with `amount` at (position, token) for each (position or None = all, token, amount);
+    the mask column is always at -1e30 so that random weights never propose the mask."""
+    table = torch.zeros(L, VOCAB)
+    table[:, MASK_ID] = -1e30
+    for pos, token, amount in entries:
+        table[slice(None) if pos is None else pos, token] += amount
+    return table
+
+
+def commit_step(inputs, row, pos):
+    """The step at which (row, pos) was committed, from the inputs of consecutive steps (one block)."""
+    for i in range(1, len(inputs)):
+        if inputs[i][row, pos] != MASK_ID:
+            return i - 1
+    return len(inputs) - 1
+
+
+def fixed_gumbel(value):
+    """Gumbel-max uniforms all equal: the noised argmax is the plain argmax, yet the temperature > 0 path runs."""
+    return lambda step, shape: torch.full(shape, value, dtype=torch.float64)
+
+
+def seeded_gumbel(step, shape):
+    return torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_llada_logits_eos_inf_never_proposes_eos(models, temperature, cfg_scale):
+    p = prompt(B=2, P=6)
+    kw = dict(steps=8, gen_length=8, block_length=4, mask_id=MASK_ID, temperature=temperature, cfg_scale=cfg_scale,
+              gumbel_fn=seeded_gumbel, eos_id=EOS_ID)
+    eos_everywhere = Recorded(models["llada"], bump_table(14, (None, EOS_ID, 30.0)))
+    x, _ = S.llada_generate(eos_everywhere, p, **kw)
+    assert (x[:, 6:] == EOS_ID).all()  # the bump works: without the option every proposal is EOS
+    x, _ = S.llada_generate(eos_everywhere, p, logits_eos_inf=True, **kw)
+    assert_decoded(x, p)
+    assert not (x[:, 6:] == EOS_ID).any()
+
+
+@pytest.mark.parametrize("token", [EOT_ID, EOS_ID])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_llada_confidence_eos_eot_inf_gives_confidence_zero_but_commits(models, token, temperature):
+    p = prompt(B=1, P=6)
+    j = 6 + 1  # the second generated position
+    kw = dict(steps=4, gen_length=4, block_length=4, mask_id=MASK_ID, temperature=temperature,
+              gumbel_fn=fixed_gumbel(0.5), eos_id=EOS_ID, eot_id=EOT_ID)
+    plain = Recorded(models["llada"], bump_table(10, (j, token, 30.0)))
+    x, _ = S.llada_generate(plain, p, **kw)
+    assert x[0, j] == token and commit_step(plain.inputs, 0, j) == 0  # by far the most confident
+    flagged = Recorded(models["llada"], plain.bump)
+    x, _ = S.llada_generate(flagged, p, confidence_eos_eot_inf=True, **kw)
+    assert_decoded(x, p)
+    assert x[0, j] == token  # the proposal is kept: only its confidence changed
+    if token == EOT_ID or temperature == 0:
+        assert commit_step(flagged.inputs, 0, j) == 3  # confidence 0: last, when it is the only candidate left
+    else:
+        # Upstream quirk: at temperature > 0 the EOS column is cleared in the noised copy only.
+        assert commit_step(flagged.inputs, 0, j) == 0
+
+
+def test_llada_confidence_eos_eot_inf_every_proposal_eot(models):
+    p = prompt(B=1, P=6)
+    everywhere = Recorded(models["llada"], bump_table(10, (None, EOT_ID, 30.0)))
+    x, _ = S.llada_generate(everywhere, p, steps=4, gen_length=4, block_length=4, mask_id=MASK_ID,
+                            confidence_eos_eot_inf=True, eos_id=EOS_ID, eot_id=EOT_ID)
+    assert (x[0, 6:] == EOT_ID).all()  # all confidences 0, all still committed (ties: lowest position first)
+    assert [commit_step(everywhere.inputs, 0, 6 + g) for g in range(4)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_llada_eos_options_change_only_their_columns(models, remasking, cfg_scale):
+    # EOS and EOT already have probability 0 here, so the options must leave every output exactly as before.
+    p = prompt(B=2, P=6)
+    m = Recorded(models["llada"], bump_table(22, (None, EOS_ID, -1e30), (None, EOT_ID, -1e30)))
+
+    def rand_fn(step, start, block_length, B):
+        return torch.rand(B, block_length, generator=torch.Generator().manual_seed(step))
+
+    kw = dict(steps=8, gen_length=16, block_length=8, mask_id=MASK_ID, remasking=remasking, cfg_scale=cfg_scale,
+              rand_fn=rand_fn)
+    base, _ = S.llada_generate(m, p, **kw)
+    both, _ = S.llada_generate(m, p, logits_eos_inf=True, confidence_eos_eot_inf=True, eos_id=EOS_ID,
+                               eot_id=EOT_ID, **kw)
+    assert torch.equal(base, both)
+    assert_decoded(base, p)
+
+
+class MaskCounts:
+    """A Dream `uniform` hook that returns a constant and records each step's mask_index."""
+
+    def __init__(self, value):
+        self.value, self.masks = value, []
+
+    def __call__(self, step, mask_index):
+        self.masks.append(mask_index.clone())
+        return torch.full((int(mask_index.sum()),), self.value)
+
+    def counts(self):
+        return [int(m.sum()) for m in self.masks]
+
+
+def dream_no_mask(models, L):
+    return Recorded(models["dream"], bump_table(L))
+
+
+BELOW_ONE = float(torch.tensor(1.0).nextafter(torch.tensor(0.0)))  # the largest float32 uniform in [0, 1)
+
+
+def test_dream_origin_one_step_reveals_everything(models):
+    p = prompt(B=2, P=6)
+    hook = MaskCounts(BELOW_ONE)
+    x, nfe = S.dream_sample(dream_no_mask(models, 14), p, steps=1, max_new_tokens=8, alg="origin", mask_id=MASK_ID,
+                            uniform=hook)
+    assert_decoded(x, p)
+    assert nfe == 1 and hook.counts() == [16]
+    x_default, _ = S.dream_sample(dream_no_mask(models, 14), p, steps=1, max_new_tokens=8, alg="origin",
+                                  mask_id=MASK_ID)
+    assert torch.equal(x, x_default)  # greedy tokens; the reveal decision is the only random part
+
+
+def test_dream_origin_extreme_uniforms(models):
+    p = prompt(B=2, P=6)
+    kw = dict(steps=5, max_new_tokens=8, alg="origin", mask_id=MASK_ID)
+    below_one = MaskCounts(BELOW_ONE)
+    x_last, nfe = S.dream_sample(dream_no_mask(models, 14), p, uniform=below_one, **kw)
+    assert_decoded(x_last, p)
+    assert nfe == 5 and below_one.counts() == [16] * 5  # nothing before the last step, everything at it
+    zeros = MaskCounts(0.0)
+    x_first, _ = S.dream_sample(dream_no_mask(models, 14), p, uniform=zeros, **kw)
+    assert_decoded(x_first, p)
+    assert zeros.counts() == [16, 0, 0, 0, 0]  # everything at step 0 (p_0 = 1 - t_1 > 0)
+    # Upstream compares u < 1 at the last step: a uniform of exactly 1 (never drawn) reveals nothing at all.
+    x_none, _ = S.dream_sample(dream_no_mask(models, 14), p, uniform=MaskCounts(1.0), **kw)
+    assert (x_none[:, 6:] == MASK_ID).all()
+
+
+def test_dream_origin_maps_uniforms_row_major_over_masked_positions(models):
+    p = prompt(B=2, P=6)
+    G = 8
+    early = {0: [1, 5], 1: [0, 6, 7]}  # per row: generated positions whose step-0 uniform is 0
+
+    def grid(step):
+        u = torch.full((2, G), 0.99)
+        if step == 0:
+            for row, cols in early.items():
+                u[row, cols] = 0.0
+        return u
+
+    masks = []
+    base = S.uniforms_from_grid(grid, start=6)
+
+    def uniform(step, mask_index):
+        masks.append(mask_index.clone())
+        return base(step, mask_index)
+
+    x, _ = S.dream_sample(dream_no_mask(models, 14), p, steps=4, max_new_tokens=G, alg="origin", mask_id=MASK_ID,
+                          uniform=uniform)
+    assert_decoded(x, p)
+    for row, cols in early.items():
+        revealed_at_0 = ~masks[1][row, 6:]
+        assert revealed_at_0.nonzero()[:, 0].tolist() == cols
+    # p_1, p_2 < 0.99: nothing else until the last step.
+    assert torch.equal(masks[1], masks[2]) and torch.equal(masks[2], masks[3])
+
+
+def test_dream_origin_reveal_fraction_matches_schedule():
+    B, G, steps, V = 32, 64, 4, 16
+
+    def stub(x, attention_mask=None, position_ids=None):
+        logits = torch.zeros(x.shape[0], x.shape[1], V)
+        logits[..., 5] = 1.0  # every proposal is token 5 (the mask id 15 is never proposed)
+        return logits
+
+    gen = torch.Generator().manual_seed(0)
+    hook_masks = []
+
+    def uniform(step, mask_index):
+        hook_masks.append(int(mask_index.sum()))
+        return torch.rand(hook_masks[-1], generator=gen)
+
+    p = torch.randint(0, 15, (B, 3), generator=torch.Generator().manual_seed(1))
+    x, _ = S.dream_sample(stub, p, steps=steps, max_new_tokens=G, alg="origin", mask_id=15, uniform=uniform)
+    assert (x[:, 3:] == 5).all()
+    ts = torch.linspace(1, 1e-3, steps + 1)
+    masked = hook_masks + [0]
+    assert masked[0] == B * G
+    for i in range(steps - 1):
+        want = float(1 - ts[i + 1] / ts[i])
+        got = (masked[i] - masked[i + 1]) / masked[i]
+        assert abs(got - want) <= 5 * (want * (1 - want) / masked[i]) ** 0.5, (i, got, want)
+    assert masked[steps - 1] > 0  # the last step had something left, and revealed all of it
+
+
+def test_dream_origin_default_stream_is_uniforms_then_tokens(models):
+    p = prompt(B=2, P=6)
+    kw = dict(steps=4, max_new_tokens=8, alg="origin", mask_id=MASK_ID, temperature=1.0, top_p=0.9)
+    torch.manual_seed(3)
+    x_default, _ = S.dream_sample(dream_no_mask(models, 14), p, **kw)
+    torch.manual_seed(3)
+    x_hook, _ = S.dream_sample(dream_no_mask(models, 14), p, uniform=lambda i, m: torch.rand(int(m.sum())), **kw)
+    assert torch.equal(x_default, x_hook)
+    torch.manual_seed(4)
+    x_other, _ = S.dream_sample(dream_no_mask(models, 14), p, **kw)
+    assert not torch.equal(x_default, x_other)  # the draws matter, so the equality above says something
+
+
+def test_dream_origin_sample_hook_gets_revealed_positions(models):
+    p = prompt(B=2, P=6)
+    calls = []
+
+    def sample(step, probs, revealed):
+        calls.append((step, probs.shape, int(revealed.sum())))
+        assert torch.allclose(probs.sum(-1), torch.ones(probs.shape[0]))
+        return torch.full((probs.shape[0],), 7, dtype=torch.long)
+
+    x, _ = S.dream_sample(dream_no_mask(models, 14), p, steps=4, max_new_tokens=8, alg="origin", mask_id=MASK_ID,
+                          temperature=1.0, uniform=S.uniforms_from_grid(lambda i: torch.full((2, 8), 0.5), 6),
+                          sample=sample)
+    assert (x[:, 6:] == 7).all()
+    assert [c[0] for c in calls] == [0, 1, 2, 3]
+    assert all(shape == (n, VOCAB) for _, shape, n in calls)
+    assert sum(n for _, _, n in calls) == 16
+    # top_k = 1 leaves one token per position: sampling then gives the greedy tokens.
+    kw = dict(steps=4, max_new_tokens=8, alg="origin", mask_id=MASK_ID,
+              uniform=S.uniforms_from_grid(lambda i: torch.full((2, 8), 0.4), 6))
+    greedy, _ = S.dream_sample(dream_no_mask(models, 14), p, **kw)
+    sampled, _ = S.dream_sample(dream_no_mask(models, 14), p, temperature=1.0, top_k=1, **kw)
+    assert torch.equal(greedy, sampled)

@@ -12,8 +12,8 @@ Deliberate deviations shared by all samplers:
   - Top-k is a stable sort by (-confidence, position): equal confidences commit the lowest position first.
     (`torch.topk` leaves the order of ties unspecified.)
   - A prompt that contains the mask id is rejected (the references would silently decode it).
-  - Randomness is injectable (`rand_fn`, `gumbel_fn`) so tests can feed the same numbers to jdlm; when absent the
-    global torch RNG is used as upstream does.
+  - Randomness is injectable (`rand_fn`, `gumbel_fn`; Dream origin: `uniform`, `sample`) so tests can feed the
+    same numbers to jdlm; when absent the global torch RNG is used as upstream does.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def block_is_full(x: Tensor, start: int, end: int, mask_id: int) -> bool:
 
 # --- ML-GSAI LLaDA generate ----------------------------------------------------------------------------------------
 
+# Upstream followed: ML-GSAI/LLaDA generate.py::generate at commit b7e6c35 (file last changed in 65cbed2), with its
+# two EOS options `logits_eos_inf` / `confidence_eos_eot_inf` (ids 126081 / 126348 there, eos_id / eot_id here).
 @torch.no_grad()
 def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_length: int,
                    temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
@@ -120,6 +122,13 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
       rand_fn(step, block_start, block_length, B) -> [B, block_length] uniforms for remasking="random"
         (step counts from 0 across blocks); default torch.rand.
       gumbel_fn(step, shape) -> float64 uniforms of `shape` ([B, L, V]) for temperature > 0; default torch.rand.
+      logits_eos_inf: set the EOS logit to -inf right after the model (after the CFG combination), before the
+        proposal and the softmax: EOS is never proposed, at any temperature.
+      confidence_eos_eot_inf: after the proposal, set the EOT logit to -inf and, at temperature 0 only, the EOS
+        logit too (upstream's chained assignment writes EOS into the Gumbel-noised copy, which at temperature 0 is
+        the logits tensor itself). A proposal of a cleared token keeps its token but gets softmax confidence 0: it
+        ranks below every positive confidence yet above -inf, so it is still committed when the count needs it.
+        No effect with remasking="random".
       eos_id, eot_id: the ids that upstream hard-codes (126081, 126348) for the two EOS options.
       pad_position_ids: with an attention mask, use rotary positions counted from each row's first real token
         (HKUNLP rule) instead of the absolute positions that ML-GSAI's LLaDA model uses. RoPE scores depend only
@@ -213,8 +222,13 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
 
 def dream_sample_tokens(logits: Tensor, temperature: float = 0.0, top_p: Optional[float] = None,
                         top_k: Optional[int] = None, margin_confidence: bool = False,
-                        neg_entropy: bool = False) -> tuple[Tensor, Tensor]:
-    """Dream `sample_tokens` on [N, V] logits -> (confidence [N], x0 [N])."""
+                        neg_entropy: bool = False,
+                        sample: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
+    """Dream `sample_tokens` on [N, V] logits -> (confidence [N], x0 [N]).
+
+    sample(probs [N, V]) -> tokens [N]: the categorical draw at temperature > 0, given the filtered probabilities;
+    default torch Categorical, with upstream's fall-back to the argmax when it raises (a hook's errors propagate).
+    """
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
@@ -231,7 +245,10 @@ def dream_sample_tokens(logits: Tensor, temperature: float = 0.0, top_p: Optiona
         kth = torch.topk(logits, k).values[..., -1:]
         logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)  # ties with the k-th stay
     probs = torch.softmax(logits, dim=-1)
-    if temperature > 0:
+    if temperature > 0 and sample is not None:
+        x0 = sample(probs)
+        confidence = torch.gather(probs, -1, x0[:, None])[:, 0]
+    elif temperature > 0:
         try:
             x0 = torch.distributions.Categorical(probs=probs).sample()
             confidence = torch.gather(probs, -1, x0[:, None])[:, 0]
@@ -248,18 +265,44 @@ def dream_sample_tokens(logits: Tensor, temperature: float = 0.0, top_p: Optiona
     return confidence, x0
 
 
+def uniforms_from_grid(grid: Callable[[int], Tensor], start: int) -> Callable[[int, Tensor], Tensor]:
+    """Adapt per-step uniforms over the generation to `dream_sample`'s `uniform` hook.
+
+    grid(step) -> [B, G] uniforms, one per generated position (absolute position start + g). The hook returns the
+    entries at the positions still masked at that step, row 0's left to right, then row 1's, ...: the order in
+    which upstream's torch.rand(N) is consumed. Entries at committed positions are never read.
+    """
+    def uniform(step: int, mask_index: Tensor) -> Tensor:
+        return grid(step)[mask_index[:, start:]]
+    return uniform
+
+
+# Upstream followed: Dream-org/Dream-v0-Instruct-7B `generation_utils.py::DreamGenerationMixin._sample` (HKUNLP;
+# published on the Hugging Face hub, not on GitHub), read through two copies whose `_sample` is unchanged:
+# NVlabs/Fast-dLLM dream/model/generation_utils.py at commit 24cc59e and ZHZisZZ/dllm
+# dllm/pipelines/dream/models/generation_utils.py at commit 81c8016.
 @torch.no_grad()
 def dream_sample(model, prompt: Tensor, *, steps: int, max_new_tokens: int, eps: float = 1e-3,
                  alg: str = "maskgit_plus", alg_temp: Optional[float] = 0.0, temperature: float = 0.0,
                  top_p: Optional[float] = None, top_k: Optional[int] = None, mask_id: int,
                  attention_mask: Optional[Tensor] = None,
-                 rand_fn: Optional[Callable[[int, int], Tensor]] = None) -> tuple[Tensor, int]:
+                 uniform: Optional[Callable[[int, Tensor], Tensor]] = None,
+                 sample: Optional[Callable[[int, Tensor, Tensor], Tensor]] = None) -> tuple[Tensor, int]:
     """Dream `diffusion_generate`; mirrors Dream-org/Dream-v0-*-7B `generation_utils.py::_sample` (HKUNLP).
 
     One block over the whole generation, exactly `steps` forwards, shifted logits.
       - timesteps = torch.linspace(1, eps, steps + 1) (float32, torch's two-sided formula); t = ts[i], s = ts[i+1].
-      - "origin": each masked position is revealed with probability 1 - s/t (1 at the last step) with a token
-        from `dream_sample_tokens`; rand_fn(step, n) -> [n] uniforms for the reveal coin flips.
+      - "origin": each masked position is revealed independently when u < p, p = 1 - s/t (a float32 tensor, so a
+        float32 comparison) before the last step and the Python int 1 at the last step (u < 1: everything left,
+        for u in [0, 1)). The N masked positions of the whole batch are flattened row-major (row 0 left to right,
+        then row 1, ...) and get one uniform each, drawn first; then tokens are drawn for the revealed ones only,
+        with `dream_sample_tokens` (temperature, top_p, top_k; the argmax of the filtered probabilities at
+        temperature 0). Confidences are unused, alg_temp is ignored; a step that reveals nothing still counts.
+          uniform(step, mask_index [B, L] bool) -> [N] uniforms for the masked positions in that order; default
+            torch.rand(N), upstream's draw (see `uniforms_from_grid` for per-position uniforms).
+          sample(step, probs [n, V], revealed [B, L] bool) -> [n] token ids, the draw at temperature > 0; probs
+            are the filtered probabilities of the n revealed positions in the same row-major order; default
+            torch Categorical (upstream's draw, after all the uniforms of the step).
       - "maskgit_plus" / "topk_margin" / "entropy": n = int(num_masked * (1 - s/t)) in float32 tensor arithmetic
         (num_masked = mask count / B, i.e. the per-row count), n = int(num_masked) at the last step; commit the
         top-n confidences (alg_temp 0/None) or n positions drawn without replacement from
@@ -291,11 +334,17 @@ def dream_sample(model, prompt: Tensor, *, steps: int, max_new_tokens: int, eps:
         t, s = timesteps[i], timesteps[i + 1]
 
         if alg == "origin":
-            p_transfer = 1 - s / t if i < steps - 1 else 1
-            x0 = torch.full((mask_logits.shape[0],), mask_id, dtype=torch.long)
-            u = rand_fn(i, x0.shape[0]) if rand_fn is not None else torch.rand(x0.shape[0])
-            reveal = u < p_transfer
-            _, x0[reveal] = dream_sample_tokens(mask_logits[reveal], temperature, top_p, top_k)
+            p_transfer = 1 - s / t if i < steps - 1 else 1  # float32 0-d tensor, or the int 1 at the last step
+            n_masked = mask_logits.shape[0]
+            u = uniform(i, mask_index) if uniform is not None else torch.rand(n_masked)
+            if u.shape != (n_masked,):
+                raise ValueError(f"uniform hook gave shape {tuple(u.shape)} at step {i}, want ({n_masked},)")
+            reveal = u.to(torch.float32) < p_transfer  # [N] bool, row-major over the masked positions
+            revealed = torch.zeros_like(mask_index)
+            revealed[mask_index] = reveal
+            draw = None if sample is None else (lambda probs, i=i, revealed=revealed: sample(i, probs, revealed))
+            x0 = torch.full((n_masked,), mask_id, dtype=torch.long)
+            _, x0[reveal] = dream_sample_tokens(mask_logits[reveal], temperature, top_p, top_k, sample=draw)
             x[mask_index] = x0
             continue
 
