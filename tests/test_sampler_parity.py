@@ -9,6 +9,7 @@ propose it), so the reference model's mask logit is set to -1e30 (exp underflows
 and classifier-free guidance's `un + s * (cond - un)` stays finite).
 """
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -132,6 +133,57 @@ def test_llada_generate_padded_batch(llada):
     x, nfe = samplers.llada_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
                                      attention_mask=torch.as_tensor(mask), pad_position_ids=True, **args)
     _check(x, nfe, jdlm.decode(params, ids, S.llada(**args), prompt_mask=mask), ids.shape[1])
+
+
+def _frequent_tokens(params, prompt, args, n=2):
+    """The tokens a plain decode proposes most often: as stand-in EOS / EOT ids they make the EOS options bite."""
+    tokens = np.asarray(jdlm.decode(params, prompt, S.llada(**args)).tokens).ravel()
+    values, counts = np.unique(tokens, return_counts=True)
+    return [int(v) for v in values[np.argsort(-counts, kind="stable")][:n]]
+
+
+@pytest.mark.parametrize("options", [dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True),
+                                     dict(logits_eos_inf=True, confidence_eos_eot_inf=True)],
+                         ids=["logits_eos_inf", "confidence_eos_eot_inf", "both"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 0.7], ids=["plain", "cfg"])
+def test_llada_generate_eos_options(llada, options, cfg_scale):
+    ref, params = llada
+    prompt = _prompts(2, seed=8)
+    args = dict(gen_length=16, steps=8, block_length=8, cfg_scale=cfg_scale)
+    eos, eot = _frequent_tokens(params, prompt, args)
+    params = jdlm.Params(config=dataclasses.replace(params.config, eos_id=eos, eot_id=eot), weights=params.weights)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, eos_id=eos, eot_id=eot,
+                                     **args, **options)
+    result = jdlm.decode(params, prompt, S.llada(**args, **options))
+    _check(x, nfe, result, prompt.shape[1])
+    plain = jdlm.decode(params, prompt, S.llada(**args))
+    assert not np.array_equal(np.asarray(result.tokens), np.asarray(plain.tokens)), "the option changed nothing"
+
+
+def _jdlm_select_uniforms(key, batch, width, steps):
+    """Origin's documented random stream, replayed: row keys fold_in(key, b); each step splits a row key into
+    (next, propose, select) and draws uniform(select, (W,)). Returns [steps, B, W]."""
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(np.arange(batch))
+    out = []
+    for _ in range(steps):
+        split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+        keys = split[:, 0]
+        out.append(np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (width,)))(split[:, 2])))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("case", [dict(steps=8), dict(steps=5, top_p=0.7), dict(steps=1)],
+                         ids=["eight_steps", "top_p", "one_step"])
+def test_dream_sample_origin_with_jdlm_uniforms(dream, case):
+    ref, params = dream
+    prompt = _prompts(2, seed=9)
+    key, G = jax.random.key(21), 16
+    u = _jdlm_select_uniforms(key, 2, G, case["steps"])
+    x, nfe = samplers.dream_sample(ref, torch.as_tensor(prompt), max_new_tokens=G, alg="origin", mask_id=MASK_ID,
+                                   uniform=samplers.uniforms_from_grid(lambda i: torch.as_tensor(u[i]),
+                                                                       start=prompt.shape[1]), **case)
+    result = jdlm.decode(params, prompt, S.dream(max_new_tokens=G, alg="origin", **case), key=key)
+    _check(x, nfe, result, prompt.shape[1])
 
 
 # ---------------------------------------------------------------- Dream _sample
