@@ -24,15 +24,18 @@ executes the candidate's source, then answers call requests `(args, kwargs)`, on
 or `error repr(message)`. The server never sees an expected value or a test. A *judge* outside it decides:
   * the code task: this process, against expected values from jdlm's own reference (`call_function`);
   * HumanEval: a second sandboxed process (`JUDGE`) that holds no candidate code; it runs the problem's
-    `check(candidate)` with a proxy that forwards each call to the server over a pipe (`check_function`).
+    `check(candidate)` with a proxy that forwards each call to the server over a pipe (`check_function`). Its exit
+    status is the verdict: files and output streams can be reached by name from a weaker sandbox, exit statuses
+    cannot.
 The judge reads each reply with `ast.literal_eval`, so only plain values (numbers, strings, bytes, None, tuples,
 lists, dicts, sets) cross: an object whose `==` always holds cannot. Whatever the candidate does to its own process
 only changes the values it returns, and to pass it must return the right ones. Its exit status and output are
 ignored; a missing, extra or malformed reply fails.
 
 Not contained (also in the README, "Running generated code"): reading any file the user can read; with `unshare`
-or `none`, writes outside the scratch folder; with `none`, the network and processes that leave the process group;
-as root, the number of processes. The CLI prints what this machine lacks (`Containment.describe`).
+or `none`, writes outside the scratch folder; with `none`, the network, signals or traces to the user's other
+processes (the judge's included), and processes that leave the process group; as root, the number of processes.
+The CLI prints what this machine lacks (`Containment.describe`).
 """
 
 from __future__ import annotations
@@ -123,9 +126,10 @@ try:
     namespace[spec["entry_point"]] = candidate
     exec(compile(spec["test"], "test", "exec"), namespace)
     namespace["check"](candidate)
-    print("passed")
 except BaseException as e:
     print(f"failed: {type(e).__name__} {e}".strip()[:500])
+    sys.exit(1)
+print("passed")
 """
 
 
@@ -172,7 +176,8 @@ GAPS = {
     "network": "network access, local servers included (bubblewrap is not installed and `unshare -rn` is not "
                "permitted here)",
     "filesystem": "writes outside the scratch folder (install bubblewrap: apt-get install bubblewrap)",
-    "processes": "processes that leave the run's process group (setsid) outlive it (no PID namespace)",
+    "processes": "your other processes can be signalled, and processes that leave the run's process group (setsid) "
+                 "outlive it (no PID namespace)",
 }
 
 
@@ -211,17 +216,18 @@ def probe(backend: str) -> Containment | None:
     """`backend`'s Containment if it can run a Python program here, else None."""
     if backend != "none" and shutil.which(backend) is None:
         return None
+    limits = Limits(timeout_s=10.0)
     with _Run(Containment(backend)) as run:
         try:
-            process = run.start(PRELUDE, Limits(timeout_s=10.0), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, err = process.communicate(timeout=10.0)
-        except (OSError, subprocess.TimeoutExpired):
+            with open(run.root / "stderr", "wb") as err:
+                process = run.start(PRELUDE, limits, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        except OSError:
             return None
-    if process.returncode != 0:
-        return None
-    return Containment(backend, tuple(line.split()[1] for line in err.decode().splitlines()
-                                      if line.startswith("unlimited ")))
+        finished = _wait_unreaped(process.pid, time.monotonic() + limits.timeout_s)
+        run.kill()
+        refused = [line.split()[1] for line in (run.root / "stderr").read_text(errors="replace").splitlines()
+                   if line.startswith("unlimited ")]
+    return Containment(backend, tuple(refused)) if finished and process.returncode == 0 else None
 
 
 def _user_tasks() -> int:
@@ -328,7 +334,7 @@ def call_function(source: str, name: str, calls: Sequence[tuple], *, limits: Lim
     a crash, an exit, a missing or malformed reply). Values are parsed here with `ast.literal_eval`: plain only.
     """
     with _Run(box or containment()) as run:
-        (run.scratch / "program.py").write_text(source, encoding="utf-8")
+        (run.scratch / "program.py").write_text(source, encoding="utf-8", errors="backslashreplace")
         (run.root / "requests").write_text("".join(repr((tuple(args), {})) + "\n" for args in calls),
                                            encoding="utf-8")
         with open(run.root / "requests", "rb") as requests, open(run.root / "replies", "wb") as replies:
@@ -363,7 +369,7 @@ def check_function(source: str, entry_point: str, test: str, *, context: str = "
     """
     box = box or containment()
     with _Run(box) as server_run, _Run(box) as judge_run:
-        (server_run.scratch / "program.py").write_text(source, encoding="utf-8")
+        (server_run.scratch / "program.py").write_text(source, encoding="utf-8", errors="backslashreplace")
         to_server_r, to_server_w = os.pipe()
         from_server_r, from_server_w = os.pipe()
         spec = {"context": context, "test": test, "entry_point": entry_point, "to_server": to_server_w,
@@ -381,7 +387,9 @@ def check_function(source: str, entry_point: str, test: str, *, context: str = "
         finished = _wait_unreaped(judge.pid, deadline)
         judge_run.kill()
         server_run.kill()
-        verdict = (judge_run.root / "verdict").read_text(encoding="utf-8", errors="replace").strip()
+        message = (judge_run.root / "verdict").read_text(encoding="utf-8", errors="replace").strip()
     if not finished:
         return False, "timed out"
-    return verdict == "passed", verdict or "failed: the judge ended without a verdict"
+    if judge.returncode == 0:
+        return True, "passed"
+    return False, message if message.startswith("failed: ") else f"failed: the judge ended with {judge.returncode}"

@@ -219,6 +219,20 @@ CHEATS = {
     "fake-replies": "import os\ndef add(x):\n    for fd in range(1, 8):\n        try:\n"
                     "            os.write(fd, b'passed\\n' + b'ok 3\\n' * 20)\n        except OSError:\n            pass\n"
                     "    print('passed')\n    os._exit(0)\n",
+    # once the judge has written its verdict to its output file (reachable by name without bubblewrap), replace it
+    "forge-verdict": "import glob, os, time\ndef add(x):\n    if os.fork() == 0:\n        os.setsid()\n"
+                     "        mine = os.path.dirname(os.getcwd())\n"
+                     "        runs = [d for d in glob.glob(os.path.join(os.path.dirname(mine), 'jdlm-sandbox-*'))\n"
+                     "                if d != mine]\n"
+                     "        target = os.path.join(max(runs, key=os.path.getmtime), 'verdict')\n"
+                     "        end = time.time() + 2\n"
+                     "        while os.path.exists(target) and time.time() < end:\n"
+                     "            try:\n"
+                     "                if open(target).read().startswith('failed'):\n"
+                     "                    with open(target, 'w') as f:\n"
+                     "                        f.write('passed\\n')\n"
+                     "            except OSError:\n                pass\n"
+                     "        os._exit(0)\n    return x + 4\n",
     "exit-in-finally": "def add(x):\n    try:\n        return x + 4\n    finally:\n        raise SystemExit(0)\n",
     # the old harness held the expected value in a variable of the calling frame
     "read-the-caller": "def add(x):\n    import sys\n    frame = sys._getframe(1)\n"
@@ -248,9 +262,9 @@ def test_humaneval_judge_passes_right_and_fails_wrong():
 
 
 @pytest.mark.parametrize("cheat", sorted(CHEATS))
-def test_humaneval_cheats_fail(cheat):
+def test_humaneval_cheats_fail(box, cheat):
     passed, result = sandbox.check_function(CHEATS[cheat], "add", ADD_TEST, context=humaneval.helpers(ADD_PROMPT),
-                                            limits=FAST)
+                                            limits=FAST, box=box)
     assert passed is False and result.startswith("failed: ")
 
 

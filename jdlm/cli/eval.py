@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
                            --json results.json --plot pareto.png
                  jdlm eval --task countdown --strategy low_confidence --tokens-per-step 2
                  jdlm eval --task countdown --data my_examples.jsonl
-                 jdlm eval --task code --confirm-run-unsafe-code   # runs model-written code: read its help
+                 jdlm eval --task code --limit 100 --confirm-run-unsafe-code
                  """)
     model_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
