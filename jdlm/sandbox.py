@@ -1,7 +1,9 @@
 """Runs model-written Python contained, and decides pass/fail outside the process that runs it.
 
-Nothing here is reached unless the caller opted in (`check_allowed`): `jdlm eval --confirm-run-unsafe-code`,
-`allow_code_execution=True` in the Python API, or the environment variable JDLM_RUN_UNSAFE_CODE=1.
+The functions here run what they are given. The entry points that decode and then run what a model wrote (`jdlm
+eval`, `evaluate`, `sweep`, `evaluate_humaneval`) first ask for consent (`check_allowed`): `jdlm eval
+--confirm-run-unsafe-code`, `allow_code_execution=True` in the Python API, or the environment variable
+JDLM_RUN_UNSAFE_CODE=1.
 
 Every program (`_Run`) gets:
   * a fresh scratch folder as its working directory, HOME and TMPDIR, removed afterwards, and an environment that
@@ -54,7 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from jdlm.errors import UsageError
 

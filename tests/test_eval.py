@@ -3,10 +3,7 @@ JSON, table, plot, HumanEval end to end and the lm-eval adapter (all offline).""
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
