@@ -217,7 +217,8 @@ CHEATS = {
                       "    __hash__ = int.__hash__\nbuiltins.type = lambda obj: int\nbuiltins.repr = lambda obj: '3'\n"
                       "def add(x):\n    return Anything(0)\n",
     "fake-replies": "import os\ndef add(x):\n    for fd in range(1, 8):\n        try:\n"
-                    "            os.write(fd, b'passed\\n' + b'ok 3\\n' * 20)\n        except OSError:\n            pass\n"
+                    "            os.write(fd, b'passed\\n' + b'ok 3\\n' * 20)\n"
+                    "        except OSError:\n            pass\n"
                     "    print('passed')\n    os._exit(0)\n",
     # once the judge has written its verdict to its output file (reachable by name without bubblewrap), replace it
     "forge-verdict": "import glob, os, time\ndef add(x):\n    if os.fork() == 0:\n        os.setsid()\n"
