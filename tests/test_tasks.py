@@ -210,8 +210,7 @@ def test_code_has_enough_templates_and_short_outputs():
     "def plus(x):\n    return x + 3",  # wrong name
     "def add(x):\n    return x +",  # syntax error
     "import os\nos._exit(0)",  # exits early with status 0
-    "def add(x):\n    import socket\n    return x + 3",  # no network
-], ids=["wrong", "wrong-type", "wrong-name", "syntax", "early-exit", "network"])
+], ids=["wrong", "wrong-type", "wrong-name", "syntax", "early-exit"])  # cheats and escapes: tests/test_sandbox.py
 def test_code_bad_candidates_fail(output):
     assert TASKS["code"].score("add(x): return x plus 3", output) is False
 
@@ -224,6 +223,12 @@ def test_code_infinite_loop_times_out():
     start = time.monotonic()
     assert TASKS["code"].score("add(x): return x plus 3", "def add(x):\n    while True:\n        pass") is False
     assert time.monotonic() - start < code.TIMEOUT_S + 3
+
+
+def test_code_input_outside_the_template_ranges_scores_false_without_raising():
+    # from --data: the reference itself divides by zero
+    assert TASKS["code"].score("sum_div(xs): return the sum of the numbers in xs divisible by 0",
+                               "def sum_div(xs):\n    return 0") is False
 
 
 def test_code_rejects_unknown_functions_and_exhausted_spaces():

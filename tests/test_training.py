@@ -1,6 +1,12 @@
 """Training the small models: the objectives learn, an interrupted run resumes exactly, exports load."""
 
 import dataclasses
+import json
+import runpy
+import shutil
+import sys
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +14,11 @@ import numpy as np
 import pytest
 
 import jdlm
-from jdlm.training import trainer
+from jdlm.errors import CheckpointError
+from jdlm.training import data, trainer
 from jdlm.training.objectives import ar_loss, mdm_loss
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=16, mlp_hidden=64)
 
@@ -36,10 +45,14 @@ def test_train_step_reduces_loss_on_a_fixed_batch(objective):
     answer_len = jnp.full((8,), 16, jnp.int32)
     key = jax.random.key(1)  # the same noise every step: a fixed problem whose loss must fall
     losses = []
-    for _ in range(30):
-        state, metrics = step(state, tokens, prompt_len, answer_len, key)
-        losses.append(float(metrics["loss"]))
+    with warnings.catch_warnings(record=True) as caught:  # the first call traces the step
+        warnings.simplefilter("always")
+        for _ in range(30):
+            state, metrics = step(state, tokens, prompt_len, answer_len, key)
+            losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.5 * losses[0]
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning) and "optax" in str(w.message)]
+    assert float(metrics["grad_norm"]) > 0.0
 
 
 def test_mdm_loss_never_masks_the_prompt():
@@ -53,9 +66,25 @@ def test_mdm_loss_never_masks_the_prompt():
     assert float(loss) > 0.0
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run of `_config()`: its folder and final state."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    return run_dir, trainer.train(_config(), run_dir, progress=False)
+
+
+def assert_same_weights(a, b):
+    for x, y in zip(jax.tree.leaves(a.weights), jax.tree.leaves(b.weights), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(straight, tmp_path):
     config = _config()
-    straight = trainer.train(config, tmp_path / "straight", progress=False)
+    _, straight = straight
 
     def interrupt(step, metrics):
         if step == 3:
@@ -65,8 +94,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         trainer.train(config, tmp_path / "resumed", on_step=interrupt, progress=False)
     resumed = trainer.train(config, tmp_path / "resumed", progress=False)
     assert int(resumed.step) == int(straight.step) == config.steps
-    for a, b in zip(jax.tree.leaves(straight.weights), jax.tree.leaves(resumed.weights)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_weights(straight, resumed)
 
     with pytest.raises(ValueError, match="different configuration"):
         trainer.train(dataclasses.replace(config, lr=1e-4), tmp_path / "resumed", progress=False)
@@ -77,3 +105,96 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     ids = tok.encode_chat([{"role": "user", "content": "sudoku:\n1234\n0000\n0000\n0000\n"}])
     out = jdlm.decode(params, np.array([ids]), jdlm.strategies.llada(gen_length=8, steps=8, block_length=8))
     assert out.tokens.shape == (1, 8)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """A crash after step 3 is logged, with the last checkpoint at step 2: steps 3+ are logged again on resume."""
+    def crash(step, metrics):
+        if step == 3:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        trainer.train(_config(), tmp_path, on_step=crash, progress=False)
+    assert logged_steps(tmp_path) == [1, 2, 3]
+    trainer.train(_config(), tmp_path, progress=False)
+    assert logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+
+
+def _damage(step_dir: Path) -> None:
+    for f in step_dir.rglob("*"):
+        if f.is_file() and f.stat().st_size > 10_000:  # the weights' data files
+            f.write_bytes(b"not a checkpoint")
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_one_before(straight, tmp_path, capsys):
+    run_dir, done = straight
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["4", "6"]
+    _damage(copy / "checkpoints" / "6")
+    capsys.readouterr()
+    again = trainer.train(_config(), copy, progress=False)
+    out = capsys.readouterr().out
+    assert "warning: checkpoint 6 cannot be read" in out and "resumed from step 4" in out
+    assert (copy / "unreadable-checkpoints" / "6").is_dir()
+    assert_same_weights(done, again)  # steps 5 and 6 redone exactly
+    assert logged_steps(copy) == [1, 2, 3, 4, 5, 6]
+
+    _damage(copy / "checkpoints" / "4")
+    _damage(copy / "checkpoints" / "6")
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* can be read \(steps \[4, 6\]\)"):
+        trainer.train(_config(), copy, progress=False)
+
+
+def test_examples_are_generated_in_spawned_processes_not_forked(monkeypatch):
+    jnp.zeros(1).block_until_ready()  # JAX's threads are running
+    monkeypatch.setattr(data, "CHUNK", 50)
+    counts = {"sudoku": 120, "countdown": 80}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pooled = data.generate_examples(counts, seed=3, workers=2)
+    assert not [w for w in caught if "fork" in str(w.message)]
+    assert pooled == data.generate_examples(counts, seed=3, workers=1)
+    assert {k: len(v) for k, v in pooled.items()} == counts
+
+
+TRAIN_FLAGS = ["--run-dir", "run", "--steps", "2", "--batch-size", "8", "--warmup", "1", "--save-every", "2",
+               "--log-every", "1", "--examples", "sudoku=100,countdown=100", "--weights", "sudoku=0.5,countdown=0.5",
+               "--model-overrides", json.dumps(SMALL), "--compute-dtype", "float32"]
+
+
+def run_script(monkeypatch, name: str, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(ROOT / "scripts" / name), run_name="__main__")
+
+
+def test_training_script_exports_to_its_run_folder_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    run_script(monkeypatch, "train_mdm.py", *TRAIN_FLAGS)
+    out = capsys.readouterr().out
+    assert "exported run/model\n" in out
+    assert out.count('note: no loss plot: matplotlib is not installed (pip install "jdlm[plot]")') == 1
+    assert not (tmp_path / "jdlm").exists() and not (tmp_path / "run" / "loss.png").exists()
+    params, _ = jdlm.load(tmp_path / "run" / "model")
+    assert params.config.d_model == SMALL["d_model"]
+
+
+@pytest.mark.parametrize("script", ["train_mdm.py", "train_ar.py"])
+def test_writing_over_a_shipped_model_needs_ship(script, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = "tiny" if script == "train_mdm.py" else "tiny-ar"
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, script, *TRAIN_FLAGS, "--export", f"jdlm/models/{model}")
+    assert exit_.value.code == 2
+    assert f"error: --export jdlm/models/{model} is inside a jdlm/models folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        run_script(monkeypatch, script, *TRAIN_FLAGS, "--export", "out", "--ship")
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was trained
+
+
+def test_loss_plot(straight, tmp_path):
+    pytest.importorskip("matplotlib")
+    run_dir, _ = straight
+    trainer.plot_loss(run_dir, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

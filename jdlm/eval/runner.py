@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
+from jdlm import sandbox
 from jdlm.decoding.inputs import pad_prompts
 from jdlm.decoding.loop import decode
 from jdlm.decoding.strategy import Strategy
@@ -150,9 +152,25 @@ def score_tokens(task: Task, examples: Sequence[Example], tokenizer, tokens: np.
     records = []
     for ex, row, n, length in zip(examples, tokens, nfe, lengths, strict=True):
         text = tokenizer.decode(row)
-        records.append(Record(input=ex.input, output=text, correct=bool(task.score(ex.input, text)), nfe=int(n),
+        records.append(Record(input=ex.input, output=text, correct=_score(task, ex, text), nfe=int(n),
                               tokens=int(length)))
     return records
+
+
+def _score(task: Task, example: Example, text: str) -> bool:
+    """The task's verdict. A scorer that raises scores 0 with a warning: decoding is done, the run goes on."""
+    try:
+        return bool(task.score(example.input, text))
+    except Exception as e:
+        warnings.warn(f"{task.name}: scoring {example.input[:60]!r} raised {type(e).__name__}: {e}; scored 0",
+                      stacklevel=2)
+        return False
+
+
+def check_code_allowed(task: Task, allow_code_execution: bool | None) -> None:
+    """Raises UsageError for a task whose scoring runs model-written code, unless that was allowed."""
+    if getattr(task, "runs_generated_code", False):
+        sandbox.check_allowed(f"the {task.name} task", allow_code_execution)
 
 
 def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: Sequence[Record],
@@ -205,7 +223,7 @@ def _examples(task: Task, examples, data, limit) -> list[Example]:
 def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strategy | str, *,
              examples: Sequence[Example] | None = None, limit: int | None = None, batch_size: int = 16,
              data: str | Path | None = None, progress: bool = True, key: jax.Array | None = None,
-             settings: TaskSettings | None = None) -> EvalReport:
+             settings: TaskSettings | None = None, allow_code_execution: bool | None = None) -> EvalReport:
     """Decodes and scores one task with one strategy.
 
     Args:
@@ -220,10 +238,13 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
       progress: show a progress bar over examples.
       key: PRNG key for sampled strategies (default `jax.random.key(0)`); example i uses `fold_in(key, i)`.
       settings: decode shapes; default `task_settings(task, tokenizer)`.
+      allow_code_execution: the code task runs model-written programs (in `jdlm.sandbox`): only when this is True,
+        or None and JDLM_RUN_UNSAFE_CODE=1; otherwise it raises UsageError before decoding.
     Returns:
       EvalReport with accuracy, mean NFE, tokens/s and one Record per example.
     """
     task = get_task(task) if isinstance(task, str) else task
+    check_code_allowed(task, allow_code_execution)
     spec, name, strategy, settings = plan(spec, settings or task_settings(task, tokenizer))
     examples = _examples(task, examples, data, limit)
     prompts = [encode_prompt(tokenizer, task.prompt(ex.input)) for ex in examples]
@@ -237,13 +258,17 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
 
 def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequence[EvalSpec | Strategy | str], *,
           limit: int | None = None, batch_size: int = 16, progress: bool = True, key: jax.Array | None = None,
-          examples: dict[str, Sequence[Example]] | None = None) -> list[EvalReport]:
+          examples: dict[str, Sequence[Example]] | None = None,
+          allow_code_execution: bool | None = None) -> list[EvalReport]:
     """Every spec on every task (task-major order); each task's examples are drawn once and shared by all specs.
 
     Every (task, spec) pair is checked before anything is decoded, so a spec that does not fit a task's block
-    length fails at once. `examples` optionally maps task names to their examples.
+    length fails at once, and so is consent for tasks that run code (`allow_code_execution`, as in `evaluate`).
+    `examples` optionally maps task names to their examples.
     """
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    for t in tasks:
+        check_code_allowed(t, allow_code_execution)
     specs = [parse_spec(s) if isinstance(s, str) else s for s in specs]
     settings = {t.name: task_settings(t, tokenizer) for t in tasks}
     for t in tasks:
@@ -254,5 +279,6 @@ def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequenc
         exs = _examples(t, (examples or {}).get(t.name), None, limit)
         for s in specs:
             reports.append(evaluate(params, tokenizer, t, s, examples=exs, batch_size=batch_size,
-                                    progress=progress, key=key, settings=settings[t.name]))
+                                    progress=progress, key=key, settings=settings[t.name],
+                                    allow_code_execution=allow_code_execution))
     return reports

@@ -1,46 +1,22 @@
-"""Short Python functions from a one-line description, scored by running unit tests in a subprocess."""
+"""Short Python functions from a one-line description, scored by calling the candidate in jdlm's sandbox."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import secrets
 import string
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+from jdlm import sandbox
 from jdlm.tasks.base import Example, Task, Template
 
 TIMEOUT_S = 5.0
-MEMORY_LIMIT = 1 << 30  # bytes of address space for the test process, where the OS supports limits
+MEMORY_LIMIT = 1 << 30  # bytes of address space for the candidate's process
 ARGS = {"int": ("x", "n", "a", "num"), "str": ("s", "text", "word"), "list": ("xs", "nums", "values")}
 CASES = {"int": (0, 1, 7, -3, 42, 100),
          "str": ("", "a", "ab", "abba", "banana", "hello world", "racecar"),
          "list": ([], [5], [1, 2, 3, 4], [-6, 10, 7, 0], [8, 8, 3, -2, 6], [25, 13, 42, 9])}
-
-# Runs a candidate against its cases. The candidate's own prints go to devnull, and only a run that reaches the
-# end prints the random token, so a candidate that exits early with status 0 still fails. This is a guard
-# against accidents (loops, memory, network use), not a sandbox against hostile code.
-HARNESS = """\
-import os, sys
-sys.modules["socket"] = None  # `import socket` now fails: no network
-try:
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
-except Exception:
-    pass
-out, sys.stdout = sys.stdout, open(os.devnull, "w")
-namespace = {{}}
-exec(compile({source!r}, "<candidate>", "exec"), namespace)
-f = namespace[{name!r}]
-for args, want in {cases!r}:
-    got = f(*args)
-    assert type(got) is type(want) and got == want
-out.write({token!r})
-"""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,16 +86,16 @@ FUNCTIONS = {
 def run_tests(source: str, name: str, cases: list[tuple[tuple, Any]], timeout_s: float = TIMEOUT_S) -> bool:
     """Whether function `name` defined by `source` returns each `want` (same type, ==) for its `args`.
 
-    Runs in a fresh isolated interpreter (`python -I -S`); False on any error, a wrong answer or a timeout.
+    The candidate runs in `jdlm.sandbox` and only returns values; they are compared here, where the candidate
+    cannot reach. False on any error, a wrong answer, a timeout, or a sandbox that cannot start.
     """
-    token = secrets.token_hex(8)
-    program = HARNESS.format(memory=MEMORY_LIMIT, source=source, name=name, cases=cases, token=token)
+    limits = sandbox.Limits(timeout_s=timeout_s, memory_bytes=MEMORY_LIMIT)
     try:
-        result = subprocess.run([sys.executable, "-I", "-S", "-"], input=program, capture_output=True, text=True,
-                                timeout=timeout_s, cwd=tempfile.gettempdir())
-    except (subprocess.TimeoutExpired, OSError):
+        replies = sandbox.call_function(source, name, [args for args, _ in cases], limits=limits)
+    except OSError:  # no scratch folder or interpreter: nothing ran, so nothing passed
         return False
-    return result.returncode == 0 and result.stdout == token
+    return replies is not None and all(reply.ok and type(reply.value) is type(want) and reply.value == want
+                                       for reply, (_, want) in zip(replies, cases, strict=True))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,11 +103,13 @@ class Code(Task):
     """Write a one-line Python function. Input: `name(arg): description`. Output: `def name(arg):\\n    return ...`.
 
     The unit tests are not stored: `score` re-derives them from the description, runs our reference in-process
-    for the expected values and the candidate in a subprocess (timeout 5 s). Difficulty: `functions`, the
+    for the expected values and the candidate in `jdlm.sandbox` (timeout 5 s). Scoring runs model-written code:
+    the evaluation entry points ask for consent first (`runs_generated_code`). Difficulty: `functions`, the
     templates to draw from (default all of FUNCTIONS).
     """
 
     name = "code"
+    runs_generated_code: ClassVar[bool] = True
     functions: tuple[str, ...] = tuple(FUNCTIONS)
 
     def __post_init__(self):
@@ -157,6 +135,9 @@ class Code(Task):
                 namespace: dict[str, Any] = {}
                 exec(function.source(values), namespace)  # our own template, with fields checked by parse
                 reference = namespace[values["f"]]
-                cases = [((arg,), reference(arg)) for arg in function.cases(values)]
+                try:
+                    cases = [((arg,), reference(arg)) for arg in function.cases(values)]
+                except Exception:  # an input outside the template's ranges (--data): "divisible by 0"
+                    return False
                 return run_tests(output.strip(), values["f"], cases)
         return False

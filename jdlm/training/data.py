@@ -11,6 +11,8 @@ import numpy as np
 
 from jdlm.tasks import TASKS, Example
 
+CHUNK = 20_000  # examples per generation job; fewer than one chunk in all are generated in this process
+
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
@@ -51,19 +53,23 @@ def _generate(args) -> list[Example]:
 
 def generate_examples(counts: dict[str, int], seed: int = 0, workers: int | None = None,
                       difficulty: dict[str, dict] | None = None) -> dict[str, list[Example]]:
-    """`counts[task]` train-split examples per task, generated in parallel chunks (deterministic for a seed).
+    """`counts[task]` train-split examples per task, generated in chunks of CHUNK (deterministic for a seed).
 
-    `difficulty[task]` holds generator settings; JSON lists are read as (min, max) ranges.
+    Chunks run in `workers` spawned processes (default one per core), never forked: this process has JAX's threads,
+    and a fork copies their locks mid-use. `difficulty[task]` holds generator settings; JSON lists are read as
+    (min, max) ranges.
     """
     settings = {name: {k: tuple(v) if isinstance(v, list) else v for k, v in (difficulty or {}).get(name, {}).items()}
                 for name in counts}
-    chunk = 20_000
     jobs = []
     for t, (name, n) in enumerate(sorted(counts.items())):
-        for c in range(0, n, chunk):
-            jobs.append((name, min(chunk, n - c), seed * 1_000_003 + t * 10_007 + c // chunk, settings[name]))
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        parts = pool.map(_generate, jobs)
+        for c in range(0, n, CHUNK):
+            jobs.append((name, min(CHUNK, n - c), seed * 1_000_003 + t * 10_007 + c // CHUNK, settings[name]))
+    if sum(counts.values()) <= CHUNK or workers == 1:
+        parts = list(map(_generate, jobs))  # starting processes would cost more than the work
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_generate, jobs)
     out: dict[str, list[Example]] = {name: [] for name in counts}
     for (name, *_), part in zip(jobs, parts):
         out[name].extend(part)

@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from jdlm.checkpoint import packaged_model_dir
+from jdlm.errors import PlotUnavailable
 from jdlm.training.trainer import TrainConfig, export, plot_loss, train
 
 
@@ -19,12 +21,22 @@ def _pairs(text: str, cast) -> dict:
     return out
 
 
-def main(objective: str, model: str, export_dir: str, argv=None) -> None:
+def _in_shipped_models(path: Path) -> bool:
+    """Whether `path` lies in a jdlm/models folder: the installed package's or a working tree's."""
+    parts = path.resolve().parts
+    return any(parts[i:i + 2] == ("jdlm", "models") for i in range(len(parts) - 1))
+
+
+def main(objective: str, model: str, argv=None) -> None:
     defaults = TrainConfig(objective=objective, model=model)
+    shipped = packaged_model_dir(model)
     p = argparse.ArgumentParser(description=f"Train jdlm's {model!r} model ({objective} objective) on the task "
                                 "suite. Rerun the same command to resume an interrupted run.")
     p.add_argument("--run-dir", default=f"runs/{model}", help="checkpoints, metrics and data cache")
-    p.add_argument("--export", default=export_dir, help="where the finished jdlm checkpoint goes")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--export", help="where the finished jdlm checkpoint goes (default RUN_DIR/model)")
+    where.add_argument("--ship", action="store_true", help=f"export over the model shipped with jdlm ({shipped}), "
+                       f"which jdlm.load({model!r}) loads")
     p.add_argument("--steps", type=int, default=defaults.steps)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -43,6 +55,10 @@ def main(objective: str, model: str, export_dir: str, argv=None) -> None:
     p.add_argument("--init-from", default=None, help="start from this jdlm checkpoint's weights (fine-tuning)")
     p.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["bfloat16", "float32"])
     args = p.parse_args(argv)
+    dst = shipped if args.ship else Path(args.export or Path(args.run_dir) / "model")
+    if not args.ship and _in_shipped_models(dst):
+        p.error(f"--export {dst} is inside a jdlm/models folder, where jdlm's shipped models live; use --ship to "
+                "replace one on purpose")
     config = dataclasses.replace(
         defaults, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         seq_len=args.seq_len, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
@@ -50,6 +66,8 @@ def main(objective: str, model: str, export_dir: str, argv=None) -> None:
         model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype,
         difficulty=json.loads(args.difficulty), init_from=args.init_from)
     state = train(config, args.run_dir)
-    plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")
-    dst = export(config, state, args.run_dir, args.export)
-    print(f"exported {dst}", flush=True)
+    print(f"exported {export(config, state, args.run_dir, dst)}", flush=True)
+    try:
+        plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")
+    except PlotUnavailable as e:
+        print(f"note: no loss plot: {e}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 from jdlm.config import ModelConfig
+from jdlm.errors import CheckpointError, PlotUnavailable
 from jdlm.model import Params, init_params
 from jdlm.training import presets
 from jdlm.training.data import Pool, batch_indices, build_pool, generate_examples
@@ -101,7 +103,7 @@ def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientT
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
         updates, opt_state = tx.update(grads, state.opt_state, state.weights)
         weights = optax.apply_updates(state.weights, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return TrainState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
 
     return train_step
@@ -128,8 +130,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
 
     Checkpoints (weights, optimiser state, step) go to `run_dir/checkpoints` every `save_every` steps, at the end,
     and when interrupted (Ctrl-C): rerunning the same command resumes from the latest one and gives the same
-    result as an uninterrupted run (batches and noise are pure functions of (seed, step)). Metrics are appended to
-    `run_dir/metrics.jsonl`. `on_step(step, metrics)` is called after every logged step.
+    result as an uninterrupted run (batches and noise are pure functions of (seed, step)). A latest checkpoint that
+    cannot be read is moved to `run_dir/unreadable-checkpoints` with a warning and the one before it is used. Metrics
+    are appended to `run_dir/metrics.jsonl`; on resume, rows after the restored step are dropped first (they are
+    logged again). `on_step(step, metrics)` is called after every logged step.
     """
     import orbax.checkpoint as ocp
 
@@ -162,12 +166,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     state = TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
-        if manager.latest_step() is not None:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-            state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-            print(f"resumed from step {int(state.step)}", flush=True)
+        state = _restore(manager, state, run_dir)
         step_fn = make_train_step(config, model, tx)
         start = int(state.step)
+        _drop_metrics_after(run_dir / "metrics.jsonl", start)
         log = open(run_dir / "metrics.jsonl", "a")
         bar = _ProgressBar(config.steps, start) if progress and sys.stdout.isatty() else None
         t0, tokens_seen = time.time(), 0
@@ -209,6 +211,51 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     return state
 
 
+def _restore(manager, state: TrainState, run_dir: Path) -> TrainState:
+    """The newest readable checkpoint's state (`state` itself when there is none).
+
+    Unreadable newer checkpoints are moved aside (so that their steps can be saved again) only once an older one
+    has been read; when none can be read, nothing is moved and CheckpointError says what to do.
+    """
+    import orbax.checkpoint as ocp
+
+    steps = sorted(manager.all_steps(), reverse=True)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    unreadable = []
+    for step in steps:
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax and tensorstore raise many types (JSON, array reads) for a damaged checkpoint
+            print(f"warning: checkpoint {step} cannot be read ({type(e).__name__}); trying the one before it",
+                  flush=True)
+            unreadable.append(step)
+            continue
+        aside = run_dir / "unreadable-checkpoints"
+        for bad in unreadable:
+            aside.mkdir(exist_ok=True)
+            shutil.move(Path(manager.directory) / str(bad), aside / str(bad))
+            print(f"warning: moved unreadable checkpoint {bad} to {aside / str(bad)}", flush=True)
+        manager.reload()
+        print(f"resumed from step {int(restored.step)}", flush=True)
+        return restored
+    if steps:
+        raise CheckpointError(f"no checkpoint in {manager.directory} can be read (steps {sorted(steps)}); start again "
+                              "in a new --run-dir, or delete that folder")
+    return state
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keeps the rows of metrics.jsonl up to `step` (a resumed run logs later steps again); written atomically."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
 class _ProgressBar:
     """A rich progress bar over training steps (used on a terminal; logs get one line per logged step)."""
 
@@ -241,8 +288,11 @@ def export(config: TrainConfig, state: TrainState, run_dir: str | Path, dst: str
 
 
 def plot_loss(run_dir: str | Path, path: str | Path) -> None:
-    """Loss curve (PNG) from `run_dir/metrics.jsonl`."""
-    import matplotlib
+    """Loss curve (PNG) from `run_dir/metrics.jsonl`. Raises PlotUnavailable without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable('matplotlib is not installed (pip install "jdlm[plot]")') from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
