@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from jdlm.decoding import names
+
 _EXPORTS = {
     # the loop
     "decode": "loop", "decode_steps": "loop", "init_state": "loop", "step": "loop", "running": "loop",
@@ -15,14 +17,14 @@ _EXPORTS = {
     # composing a strategy, and its text / JSON forms
     "Strategy": "strategy", "Schedule": "schedule", "Guidance": "guidance", "llada": "strategy", "dream": "strategy",
     "fast_dllm": "strategy", "parse_strategy": "strategy", "parse_rule": "strategy", "parse_cache": "strategy",
-    # reveal rules
-    "Rule": "rule", "LowConfidence": "low_confidence", "RandomOrder": "random_order", "MaskGitPlus": "maskgit_plus",
-    "Margin": "margin", "Entropy": "entropy", "Origin": "origin", "Threshold": "threshold", "Factor": "factor",
-    # caches
-    "NoCache": "cache", "PrefixCache": "prefix_cache", "DualCache": "dual_cache",
+    "Rule": "rule",
     # errors
     "InputError": "inputs", "StrategyError": "schedule",
 }
+# Every named rule and cache, from the one name table: `jdlm.strategies.Threshold`, `.DualCache`, ...
+for _entry in (*names.RULES.values(), *names.CACHES.values()):
+    _module, _, _cls = _entry.target.partition(":")
+    _EXPORTS[_cls] = _module.rpartition(".")[2]
 __all__ = list(_EXPORTS)
 
 
