@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -218,6 +219,19 @@ def _signals_held():
         raise KeyboardInterrupt
 
 
+@contextmanager
+def _quiet_absl():
+    """Silences the tracebacks orbax's writer threads log (a full disk printed some 200 lines) while it writes:
+    the same error reaches the caller, who reports it in one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def write_params(directory: Path, weights) -> None:
     """Saves a weights pytree as an orbax checkpoint in `directory/params`.
 
@@ -228,7 +242,7 @@ def write_params(directory: Path, weights) -> None:
 
     handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, save_device_host_concurrent_gb=1)
     try:
-        with _signals_held(), ocp.Checkpointer(handler) as ckptr:
+        with _signals_held(), _quiet_absl(), ocp.Checkpointer(handler) as ckptr:
             ckptr.save(directory.resolve() / "params", args=ocp.args.PyTreeSave(jax.tree.map(to_host, weights)))
     except ValueError as e:  # tensorstore reports OS errors (disk full, ...) as ValueError("... [os_error_code='28']")
         code = re.search(r"os_error_code='(\d+)'", str(e))

@@ -476,30 +476,45 @@ def test_non_finite_and_integer_weights_are_refused_by_name(src, tmp_path, case,
 # ---------------------------------------------------------------- writing: full or read-only disks, leftovers, modes
 
 
-def test_full_disk_is_one_line(llada_src, tmp_path, monkeypatch, capsys):
+def _convert_with_patched_save(patch: str, src, dst):
+    """Runs `python -m jdlm.convert llada SRC DST --quiet` in a fresh process whose orbax save is `patch`
+    (source of a `save(self, *a, **k)` function that may call `real_save`)."""
+    import subprocess
+    import sys
+
+    from tests.test_cli import ENV
+
+    code = ("import errno, logging, os, signal, sys, time\nimport orbax.checkpoint as ocp\n"
+            "real_save = ocp.Checkpointer.save\n" + patch + "\nocp.Checkpointer.save = save\n"
+            "from jdlm.convert.__main__ import main\n"
+            f"sys.exit(main(['llada', {str(src)!r}, {str(dst)!r}, '--quiet']))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+
+
+def test_full_disk_is_one_line(llada_src, tmp_path, monkeypatch):
     import errno
-
-    import orbax.checkpoint as ocp
-
-    def disk_full(*a, **k):  # what tensorstore raises when a write hits ENOSPC
-        raise ValueError("RESOURCE_EXHAUSTED: Error writing \"layers.0.k/0.0.0\": Failed to write 171964 bytes to "
-                         "file 17: No space left on device [os_error_code='28']")
-
-    monkeypatch.setattr(ocp.Checkpointer, "save", disk_full)
-    assert convert_main(["llada", str(llada_src), str(tmp_path / "a"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no space left on the disk of"), err
-    monkeypatch.undo()
 
     from jdlm.config import ModelConfig
 
-    def enospc(self, path):  # the first file written
+    # What orbax does when a write hits ENOSPC: its writer threads log tracebacks, tensorstore raises this.
+    patch = """
+def save(self, *a, **k):
+    logging.getLogger("absl").error("_SignalingThread.run() raised an exception: Traceback ...")
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing: Failed to write 171964 bytes to file 17: "
+                     "No space left on device [os_error_code='28']")
+"""
+    out = _convert_with_patched_save(patch, llada_src, tmp_path / "a")
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and err[0].startswith("error: no space left on the disk of"), err
+    assert list(tmp_path.iterdir()) == []
+
+    def enospc(self, path):  # an OSError from any other write
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(ModelConfig, "save", enospc)
     with pytest.raises(ConversionError, match="no space left"):
         convert_checkpoint("llada", llada_src, tmp_path / "b")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_only_destination_is_one_line(llada_src, tmp_path, monkeypatch, capsys):
@@ -545,24 +560,13 @@ def test_stale_temporaries_of_dead_processes_are_removed(llada_src, tmp_path):
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_a_signal_during_the_write_leaves_nothing(llada_src, tmp_path, signame):
     """The signal arrives while orbax writes: jdlm finishes the files in flight, then removes everything."""
-    import subprocess
-    import sys
-
-    from tests.test_cli import ENV
-
-    code = f"""
-import os, signal, sys, time
-import orbax.checkpoint as ocp
-real_save = ocp.Checkpointer.save
+    patch = f"""
 def save(self, *a, **k):
     os.kill(os.getpid(), signal.{signame})
     time.sleep(0.2)
     return real_save(self, *a, **k)
-ocp.Checkpointer.save = save
-from jdlm.convert.__main__ import main
-sys.exit(main(["llada", {str(llada_src)!r}, {str(tmp_path / 'out')!r}, "--quiet"]))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    out = _convert_with_patched_save(patch, llada_src, tmp_path / "out")
     assert out.returncode == 130, out.stderr
     assert "stopping once the files in flight are written" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "error: interrupted"
