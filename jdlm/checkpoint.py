@@ -238,12 +238,13 @@ def write_params(directory: Path, weights) -> None:
     The arrays go to host memory first and orbax writes them a few at a time (at most 1 GB in flight), so saving
     adds little to the memory the weights already take (orbax's defaults stage a full second copy).
     """
-    import orbax.checkpoint as ocp
-
-    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, save_device_host_concurrent_gb=1)
     try:
-        with _signals_held(), _quiet_absl(), ocp.Checkpointer(handler) as ckptr:
-            ckptr.save(directory.resolve() / "params", args=ocp.args.PyTreeSave(jax.tree.map(to_host, weights)))
+        with _signals_held(), _quiet_absl():  # the import too: a signal inside orbax's imports is mishandled
+            import orbax.checkpoint as ocp
+
+            handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, save_device_host_concurrent_gb=1)
+            with ocp.Checkpointer(handler) as ckptr:
+                ckptr.save(directory.resolve() / "params", args=ocp.args.PyTreeSave(jax.tree.map(to_host, weights)))
     except ValueError as e:  # tensorstore reports OS errors (disk full, ...) as ValueError("... [os_error_code='28']")
         code = re.search(r"os_error_code='(\d+)'", str(e))
         if code is None:
