@@ -360,6 +360,10 @@ def test_corrupt_json_files_are_one_line_errors(llada_src, tmp_path):
     (dst / "manifest.json").write_text("{not json")
     with pytest.raises(jdlm.CheckpointError, match="manifest.json is corrupt"):
         jdlm.load_params(dst)
+    from jdlm.cli.inspect import describe_checkpoint
+
+    with pytest.raises(jdlm.CheckpointError, match="manifest.json is corrupt"):
+        describe_checkpoint(str(dst))
     (dst / "config.json").write_bytes(b"\xff\xfe garbage")
     with pytest.raises(jdlm.CheckpointError, match="config.json is not valid JSON"):
         jdlm.load_params(dst)
