@@ -85,7 +85,8 @@ def check_destination(dst: str | Path, overwrite: bool, source: str | Path | Non
         if relation:
             raise CheckpointError(f"destination {dst} {relation} the source {source}; choose a destination folder "
                                   "apart from the source")
-    for name, folder in (("current", Path.cwd().resolve()), ("home", Path.home().resolve())):
+    for name, folder in (("current", Path.cwd()), ("home", Path(os.path.expanduser("~")))):
+        folder = folder.resolve()
         if target == folder or target in folder.parents:
             raise CheckpointError(f"destination {dst} is the {name} folder or contains it; name a new folder for "
                                   "the checkpoint, e.g. {}".format(Path(dst) / "my-model"))
@@ -128,15 +129,21 @@ def remove_stale_temporaries(dst: Path) -> None:
 
 
 def _user_os_error(err: OSError, dst: Path) -> CheckpointError:
-    """A write failure as one line that says what to change."""
-    where = dst.parent if dst.parent != Path("") else Path(".")
-    if err.errno == errno.ENOSPC:
+    """A failure while writing `dst` as one line that says what to change."""
+    where = dst.parent.resolve()
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(f"no space left on the disk of {where} while writing {dst.name}; free some space or "
                                "choose a destination on another disk")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    writing = err.filename is None or str(Path(err.filename).resolve()).startswith(str(where))
+    if err.errno == errno.EROFS or (err.errno in (errno.EACCES, errno.EPERM) and writing):
         return CheckpointError(f"cannot write to {where} ({os.strerror(err.errno)}); choose a destination folder "
                                "you can write to")
-    return CheckpointError(f"cannot write {dst} ({err.strerror or err}); check the destination folder")
+    return CheckpointError(f"{err.strerror or err}: {err.filename or dst} (while writing {dst}); check that path")
+
+
+def _set_handler(signum: int, handler) -> object:
+    """`signal.signal`, restoring SIG_DFL where the previous handler was not Python's (`signal` gives None)."""
+    return signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _terminate_as_interrupt(signum, frame):
@@ -163,16 +170,16 @@ class AtomicDirectory:
             self.tmp.mkdir()  # mode 0o777 less the umask, unlike mkdtemp's 0o700
         except OSError as e:
             raise _user_os_error(e, self.dst) from None
-        self._old_sigterm = None
+        self._on_main_thread = threading.current_thread() is threading.main_thread()  # where signals are handled
 
     def __enter__(self) -> Path:
-        if threading.current_thread() is threading.main_thread():  # a kill should clean up too, like Ctrl-C
-            self._old_sigterm = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        if self._on_main_thread:  # a kill should clean up too, like Ctrl-C
+            self._old_sigterm = _set_handler(signal.SIGTERM, _terminate_as_interrupt)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if self._old_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
+        if self._on_main_thread:
+            _set_handler(signal.SIGTERM, self._old_sigterm)
         if exc_type is None:
             try:
                 self._commit()
@@ -185,8 +192,9 @@ class AtomicDirectory:
         return False
 
     def _commit(self) -> None:
-        for folder in (self.tmp, *(p for p in self.tmp.rglob("*") if p.is_dir())):
-            os.chmod(folder, self.tmp.stat().st_mode & 0o7777)  # orbax's folders get the umask's mode too
+        mode = self.tmp.stat().st_mode & 0o7777  # what the umask gave the new folder
+        for folder in (p for p in self.tmp.rglob("*") if p.is_dir()):
+            os.chmod(folder, mode)  # orbax's folders too
         if os.path.lexists(self.dst):
             old = self.dst.with_name(f".{self.dst.name}.old-{_owner_tag()}")
             os.rename(self.dst, old)
@@ -218,12 +226,12 @@ def _signals_held():
         print("stopping once the files in flight are written (press Ctrl-C again to stop at once) ...",
               file=sys.stderr)
 
-    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: _set_handler(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            _set_handler(s, handler)
     if received:
         raise KeyboardInterrupt
 
