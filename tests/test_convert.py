@@ -307,8 +307,12 @@ def test_an_edited_config_is_refused_on_load(llada_src, tmp_path):
     text = (dst / "config.json").read_text()
     assert '"rope_theta": 10000.0' in text
     (dst / "config.json").write_text(text.replace('"rope_theta": 10000.0', '"rope_theta": 20000.0'))
-    with pytest.raises(jdlm.CheckpointError, match="config.json does not match its sha256"):
+    with pytest.raises(jdlm.CheckpointError, match="config.json does not match its sha256.*JDLM_VERIFY=0"):
         jdlm.load_params(dst)
+    (dst / "config.json").write_text(text.replace('"rope_theta": 10000.0', '"rope_theta": 20000.25'))
+    with pytest.raises(jdlm.CheckpointError, match="config.json has .* bytes where manifest.json records"):
+        jdlm.load_params(dst)
+    assert jdlm.load_params(dst, verify=False).config.rope_theta == 20000.25  # an edit on purpose: the opt-out
 
 
 def test_save_records_and_checks_params_hashes(llada_src, tmp_path):
