@@ -35,8 +35,8 @@ def _check_entries(path: Path, header: dict) -> None:
               and all(isinstance(o, int) for o in info["data_offsets"])
               and 0 <= info["data_offsets"][0] <= info["data_offsets"][1])
         if not ok:
-            raise SourceCheckpointError(f"{path}: the header entry of tensor {name!r} is malformed; the file is corrupt,"
-                                        " download or copy it again")
+            raise SourceCheckpointError(f"{path}: the header entry of tensor {name!r} is malformed; the file is "
+                                        "corrupt, download or copy it again")
         begin, end = info["data_offsets"]
         if info["dtype"] in _DTYPES:
             count = int(np.prod(info["shape"], dtype=np.int64))
