@@ -30,8 +30,9 @@ def _set(tree: dict, path: tuple, value) -> None:
 def _target_dtype(ckpt: SafetensorsCheckpoint, names: list[str], dtype: str | None) -> tuple[np.dtype, str]:
     """The dtype to store (`dtype` when given, else the source's) and the source dtype(s), for the manifest.
 
-    Mixed sources are stored as float32, which holds bfloat16, float16 and float32 values exactly (and is the
-    widest jdlm computes in: float64 is stored as float32 too); both say so on stderr."""
+    Without `dtype`, a source that mixes dtypes is stored as float32, which holds bfloat16, float16 and float32
+    values exactly; float64 is stored as float32 too (the widest jdlm computes in). Either case is noted on
+    stderr. Integer (quantized) weights are refused by name."""
     dtypes = {}
     for name in names:
         dt = ckpt.dtype(name)
