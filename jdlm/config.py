@@ -114,13 +114,17 @@ def tiny(**overrides) -> ModelConfig:
 
 # ---------------------------------------------------------------- Hugging Face config.json readers
 
-# LLaDA's modeling code branches on these; jdlm implements the published values only.
+# The modeling code of each family branches on these; jdlm implements the published values only (the first one).
 _LLADA_FIXED = {
     "layer_norm_type": ("rms",), "rope": (True,), "alibi": (False, None), "block_type": ("llama",),
     "activation_type": ("silu",), "include_qkv_bias": (False, None), "input_emb_norm": (False, None),
     "scale_logits": (False, None), "block_group_size": (1, None), "multi_query_attention": (False, None),
     "attention_layer_norm": (False, None), "clip_qkv": (None,), "flash_attention": (False, True, None),
     "rope_full_precision": (True, None), "include_bias": (False, None),
+}
+_DREAM_FIXED = {
+    "hidden_act": ("silu",), "use_sliding_window": (False, None), "rope_scaling": (None,),
+    "attention_bias": (True, None),
 }
 
 
@@ -130,12 +134,17 @@ def _require(hf: dict, key: str, source: str):
     return hf[key]
 
 
-def from_hf_llada(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Reads a LLaDA (OLMo-style, model_type "llada") config.json."""
-    for key, allowed in _LLADA_FIXED.items():
+def _refuse_unsupported(hf: dict, fixed: dict, family: str, source: str) -> None:
+    """Names the first option whose value jdlm does not implement, instead of dropping it silently."""
+    for key, allowed in fixed.items():
         if key in hf and hf[key] not in allowed:
             raise ConfigError(f"{source}: {key}={hf[key]!r} is not supported (jdlm implements {allowed[0]!r}, "
-                              "the value of the published LLaDA checkpoints)")
+                              f"the value of the published {family} checkpoints)")
+
+
+def from_hf_llada(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Reads a LLaDA (OLMo-style, model_type "llada") config.json."""
+    _refuse_unsupported(hf, _LLADA_FIXED, "LLaDA", source)
     d = _require(hf, "d_model", source)
     n_heads = _require(hf, "n_heads", source)
     n_kv = hf.get("n_kv_heads") or n_heads
@@ -154,6 +163,7 @@ def from_hf_llada(hf: dict, source: str = "config.json") -> ModelConfig:
 
 def from_hf_dream(hf: dict, source: str = "config.json") -> ModelConfig:
     """Reads a Dream (Qwen2-style, model_type "Dream") config.json."""
+    _refuse_unsupported(hf, _DREAM_FIXED, "Dream", source)
     d = _require(hf, "hidden_size", source)
     n_heads = _require(hf, "num_attention_heads", source)
     mask_id = hf.get("mask_token_id")
@@ -176,10 +186,15 @@ def from_hf_dream(hf: dict, source: str = "config.json") -> ModelConfig:
 def from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Reads a Hugging Face config.json of either family, chosen by its `model_type`."""
     model_type = str(hf.get("model_type", "")).lower()
-    if model_type == "llada":
-        return from_hf_llada(hf, source)
-    if model_type == "dream":
-        return from_hf_dream(hf, source)
+    readers = {"llada": from_hf_llada, "dream": from_hf_dream}
+    if model_type in readers:
+        try:
+            return readers[model_type](hf, source)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # e.g. "d_model": "4096" or null
+            raise ConfigError(f"{source}: a value has the wrong type ({e}); compare it with the published "
+                              "config.json of the model") from None
     raise ConfigError(f"{source}: model_type {hf.get('model_type')!r} is not supported; jdlm converts 'llada' "
                       "(LLaDA-8B, LLaDA-1.5) and 'Dream' (Dream-v0-7B) checkpoints")
 
@@ -192,9 +207,12 @@ def read_config_json(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path} does not exist; give a jdlm checkpoint directory (or a Hugging Face one)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        data = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        raise ConfigError(f"{path} is not valid JSON ({type(e).__name__}: {e}); restore the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, not an object; restore the file")
+    return data
 
 
 def load_config(path: str | Path) -> ModelConfig:
@@ -202,5 +220,10 @@ def load_config(path: str | Path) -> ModelConfig:
     path = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
     data = read_config_json(path)
     if "jdlm_config" in data:
-        return ModelConfig.from_dict(data["jdlm_config"])
+        try:
+            return ModelConfig.from_dict(data["jdlm_config"])
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:  # not an object, or a field of the wrong type
+            raise ConfigError(f"{path}: jdlm_config is invalid ({e})") from None
     return from_hf(data, str(path))

@@ -145,3 +145,14 @@ def write_hf_checkpoint(family: str, model, directory: Path, *, shards: int = 1,
         weight_map.update({n: shard for n in part})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return directory
+
+
+def rewrite_tensors(directory: Path, change) -> None:
+    """Rewrites `directory/model.safetensors` with `change(tensors)` applied to its {name: array} dict in place:
+    how tests make a checkpoint with mixed dtypes, NaN values or integer weights."""
+    from jdlm.convert.safetensors_io import SafetensorsFile
+
+    f = SafetensorsFile(directory / "model.safetensors")
+    tensors = {name: f.get(name) for name in f.keys()}
+    change(tensors)
+    write_safetensors(directory / "model.safetensors", tensors)

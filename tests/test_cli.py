@@ -179,6 +179,10 @@ BAD = {
     "inspect missing path": (["inspect", "/no/such/model"], "does not exist"),
     "eval unknown task": (["eval", "--task", "poetry"], "unknown task"),
     "bench bad strategy": (["bench", "--strategy", "threshold:2"], "threshold"),
+    "convert into its source": (["convert", "llada", "{hf}", "{hf}", "--overwrite"], "is the source"),
+    "convert over a folder": (["convert", "llada", "/no/such/dir", "{hf}", "--overwrite"], "not a jdlm checkpoint"),
+    "convert to an existing folder": (["convert", "llada", "/no/such/dir", "{hf}"], "already exists"),
+    "float16 on CPU": (["generate", PROMPT, "--dtype", "float16"], "does not run on CPU"),
 }
 
 
@@ -246,3 +250,47 @@ def test_ctrl_c_stops_a_long_decode_within_a_second():
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 1.0, f"took {time.monotonic() - sent:.1f} s to stop"
     assert proc.returncode == 130 and "interrupted" in err
+
+
+def test_damaged_checkpoint_is_one_error_line(model, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(model, tmp_path / "copy")
+    damaged = max((p for p in (copy / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    out = jdlm("generate", PROMPT, "--model", str(copy), *FAST)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert damaged.name in lines[0] and "convert or save it again" in lines[0]
+    assert out.stdout == ""
+
+
+def test_python_m_jdlm_convert_is_jdlm_convert(tmp_path):
+    from tests.hf_fixtures import build_torch_model, write_hf_checkpoint
+
+    src = write_hf_checkpoint("llada", build_torch_model("llada", seed=3), tmp_path / "hf")
+    run = [sys.executable, "-m", "jdlm.convert", "llada", str(src)]
+    out = subprocess.run([*run, str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and "converting tensors" in out.stderr  # progress and notes on stderr only
+    out = subprocess.run([*run, str(src), "--overwrite"], capture_output=True, text=True, env=ENV, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "is the source" in lines[0], out.stderr
+    assert (src / "model.safetensors").exists()
+
+
+def test_packaged_name_wins_over_a_local_folder_and_says_so(tmp_path, monkeypatch):
+    import argparse
+
+    from jdlm.cli.common import load_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JDLM_COMPILATION_CACHE", "0")  # in-process: leave JAX's settings alone
+    _, _, loaded = load_model(argparse.Namespace(model="tiny", dtype="auto"))
+    assert "./tiny" not in loaded
+    (tmp_path / "tiny").mkdir()
+    _, _, loaded = load_model(argparse.Namespace(model="tiny", dtype="auto"))
+    assert "the packaged model; for the folder ./tiny pass --model ./tiny" in loaded
+    assert "a packaged name wins over a local folder" in " ".join(jdlm("generate", "--help").stdout.split())

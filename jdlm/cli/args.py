@@ -90,7 +90,8 @@ def command(sub, name: str, help: str, description: str, examples: str) -> Parse
 def model_args(p: Parser) -> None:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, metavar="NAME|DIR",
                    help=f"packaged model ({', '.join(PACKAGED_MODELS)}) or a converted checkpoint directory "
-                        f"(default {DEFAULT_MODEL})")
+                        f"(default {DEFAULT_MODEL}); a packaged name wins over a local folder of that name: "
+                        f"write ./{DEFAULT_MODEL} for the folder")
     p.add_argument("--dtype", choices=DTYPES, default="auto", metavar="DTYPE",
                    help="compute dtype: float32, bfloat16 or float16; auto (default) is float32 on CPU and the "
                         "stored dtype elsewhere")

@@ -115,6 +115,8 @@ def load_model(args):
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else None
+    if dtype == "float16" and jax.default_backend() == "cpu":  # XLA's CPU matmuls have no float16 kernel
+        raise UsageError("--dtype float16 does not run on CPU; use --dtype float32 or bfloat16 (or auto)")
     t0 = time.perf_counter()
     try:
         params, tokenizer = jdlm.load(args.model, dtype=dtype)
@@ -125,6 +127,8 @@ def load_model(args):
     cfg = params.config
     loaded = (f"loaded {args.model} ({cfg.family}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
               f"{time.perf_counter() - t0:.1f} s")
+    if args.model in PACKAGED_MODELS and Path(args.model).is_dir():  # the name wins: say so, once
+        loaded += f" (the packaged model; for the folder ./{args.model} pass --model ./{args.model})"
     return params, tokenizer, loaded
 
 

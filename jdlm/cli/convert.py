@@ -11,8 +11,10 @@ from jdlm.cli.common import note, stderr_console
 def add_parser(sub) -> None:
     p = command(sub, "convert", "convert a Hugging Face LLaDA or Dream checkpoint",
                  "Convert a Hugging Face LLaDA or Dream checkpoint (safetensors, no torch needed) into a jdlm\n"
-                 "checkpoint directory: orbax weights, config.json, tokenizer files and manifest.json. Every tensor\n"
-                 "name and shape is checked; the output appears only when the conversion finished.",
+                 "checkpoint directory: orbax weights, config.json, tokenizer files and manifest.json (with the\n"
+                 "sha256 of every file, checked when the model loads). Every tensor name, shape and value is checked;\n"
+                 "the output appears only when the conversion finished. DST must be a new folder (or, with\n"
+                 "--overwrite, a jdlm checkpoint), apart from SRC; it is checked before anything is read.",
                  """
                  jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct
                  jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16
@@ -20,9 +22,10 @@ def add_parser(sub) -> None:
     p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("dst", help="jdlm checkpoint directory to create")
-    p.add_argument("--dtype", default=None, help="cast weights: bfloat16, float32 or float16 (default: keep)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--dtype", default=None, help="cast weights: bfloat16, float32 or float16 (default: keep the "
+                   "source dtype; float32 when the source mixes dtypes)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is a jdlm checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it goes to stderr)")
 
 
 def run(args) -> int:

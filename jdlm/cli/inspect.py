@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jdlm.cli.args import command
 
-_SUMMARY_SKIP = ("params", "files", "source_files")  # per-tensor / per-file tables: counted, not listed
+_SUMMARY_SKIP = ("params", "files", "bytes", "source_files")  # per-tensor / per-file tables: counted, not listed
 
 
 def add_parser(sub) -> None:
@@ -37,8 +37,8 @@ def _tree_size(path: Path) -> int:
 
 def describe_checkpoint(path: str) -> dict:
     """What `jdlm inspect` reports, as a JSON-ready dict; reads config.json and manifest.json, no weights."""
-    from jdlm.checkpoint import resolve
-    from jdlm.config import ModelConfig, from_hf, read_config_json
+    from jdlm.checkpoint import read_manifest, resolve
+    from jdlm.config import from_hf, load_config, read_config_json
 
     directory = resolve(path)
     raw = read_config_json(directory)
@@ -46,9 +46,9 @@ def describe_checkpoint(path: str) -> dict:
              if not p.name.startswith(".")}
     info = {"path": str(directory.resolve()), "files": files, "total_bytes": sum(files.values())}
     if "jdlm_config" in raw:
-        config = ModelConfig.from_dict(raw["jdlm_config"])
+        config = load_config(directory)
         manifest_path = directory / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest = read_manifest(directory) if manifest_path.exists() else {}
         summary = {k: v for k, v in manifest.items() if k not in _SUMMARY_SKIP}
         summary["tensors"] = len(manifest.get("params", {}))
         if "source_files" in manifest:

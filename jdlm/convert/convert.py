@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import json
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -11,14 +11,14 @@ import numpy as np
 
 from jdlm.convert.names import IGNORED_SUFFIXES, LAYOUTS, entries as expected_entries
 from jdlm.convert.safetensors_io import SafetensorsCheckpoint
-from jdlm.checkpoint import AtomicDirectory, CheckpointError, sha256_file, to_host, write_manifest, write_params
-from jdlm.config import ConfigError, from_hf
+from jdlm.checkpoint import (AtomicDirectory, CheckpointError, check_destination, sha256_file, to_host,
+                             write_manifest, write_params)
+from jdlm.config import ConfigError, from_hf, read_config_json
 from jdlm.tokenizer import TOKENIZER_FILES
 from jdlm.errors import ConversionError, SourceCheckpointError
 
 DTYPES = {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "float32": jnp.float32, "fp32": jnp.float32,
           "float16": jnp.float16, "fp16": jnp.float16}
-
 
 
 def _set(tree: dict, path: tuple, value) -> None:
@@ -27,42 +27,88 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
-def _source_dtype(ckpt: SafetensorsCheckpoint, names: list[str]) -> np.dtype:
-    dtypes = {ckpt.dtype(n) for n in names}
-    if len(dtypes) != 1:
-        raise ConversionError(f"{ckpt.directory}: mixed tensor dtypes {sorted(map(str, dtypes))}; pass --dtype")
-    return dtypes.pop()
+def _target_dtype(ckpt: SafetensorsCheckpoint, names: list[str], dtype: str | None) -> tuple[np.dtype, str]:
+    """The dtype to store (`dtype` when given, else the source's) and the source dtype(s), for the manifest.
+
+    Without `dtype`, a source that mixes dtypes is stored as float32, which holds bfloat16, float16 and float32
+    values exactly; float64 is stored as float32 too (the widest jdlm computes in). Either case is noted on
+    stderr. Integer (quantized) weights are refused by name."""
+    dtypes = {}
+    for name in names:
+        dt = ckpt.dtype(name)
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise ConversionError(f"{ckpt.directory}: tensor {name} is {dt}, but weights must be floating point "
+                                  "(bfloat16, float16 or float32); a quantized checkpoint cannot be converted: "
+                                  "use the original floating-point weights")
+        dtypes[str(dt)] = dt
+    source = ", ".join(sorted(dtypes))
+    if dtype is not None:
+        return np.dtype(DTYPES[dtype]), source
+    if len(dtypes) == 1 and source != "float64":
+        return next(iter(dtypes.values())), source
+    reason = f"mixes tensor dtypes ({source})" if len(dtypes) > 1 else "holds float64 tensors"
+    print(f"note: {ckpt.directory} {reason}; storing every tensor as float32 (pass --dtype to choose another)",
+          file=sys.stderr)
+    return np.dtype(np.float32), source
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 24) -> bool:
+    """No NaN or inf in `a`, checked a slice at a time (a whole-tensor mask would cost a byte per element)."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+
+
+def _convert_tensor(e, ckpt: SafetensorsCheckpoint, target: np.dtype) -> np.ndarray:
+    """One source tensor in jdlm's layout and `target` dtype; NaN or inf is refused by name."""
+    source = ckpt.get(e.source)
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        converted = np.asarray(e.transform(source)).astype(target)
+    if _all_finite(converted):
+        return converted
+    if _all_finite(source):
+        raise ConversionError(f"{ckpt.directory}: tensor {e.source} has values beyond the range of {target} (they "
+                              "become inf); convert with --dtype bfloat16 or --dtype float32")
+    raise ConversionError(f"{ckpt.directory}: tensor {e.source} holds NaN or inf values; the source checkpoint is "
+                          "damaged: download it again")
 
 
 def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: str | None = None,
                        overwrite: bool = False, progress: bool = False) -> Path:
     """Converts the Hugging Face checkpoint directory `src` into the jdlm checkpoint directory `dst`.
 
+    The destination is checked before anything is read: it may not be `src`, contain it or lie inside it, nor be
+    the current or home folder; an existing one needs `overwrite` and must be a jdlm checkpoint.
     Every source tensor is read once (memory-mapped), transposed into jdlm's layout, cast when `dtype` is given,
-    and checked against the shape the config implies. Peak host memory is the converted output plus orbax's write
-    buffer (at most 1 GB in flight) and a few copies of the current tensor; tests/test_convert.py checks it.
-    The result is written to a temporary directory and renamed into place at the end.
+    and checked against the shape the config implies and for NaN / inf. Peak host memory is the converted output
+    plus orbax's write buffer (at most 1 GB in flight) and a few copies of the current tensor; tests/test_convert.py
+    checks it. The result is written to a temporary directory and renamed into place at the end.
 
     Args:
       family: "llada" or "dream"; must agree with config.json's model_type.
       src: directory with config.json, safetensors weights and tokenizer files.
       dst: the jdlm checkpoint directory to create.
-      dtype: "bfloat16" / "float32" / "float16"; default: keep the source dtype.
-      overwrite: replace an existing `dst`.
-      progress: show a progress bar.
+      dtype: "bfloat16" / "float32" / "float16"; default: keep the source dtype (float32 for mixed sources).
+      overwrite: replace `dst` if it is a jdlm checkpoint.
+      progress: show a progress bar (on stderr).
     """
-    src = Path(src)
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if family not in LAYOUTS:
         raise ConversionError(f"unknown model family {family!r}; choose one of {sorted(LAYOUTS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    try:
+        check_destination(dst, overwrite, source=src)
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None
     if not src.is_dir():
         raise ConversionError(f"{src} is not a directory; give the Hugging Face checkpoint directory")
     config_path = src / "config.json"
     if not config_path.exists():
         raise ConversionError(f"{src} has no config.json; is it a Hugging Face checkpoint directory?")
     try:
-        hf = json.loads(config_path.read_text())
+        hf = read_config_json(config_path)
         config = from_hf(hf, str(config_path))
-    except (ConfigError, json.JSONDecodeError) as e:
+    except ConfigError as e:
         raise ConversionError(str(e)) from None
     if config.family != family:
         raise ConversionError(f"{config_path} describes a {config.family!r} model (model_type "
@@ -70,8 +116,6 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
                               f"`convert {config.family} ...`")
     if not (src / "tokenizer.json").exists():
         raise ConversionError(f"{src} has no tokenizer.json; copy the model's tokenizer files next to its weights")
-    if dtype is not None and dtype not in DTYPES:
-        raise ConversionError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     try:
         ckpt = SafetensorsCheckpoint(src)
     except SourceCheckpointError as e:
@@ -92,14 +136,16 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         if ckpt.shape(e.source) != e.source_shape:
             raise ConversionError(f"{src}: tensor {e.source} has shape {list(ckpt.shape(e.source))}, but config.json "
                                   f"implies {list(e.source_shape)}")
-    source_dtype = _source_dtype(ckpt, [e.source for e in entries])
-    target = np.dtype(DTYPES[dtype]) if dtype else source_dtype
+    try:
+        target, source_dtype = _target_dtype(ckpt, [e.source for e in entries], dtype)
+    except SourceCheckpointError as err:
+        raise ConversionError(str(err)) from None
 
     weights: dict = {}
     bar = _progress(progress, len(entries))
     try:
         for e in entries:  # one source tensor in memory at a time, besides the converted ones
-            _set(weights, e.target, to_host(np.asarray(e.transform(ckpt.get(e.source))).astype(target)))
+            _set(weights, e.target, to_host(_convert_tensor(e, ckpt, target)))
             bar.advance()
     except SourceCheckpointError as err:
         raise ConversionError(str(err)) from None
@@ -117,12 +163,12 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
                     (tmp / name).write_bytes((src / name).read_bytes())
             write_manifest(tmp, target, weights, {
                 "family": family, "source_dir": str(src.resolve()), "source_files": sources,
-                "source_dtype": str(source_dtype),
+                "source_dtype": source_dtype,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
     except CheckpointError as err:
         raise ConversionError(str(err)) from None
-    return Path(dst)
+    return dst
 
 
 class _NoBar:
@@ -135,9 +181,10 @@ class _NoBar:
 
 class _RichBar:
     def __init__(self, total: int):
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._p = Progress(transient=False)
+        self._p = Progress(console=Console(stderr=True), transient=False)  # stdout is for results only
         self._p.start()
         self._task = self._p.add_task("converting tensors", total=total)
 

@@ -22,6 +22,35 @@ _DTYPES = {
 
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit: a larger header is a corrupt file
+
+
+def _check_entries(path: Path, header: dict) -> None:
+    """Every tensor entry well-formed ({dtype, shape, data_offsets}, sizes matching), none overlapping another."""
+    spans = []
+    for name, info in header.items():
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+              and isinstance(info.get("shape"), list) and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(isinstance(o, int) for o in info["data_offsets"])
+              and 0 <= info["data_offsets"][0] <= info["data_offsets"][1])
+        if not ok:
+            raise SourceCheckpointError(f"{path}: the header entry of tensor {name!r} is malformed; the file is "
+                                        "corrupt, download or copy it again")
+        begin, end = info["data_offsets"]
+        if info["dtype"] in _DTYPES:
+            count = int(np.prod(info["shape"], dtype=np.int64))
+            if end - begin != count * np.dtype(_DTYPES[info["dtype"]]).itemsize:
+                raise SourceCheckpointError(f"{path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
+                                            f"of {info['dtype']}; the file is corrupt")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            raise SourceCheckpointError(f"{path}: tensors {prev} and {name} overlap (their data_offsets share bytes); "
+                                        "the file is corrupt, download or copy it again")
+
+
 class SafetensorsFile:
     """One .safetensors file: its header, and its tensors as read-only numpy views."""
 
@@ -35,13 +64,19 @@ class SafetensorsFile:
             if len(raw) < 8:
                 raise SourceCheckpointError(f"{self.path} is truncated ({size} bytes): not a safetensors file")
             (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER_BYTES:
+                raise SourceCheckpointError(f"{self.path} claims a header of {n} bytes, more than the 100 MB the "
+                                            "safetensors format allows: the file is corrupt or not a safetensors file")
             if 8 + n > size:
                 raise SourceCheckpointError(f"{self.path} is truncated: its header needs {n} bytes, the file has {size}")
             try:
                 header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, nesting too deep
                 raise SourceCheckpointError(f"{self.path} has a corrupt header: not a safetensors file") from None
+        if not isinstance(header, dict):
+            raise SourceCheckpointError(f"{self.path} has a corrupt header (not a JSON object): not a safetensors file")
         header.pop("__metadata__", None)
+        _check_entries(self.path, header)
         self.header = header
         self.data_start = 8 + n
         end = max((t["data_offsets"][1] for t in header.values()), default=0)
@@ -65,14 +100,26 @@ class SafetensorsFile:
         """Reads the tensor `name` into a fresh numpy array (its memory is freed with the array: reading a whole
         checkpoint this way never holds more than the tensors still referenced)."""
         info = self.header[name]
-        dtype = self.dtype(name)
-        begin, end = info["data_offsets"]
+        dtype = self.dtype(name)  # sizes were checked with the header
+        begin = info["data_offsets"][0]
         count = int(np.prod(info["shape"], dtype=np.int64))
-        if end - begin != count * dtype.itemsize:
-            raise SourceCheckpointError(f"{self.path}: tensor {name} has {end - begin} bytes for shape {info['shape']} "
-                                  f"of {info['dtype']}; the file is corrupt")
         flat = np.fromfile(self.path, dtype=dtype, count=count, offset=self.data_start + begin)
         return flat.reshape(info["shape"])
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The {tensor: shard file} table of model.safetensors.index.json; shards must lie in its directory."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise SourceCheckpointError(f"{index} is corrupt: expected JSON with a 'weight_map'") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SourceCheckpointError(f"{index} is corrupt: 'weight_map' must map tensor names to shard file names")
+    for shard in weight_map.values():
+        if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard:
+            raise SourceCheckpointError(f"{index} lists shard {shard!r}, a path outside {index.parent}; shards must be "
+                                        "file names in the checkpoint directory: fix the index")
+    return weight_map
 
 
 class SafetensorsCheckpoint:
@@ -84,10 +131,7 @@ class SafetensorsCheckpoint:
         index = self.directory / "model.safetensors.index.json"
         single = self.directory / "model.safetensors"
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError):
-                raise SourceCheckpointError(f"{index} is corrupt: expected JSON with a 'weight_map'") from None
+            weight_map = _read_weight_map(index)
             shard_names = sorted(set(weight_map.values()))
             missing = [s for s in shard_names if not (self.directory / s).exists()]
             if missing:
