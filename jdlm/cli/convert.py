@@ -6,6 +6,7 @@ import time
 
 from jdlm.cli.args import command
 from jdlm.cli.common import note, stderr_console
+from jdlm.cli.examples import NEEDS_8B
 
 
 def add_parser(sub) -> None:
@@ -13,9 +14,9 @@ def add_parser(sub) -> None:
                  "Convert a Hugging Face LLaDA or Dream checkpoint (safetensors, no torch needed) into a jdlm\n"
                  "checkpoint directory: orbax weights, config.json, tokenizer files and manifest.json. Every tensor\n"
                  "name and shape is checked; the output appears only when the conversion finished.",
-                 """
-                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct
-                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16
+                 f"""
+                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded from Hugging Face
+                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded from Hugging Face
                  """)
     p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
