@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
                  "with no, prefix and dual cache; 4 tokens per step with the dual cache). --random benchmarks\n"
                  "random weights at a published model's shapes, so no download is needed.",
                  f"""
-                 jdlm bench --gen-length 32 --repeats 1
-                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual --gen-length 32 --json bench.json
+                 jdlm bench --gen-length 32 --prompt-length 16 --repeats 1
+                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual --gen-length 32 --json b.json
                  jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256   {NEEDS_8B} and a GPU
                  """)
     model_args(p)

@@ -27,11 +27,10 @@ def add_parser(sub) -> None:
                  "and strategy. Each task decodes with its own measured generation and block length unless\n"
                  "--gen-length / --block-length override them. Decoding stops each row at its end token.",
                  """
-                 jdlm eval --task arithmetic --limit 32
-                 jdlm eval --task sudoku --limit 32 --strategy low_confidence --strategy threshold:0.9 --cache dual \\
-                           --json results.json --plot pareto.png
-                 jdlm eval --task countdown --limit 32 --strategy low_confidence --tokens-per-step 2
-                 printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && jdlm eval --task countdown --data mine.jsonl
+                 jdlm eval --task sudoku --task countdown --limit 8 --batch-size 8
+                 jdlm eval --task sudoku --limit 16 --strategy low_confidence --strategy threshold:0.9 --cache dual \\
+                           --tokens-per-step 2 --json results.json --plot pareto.png
+                 printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && jdlm eval --task countdown --data mine.jsonl --batch-size 1
                  """)
     model_args(p)
     p.add_argument("--task", action="append", metavar="NAME",

@@ -37,13 +37,11 @@ def add_parser(sub) -> None:
                  "revealed the tokens (recorded during the compiled decode, replayed afterwards). A causal model\n"
                  "(--model tiny-ar) decodes greedily left to right; the strategy flags are for diffusion models.",
                  "\n".join([generate_example(task) for task in TASK_INPUTS] + [
-                     f"printf 'code:\\n{TASK_INPUTS['code']}' | jdlm generate -",
-                     f"jdlm generate {shell_prompt('sudoku')} --strategy threshold:0.9 --cache dual --gen-length 24 "
-                     "--block-length 8",
-                     f"jdlm generate {shell_prompt('arithmetic')} --show --trace reveal.html",
-                     f"jdlm generate {shell_prompt('countdown')} --json",
-                     f"jdlm generate --model tiny-ar {shell_prompt('arithmetic')}      # the causal model",
-                     f'jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   {NEEDS_8B}',
+                     f"printf 'code:\\n{TASK_INPUTS['code']}' | jdlm generate - --json --trace reveal.html",
+                     f"jdlm generate {shell_prompt('sudoku')} --strategy threshold:0.9 --cache dual --show",
+                     f"jdlm generate --model tiny-ar {shell_prompt('arithmetic')}   # the causal model",
+                     f'jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   {NEEDS_8B}, '
+                     "converted first",
                  ]))
     p.add_argument("prompt", nargs="?", default=None,
                    help="the prompt; '-' (or nothing, with piped input) reads it from stdin")
