@@ -105,8 +105,6 @@ def run(args) -> int:
         check_steps(args)
         strategy = build_strategy(args, steps=args.steps)
     console = stderr_console()
-    if args.model in PACKAGED_MODELS and not is_task_prompt(prompt):
-        note(console, packaged_model_note(args.model), "yellow")
     params, tokenizer, loaded = load_model(args)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
     timed = run_decode(params, tokenizer, prompt_ids, strategy, gen_length=args.gen_length, seed=args.seed,
@@ -116,22 +114,15 @@ def run(args) -> int:
     if not args.quiet:
         note(console, loaded)
         note(console, timed.summary())
-    label = decoding_label(args, strategy)
+    if args.model in PACKAGED_MODELS and not is_task_prompt(prompt):  # after any error: that stays the only line
+        note(console, packaged_model_note(args.model), "yellow")
     name = "greedy" if causal else args.strategy
-
     if args.show or trace_kind:
         from jdlm.cli import viz
 
         trace = viz.RevealTrace.from_result(result, tokenizer)
-        meta = f"{args.model} · {label} · NFE {int(result.nfe[0])}"
-        if args.show:
-            viz.show(trace, console, title=f"{name}: ")
-        if trace_kind == "html":
-            write_atomically(args.trace, lambda tmp: viz.write_html(trace, tmp, prompt=prompt, meta=meta))
-        elif trace_kind == "png":
-            write_atomically(args.trace, lambda tmp: viz.write_png(trace, tmp, title=meta))
-        if trace_kind and not args.quiet:
-            note(console, f"wrote {args.trace}")
+    if args.show:
+        viz.show(trace, console, title=f"{name}: ")
 
     if args.json:
         steps = [s + 1 if s >= 0 else None for s in map(int, result.trace.step[0][: len(timed.answer_ids)])]
@@ -141,7 +132,16 @@ def run(args) -> int:
             "tokens_per_s": round(timed.tokens_per_s, 2), "prompt_tokens": len(prompt_ids),
             "gen_length": args.gen_length, "model": args.model, "strategy": name,
             "cache": "kv" if causal else args.cache,
-        }))
+        }), flush=True)
     else:
-        print(text)
+        print(text, flush=True)
+
+    # The picture comes after the answer, so that a failure to write it never costs the answer.
+    meta = f"{args.model} · {decoding_label(args, strategy)} · NFE {int(result.nfe[0])}"
+    if trace_kind == "html":
+        write_atomically(args.trace, lambda tmp: viz.write_html(trace, tmp, prompt=prompt, meta=meta))
+    elif trace_kind == "png":
+        write_atomically(args.trace, lambda tmp: viz.write_png(trace, tmp, title=meta))
+    if trace_kind and not args.quiet:
+        note(console, f"wrote {args.trace}")
     return 0
