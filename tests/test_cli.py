@@ -178,8 +178,8 @@ BAD = {
     "misspelt command": (["generat", PROMPT], "did you mean 'generate'"),
     "misspelt cache": (["generate", PROMPT, "--cache", "dul"], "did you mean 'dual'"),
     "misspelt packaged model": (["generate", PROMPT, "--model", "tiny_ar"],
-                                "does not exist (did you mean 'tiny-ar'?); give a converted checkpoint directory or "
-                                "a packaged model (tiny, tiny-ar)"),
+                                ("does not exist (did you mean 'tiny-ar'?); give a converted checkpoint directory or "
+                                 "a packaged model (tiny, tiny-ar)")),
     "misspelt task": (["eval", "--task", "sudok"], "did you mean 'sudoku'"),
     "gen-length beyond the context": (["generate", PROMPT, "--gen-length", "100000"],
                                       "--gen-length 100000 exceeds the model's max_seq_len 256"),
@@ -324,7 +324,7 @@ jdlm() {{
 {example}
 """
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, check=False)
     assert out.returncode == 0, f"{example}\n{out.stderr}"
     found = []
     for d in sorted(calls.iterdir()):
@@ -450,7 +450,7 @@ def no_matplotlib(tmp_path) -> dict:
 def test_missing_matplotlib_is_reported_before_any_decoding(args, model, tmp_path, no_matplotlib):
     args = [a.format(tmp=tmp_path) for a in args] + ["--model", str(model)]
     out = subprocess.run([sys.executable, "-m", "jdlm", *args], capture_output=True, text=True, env=no_matplotlib,
-                         cwd=ROOT, timeout=120)
+                         cwd=ROOT, timeout=120, check=False)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "needs matplotlib" in lines[0], out.stderr
     assert not list(tmp_path.glob("*.png"))
@@ -485,7 +485,8 @@ def test_a_missing_model_fails_before_jax_is_imported():
              "from jdlm.cli import main\n"
              "code = main(['generate', 'x', '--model', '/no/such/model'])\n"
              "print(code, 'jax' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=60)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, timeout=60,
+                         check=False)
     assert out.stdout.split() == ["2", "False"], out.stderr
 
 

@@ -46,7 +46,7 @@ def build_parser() -> Parser:
               jdlm generate {shell_prompt('sudoku')} --strategy threshold:0.9 --cache dual --show
               {chat_input('countdown')} | jdlm chat      # a trailing \\ continues the message
               jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b   {NEEDS_8B}, downloaded from Hugging Face
-              jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   {NEEDS_8B}, converted first
+              jdlm generate --model ~/jdlm/llada-8b "Write a haiku about JAX."   {NEEDS_8B}, converted first
 
             'jdlm COMMAND --help' shows every flag of a command, with examples.
 

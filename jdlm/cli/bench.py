@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from jdlm.cli.args import command, force_arg, model_args, positive_int, strategy_args
-from jdlm.cli.common import build_strategy, check_fits, check_steps, load_model, note, stderr_console
+from jdlm.cli.common import (
+    build_strategy,
+    check_fits,
+    check_steps,
+    load_model,
+    note,
+    stderr_console,
+)
 from jdlm.cli.examples import NEEDS_8B
 from jdlm.cli.models import check_model, is_causal
 from jdlm.cli.outputs import check_output, write_atomically
@@ -19,7 +26,7 @@ def add_parser(sub) -> None:
                  "random weights at a published model's shapes, so no download is needed.",
                  f"""
                  jdlm bench --gen-length 32 --prompt-length 16 --repeats 1
-                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual --gen-length 32 --json b.json
+                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual -n 32 --json b.json
                  jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256   {NEEDS_8B} and a GPU
                  """)
     model_args(p)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from jdlm.cli.args import PACKAGED_MODELS, command, model_args, positive_int, strategy_args
+from jdlm.cli.args import (
+    PACKAGED_MODELS,
+    command,
+    model_args,
+    positive_int,
+    strategy_args,
+)
 from jdlm.cli.common import (
     build_strategy,
     check_fits,
@@ -35,8 +41,8 @@ def add_parser(sub) -> None:
                  "\n".join([
                      "jdlm chat",
                      f"{chat_input('countdown')} | jdlm chat      # a trailing \\ continues the message",
-                     "jdlm chat --model ~/jdlm/llada-8b --strategy threshold:0.9 --cache dual --gen-length 128   "
-                     f"{NEEDS_8B}",
+                     ("jdlm chat --model ~/jdlm/llada-8b --strategy threshold:0.9 --cache dual --gen-length 128   "
+                      f"{NEEDS_8B}, converted first"),
                  ]))
     model_args(p)
     strategy_args(p)

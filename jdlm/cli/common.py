@@ -87,7 +87,8 @@ def load_model(args):
             raise UsageError(f"{e}, or pass --model DIR with a converted checkpoint (jdlm convert --help)") from None
         raise
     cfg = params.config
-    loaded = (f"loaded {args.model} ({cfg.family}{', causal' if cfg.causal else ''}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
+    kind = f"{cfg.family}, causal" if cfg.causal else cfg.family
+    loaded = (f"loaded {args.model} ({kind}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
               f"{time.perf_counter() - t0:.1f} s")
     return params, tokenizer, loaded
 

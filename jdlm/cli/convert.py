@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
                  "checkpoint directory: orbax weights, config.json, tokenizer files and manifest.json. Every tensor\n"
                  "name and shape is checked; the output appears only when the conversion finished.",
                  f"""
-                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded from Hugging Face
-                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded from Hugging Face
+                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded
+                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded
                  """)
     p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")

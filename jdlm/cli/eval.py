@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                  jdlm eval --task sudoku --task countdown --limit 8 --batch-size 8
                  jdlm eval --task sudoku --limit 16 --strategy low_confidence --strategy threshold:0.9 --cache dual \\
                            --tokens-per-step 2 --json results.json --plot pareto.png
-                 printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && jdlm eval --task countdown --data mine.jsonl --batch-size 1
+                 printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && \\
+                   jdlm eval --task countdown --data mine.jsonl --batch-size 1
                  """)
     model_args(p)
     p.add_argument("--task", action="append", metavar="NAME",

@@ -49,7 +49,7 @@ def is_task_prompt(prompt: str) -> bool:
 
 def packaged_model_note(model: str) -> str:
     """The note for a prompt that the packaged `model` was not trained on: what it can do, one example per task."""
-    lines = [f"note: the packaged model {model!r} knows only jdlm's four tasks: a line 'TASK:', then the input "
-             "(any other prompt gives text without meaning). One example per task:"]
+    lines = [(f"note: the packaged model {model!r} knows only jdlm's four tasks: a line 'TASK:', then the input "
+              "(any other prompt gives text without meaning). One example per task:")]
     lines += [f"  {generate_example(task, model)}   # {WHAT_TASKS_DO[task]}" for task in TASK_INPUTS]
     return "\n".join(lines)

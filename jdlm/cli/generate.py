@@ -6,7 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from jdlm.cli.args import PACKAGED_MODELS, command, force_arg, model_args, positive_int, strategy_args
+from jdlm.cli.args import (
+    PACKAGED_MODELS,
+    command,
+    force_arg,
+    model_args,
+    positive_int,
+    strategy_args,
+)
 from jdlm.cli.common import (
     build_strategy,
     check_steps,
@@ -18,7 +25,14 @@ from jdlm.cli.common import (
     run_decode,
     stderr_console,
 )
-from jdlm.cli.examples import NEEDS_8B, TASK_INPUTS, generate_example, is_task_prompt, packaged_model_note, shell_prompt
+from jdlm.cli.examples import (
+    NEEDS_8B,
+    TASK_INPUTS,
+    generate_example,
+    is_task_prompt,
+    packaged_model_note,
+    shell_prompt,
+)
 from jdlm.cli.models import check_causal_flags, check_model, is_causal
 from jdlm.cli.outputs import check_output, write_atomically
 from jdlm.errors import UsageError
@@ -40,8 +54,8 @@ def add_parser(sub) -> None:
                      f"printf 'code:\\n{TASK_INPUTS['code']}' | jdlm generate - --json --trace reveal.html",
                      f"jdlm generate {shell_prompt('sudoku')} --strategy threshold:0.9 --cache dual --show",
                      f"jdlm generate --model tiny-ar {shell_prompt('arithmetic')}   # the causal model",
-                     f'jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   {NEEDS_8B}, '
-                     "converted first",
+                     (f'jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   '
+                      f"{NEEDS_8B}, converted first"),
                  ]))
     p.add_argument("prompt", nargs="?", default=None,
                    help="the prompt; '-' (or nothing, with piped input) reads it from stdin")

@@ -35,6 +35,8 @@ def is_causal(directory: Path) -> bool:
     """Whether the checkpoint's config.json marks an autoregressive model (read without loading anything)."""
     from jdlm.config import read_config_json
 
+    if not (directory / "config.json").is_file():
+        return False  # not a checkpoint: loading it says what is missing
     return bool(read_config_json(directory).get("jdlm_config", {}).get("causal", False))
 
 

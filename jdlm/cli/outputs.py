@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jdlm.errors import UsageError
 
+
 def check_output(path: str | None, flag: str, suffixes: tuple[str, ...], *, force: bool = False) -> None:
     """Checked before any work: the suffix, the folder, and no file in the way (unless --force) nor a link."""
     if path is None:

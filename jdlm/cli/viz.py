@@ -236,7 +236,7 @@ def require_matplotlib(what: str = "--trace FILE.png", instead: str = "write --t
                        "nothing") -> None:
     """PlotUnavailable unless matplotlib imports; called before the work whose picture would need it."""
     try:
-        import matplotlib.backends.backend_agg  # noqa: F401  (what trace_figure uses)
+        import matplotlib.backends.backend_agg  # what trace_figure uses
         import matplotlib.figure  # noqa: F401
     except ImportError:
         raise PlotUnavailable(f'{what} needs matplotlib: pip install "jdlm[plot]" (or {instead})') from None
