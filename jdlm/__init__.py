@@ -19,6 +19,7 @@ _EXPORTS = {
     # decoding (rules, caches and presets live in jdlm.strategies)
     "decode": "jdlm.decoding", "DecodeResult": "jdlm.decoding", "Strategy": "jdlm.decoding",
     "Schedule": "jdlm.decoding", "pad_prompts": "jdlm.decoding",
+    "decode_causal": "jdlm.decoding.causal",  # causal models (tiny-ar): greedy, left to right
     # errors
     "CheckpointError": "jdlm.checkpoint", "ConfigError": "jdlm.config", "TokenizerError": "jdlm.tokenizer",
     "InputError": "jdlm.decoding", "StrategyError": "jdlm.decoding",

@@ -19,6 +19,8 @@ class ModelConfig:
     One transformer covers both families: pre-norm RMSNorm, rotary embeddings ("rotate half"), SwiGLU MLP and
     bidirectional attention with grouped-query heads. The per-family differences are fields here:
     `qkv_bias` (Dream), `logits_shift` (Dream predicts position i from the output at i-1) and `tie_embeddings`.
+    `causal` marks an autoregressive model (jdlm's `tiny-ar`): causal attention, decoded left to right with
+    `decode_causal`; a config.json without the key is a masked-diffusion model.
     """
 
     family: str = "llada"
@@ -34,6 +36,7 @@ class ModelConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     logits_shift: bool = False
+    causal: bool = False
     max_seq_len: int = 4096
     mask_id: int
     eos_id: int

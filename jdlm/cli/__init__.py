@@ -10,7 +10,17 @@ import os
 import sys
 import textwrap
 
-from jdlm.cli.args import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Formatter, Parser
+from jdlm.cli.args import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Formatter,
+    Parser,
+    check_seed,
+)
+from jdlm.cli.examples import NEEDS_8B, chat_input, shell_prompt
 from jdlm.errors import UserError
 
 COMMANDS = ("generate", "chat", "convert", "inspect", "eval", "bench")
@@ -30,13 +40,13 @@ def build_parser() -> Parser:
     parser = Parser(
         prog="jdlm", formatter_class=Formatter,
         description="jdlm: fast, exact decoding for masked-diffusion language models (LLaDA, Dream, tiny) in JAX.",
-        epilog=textwrap.dedent("""\
-            start here:
-              jdlm generate "What is 17 * 23?"                      # the packaged tiny model, on CPU
-              jdlm generate "What is 17 * 23?" --strategy threshold:0.9 --cache dual --show
-              jdlm chat
-              jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b
-              jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."
+        epilog=textwrap.dedent(f"""\
+            start here (the packaged model tiny knows jdlm's four tasks: a line 'TASK:', then the input):
+              jdlm generate {shell_prompt('countdown')}        # on CPU, no download
+              jdlm generate {shell_prompt('sudoku')} --strategy threshold:0.9 --cache dual --show
+              {chat_input('countdown')} | jdlm chat      # a trailing \\ continues the message
+              jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b   {NEEDS_8B}, downloaded from Hugging Face
+              jdlm generate --model ~/jdlm/llada-8b "Write a haiku about JAX."   {NEEDS_8B}, converted first
 
             'jdlm COMMAND --help' shows every flag of a command, with examples.
 
@@ -47,6 +57,7 @@ def build_parser() -> Parser:
 
     for name in COMMANDS:
         importlib.import_module(f"jdlm.cli.{name}").add_parser(sub)
+    parser.commands = sub.choices  # name -> that command's Parser, for errors about its flags
     return parser
 
 
@@ -67,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # model text may hold characters the terminal's encoding lacks
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
+    if hasattr(sys.stdin, "reconfigure"):  # keep undecodable input bytes (as argv does) to name them in an error
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
         debug = args.debug
+        if extra:  # named against the command's own flags, not the top level's
+            raise parser.commands.get(args.command, parser).unknown_flags(extra)
         if args.command is None:
-            build_parser().print_help(sys.stderr)
+            parser.print_help(sys.stderr)
             return EXIT_USAGE
+        check_seed(args)
         return importlib.import_module(f"jdlm.cli.{args.command}").run(args) or EXIT_OK
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)

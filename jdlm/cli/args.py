@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
+import re
 import textwrap
 
 from jdlm.decoding import names
@@ -44,7 +47,30 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one `error:` line naming the fix, not a usage block."""
 
     def error(self, message):
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        raise UsageError(f"{message}{_suggest_choice(message)} (see '{self.prog} --help')")
+
+    def unknown_flags(self, extra: list[str]) -> UsageError:
+        """The error for arguments this (sub)command does not know, with the closest flag it does know."""
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        hint = ""
+        for word in extra:
+            if word.startswith("--") and not hint:
+                hint = did_you_mean(word.split("=")[0], flags)
+        return UsageError(f"unrecognized arguments: {' '.join(extra)}{hint} (see '{self.prog} --help')")
+
+
+def did_you_mean(word: str, choices) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices`, or ''."""
+    match = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _suggest_choice(message: str) -> str:
+    """A 'did you mean' for argparse's "invalid choice: 'X' (choose from 'a', 'b')" messages (commands, --cache)."""
+    found = re.search(r"invalid choice: '?(.*?)'? \(choose from (.*)\)", message)
+    if not found:
+        return ""
+    return did_you_mean(found[1], [c.strip(" '") for c in found[2].split(",")])
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -72,9 +98,24 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not (value >= 0 and math.isfinite(value)):  # inf would turn every probability into NaN
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(args) -> None:
+    """--seed (parsed as an int by every command that has it) within what a PRNG key takes."""
+    value = getattr(args, "seed", None)
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--seed {value}: expected a whole number from 0 to {MAX_SEED}")
+
+
+def force_arg(p: Parser, files: str) -> None:
+    p.add_argument("--force", action="store_true",
+                   help=f"overwrite {files} if the file exists (a symbolic link is never followed)")
 
 
 def command(sub, name: str, help: str, description: str, examples: str) -> Parser:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from jdlm.cli.args import command, model_args, positive_int, strategy_args
-from jdlm.cli.common import build_strategy, check_fits, check_output, load_model, note, stderr_console
+from jdlm.cli.args import command, force_arg, model_args, positive_int, strategy_args
+from jdlm.cli.common import (
+    build_strategy,
+    check_fits,
+    check_steps,
+    load_model,
+    note,
+    stderr_console,
+)
+from jdlm.cli.examples import NEEDS_8B
+from jdlm.cli.models import check_model, is_causal
+from jdlm.cli.outputs import check_output, write_atomically
+from jdlm.errors import UsageError
 
 
 def add_parser(sub) -> None:
@@ -15,10 +24,10 @@ def add_parser(sub) -> None:
                  "Without --strategy it runs the reference set (LLaDA one token per step; Fast-dLLM threshold 0.9\n"
                  "with no, prefix and dual cache; 4 tokens per step with the dual cache). --random benchmarks\n"
                  "random weights at a published model's shapes, so no download is needed.",
-                 """
-                 jdlm bench
-                 jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256
-                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual --json bench.json
+                 f"""
+                 jdlm bench --gen-length 32 --prompt-length 16 --repeats 1
+                 jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual -n 32 --json b.json
+                 jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256   {NEEDS_8B} and a GPU
                  """)
     model_args(p)
     p.add_argument("--random", metavar="SHAPE", choices=["llada-8b", "dream-7b", "test"],
@@ -33,19 +42,23 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=positive_int, default=3, metavar="R",
                    help="timed runs after the compiling one (default 3)")
     p.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the results as JSON")
+    force_arg(p, "the --json file")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     """`jdlm bench`: jdlm.bench.run for every strategy and batch size; a table on stdout, optional JSON."""
+    check_output(args.json_out, "--json", (".json",), force=args.force)
+    if not args.random and is_causal(check_model(args.model)):  # before JAX is imported: a typo fails at once
+        raise UsageError(f"jdlm bench times masked-diffusion strategies and {args.model} is a causal model; "
+                         "benchmark a diffusion model (tiny, a converted checkpoint, or --random SHAPE)")
+    check_steps(args)
     import jax
     import jax.numpy as jnp
     from rich.progress import Progress
 
     import jdlm.bench as jbench
 
-
-    check_output(args.json_out, "--json", (".json",))
     G = args.gen_length
     if args.strategy:
         strategies = {spec: build_strategy(args, spec, steps=args.steps) for spec in args.strategy}
@@ -54,8 +67,9 @@ def run(args) -> int:
         strategies = jbench.default_strategies(G, block)
     console = stderr_console()
     if args.random:
-        dtype = {"auto": jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16}.get(args.dtype, args.dtype)
-        params = jbench.random_params(args.random, dtype)
+        dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
+        _check_random_fits(args, dtype, jbench.RANDOM_MODELS[args.random](), strategies)
+        params = jbench.random_params(args.random, jnp.dtype(dtype))
         source = f"random {args.random}"
     else:
         params, _, loaded = load_model(args)
@@ -76,9 +90,20 @@ def run(args) -> int:
                 bar.advance(task)
     _print_bench(results, source)
     if args.json_out:
-        Path(args.json_out).expanduser().write_text(jbench.to_json(results) + "\n")
+        write_atomically(args.json_out, lambda tmp: tmp.write_text(jbench.to_json(results) + "\n"))
         note(console, f"wrote {args.json_out}")
     return 0
+
+
+def _check_random_fits(args, dtype: str, config, strategies) -> None:
+    """--random allocates a published model's weights: refuse at once if they, the KV cache and the activations of
+    the largest batch cannot fit, instead of failing inside XLA."""
+    from jdlm.cli.memory import check_fits_memory
+
+    guided = any(s.guidance for s in strategies.values())
+    rows = max(args.batch_size or [1]) * (2 if guided else 1)
+    check_fits_memory(config, dtype, f"--random {args.random}", rows=rows,
+                      seq_len=args.prompt_length + args.gen_length)
 
 
 def _print_bench(results, source: str) -> None:

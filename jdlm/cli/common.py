@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from jdlm.cli.args import PACKAGED_MODELS
-from jdlm.errors import UsageError
+from jdlm.cli.memory import check_checkpoint_memory
+from jdlm.cli.models import model_dir
+from jdlm.errors import InputError, TokenizerError, UsageError
 
 
 def stderr_console():
@@ -47,9 +49,6 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
                          f"block divides the generation (e.g. --gen-length {G - G % block or block} "
                          f"--block-length {block})")
     steps = steps or G
-    if steps > G:
-        raise UsageError(f"--steps {steps} is more than --gen-length {G}: every step reveals at least one token, so "
-                         f"at most {G} steps can run; give --steps {G} or fewer")
     n_blocks = G // block
     if steps % n_blocks:
         raise UsageError(f"--steps {steps} must be a multiple of the number of blocks ({n_blocks} = --gen-length "
@@ -117,6 +116,7 @@ def load_model(args):
         dtype = "float32" if jax.default_backend() == "cpu" else None
     if dtype == "float16" and jax.default_backend() == "cpu":  # XLA's CPU matmuls have no float16 kernel
         raise UsageError("--dtype float16 does not run on CPU; use --dtype float32 or bfloat16 (or auto)")
+    check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}")
     t0 = time.perf_counter()
     try:
         params, tokenizer = jdlm.load(args.model, dtype=dtype)
@@ -125,7 +125,8 @@ def load_model(args):
             raise UsageError(f"{e}, or pass --model DIR with a converted checkpoint (jdlm convert --help)") from None
         raise
     cfg = params.config
-    loaded = (f"loaded {args.model} ({cfg.family}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
+    kind = f"{cfg.family}, causal" if cfg.causal else cfg.family
+    loaded = (f"loaded {args.model} ({kind}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
               f"{time.perf_counter() - t0:.1f} s")
     if args.model in PACKAGED_MODELS and Path(args.model).is_dir():  # the name wins: say so, once
         loaded += f" (the packaged model; for the folder ./{args.model} pass --model ./{args.model})"
@@ -135,15 +136,56 @@ def load_model(args):
 def encode(tokenizer, messages: list[dict[str, str]], *, chat: bool) -> list[int]:
     """Prompt ids: through the chat template when there is one and `chat`, else the last message as plain text."""
     if chat and tokenizer.chat_template:
-        return tokenizer.encode_chat(messages)
+        from jinja2 import TemplateError
+
+        try:
+            return tokenizer.encode_chat(messages)
+        except TemplateError as e:  # a broken template in the checkpoint, not a bug in jdlm
+            raise TokenizerError(f"the model's chat template could not be rendered ({type(e).__name__}: {e}); fix "
+                                 "chat_template in the checkpoint's tokenizer_config.json (generate --no-chat "
+                                 "sends the prompt without it)") from None
     return tokenizer.encode(messages[-1]["content"])
 
 
 def check_fits(n_prompt: int, gen_length: int, max_seq_len: int) -> None:
-    if n_prompt + gen_length > max_seq_len:
-        raise UsageError(f"prompt too long: {n_prompt} prompt tokens + --gen-length {gen_length} = "
-                         f"{n_prompt + gen_length} exceeds the model's max_seq_len {max_seq_len}; shorten the "
-                         "prompt or lower --gen-length")
+    """The prompt and the generation fit the model's context; the message blames the one that does not."""
+    if n_prompt + gen_length <= max_seq_len:
+        return
+    if gen_length >= max_seq_len:
+        room = max_seq_len - n_prompt
+        fix = f"use --gen-length {room} or less" if room > 0 else "lower --gen-length and shorten the prompt"
+        raise UsageError(f"--gen-length {gen_length} exceeds the model's max_seq_len {max_seq_len} (the {n_prompt} "
+                         f"prompt tokens need room too); {fix}")
+    raise UsageError(f"prompt too long: {n_prompt} prompt tokens + --gen-length {gen_length} = "
+                     f"{n_prompt + gen_length} exceeds the model's max_seq_len {max_seq_len}; shorten the "
+                     "prompt or lower --gen-length")
+
+
+def check_utf8(text: str, what: str = "the prompt") -> str:
+    """`text` if it came from valid UTF-8; stdin and argv keep undecodable bytes as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise InputError(f"{what} is not valid UTF-8 ({byte} at character {e.start}); convert it first, e.g. "
+                         "iconv -f latin1 -t utf-8") from None
+    return text
+
+
+def check_steps(args) -> None:
+    """Every step reveals at least one token, so a budget above --gen-length would silently shrink to it."""
+    if args.steps is not None and args.steps > args.gen_length:
+        raise UsageError(f"--steps {args.steps} is more than --gen-length {args.gen_length}: every step reveals at "
+                         f"least one token, so at most {args.gen_length} steps can run; use --steps "
+                         f"{args.gen_length} or less")
+
+
+def decoding_label(args, strategy) -> str:
+    """How the model decodes, in one line, for summaries and titles."""
+    if strategy is None:
+        return f"greedy left to right (causal), KV cache, up to {args.gen_length} tokens"
+    return describe(strategy)
 
 
 # ---------------------------------------------------------------- timing a compiled decode
@@ -194,10 +236,11 @@ class Timed:
         return f"compiled in {self.compile_s:.2f} s, {text}" if self.compile_s >= 0.01 else text
 
 
-def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int, bucket: bool = False,
-               console=None, live=None) -> Timed:
-    """Decodes one prompt; `bucket` pads it to a standard length (when that still fits) so that prompts of
-    similar length share one compilation.
+def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, gen_length: int, seed: int,
+               bucket: bool = False, console=None, live=None) -> Timed:
+    """Decodes one prompt: with `strategy`, or greedily with `jdlm.decode_causal` when it is None (a causal
+    model); `bucket` pads the prompt to a standard length (when that still fits) so that prompts of similar
+    length share one compilation.
 
     Without `live`, the decode is the one compiled call (`jdlm.decode`), run in a worker thread so that Ctrl-C
     stops the command at once instead of after the decode. With `live`, a callable taking the iterator of partial
@@ -209,15 +252,15 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
     import jdlm
     from jdlm.decoding import decode_steps
 
-    G = strategy.schedule.gen_length
+    G = gen_length
     check_fits(len(prompt_ids), G, params.config.max_seq_len)
     ids, mask = [prompt_ids], None
     if bucket:
         padded, padded_mask = jdlm.pad_prompts([prompt_ids], tokenizer.pad_id)
         if padded.shape[1] + G <= params.config.max_seq_len:
             ids, mask = padded, padded_mask
-    args = (params, jnp.asarray(ids, jnp.int32), strategy)
-    kwargs = dict(key=jax.random.key(seed), prompt_mask=None if mask is None else jnp.asarray(mask))
+    prompt, prompt_mask = jnp.asarray(ids, jnp.int32), None if mask is None else jnp.asarray(mask)
+    kwargs = dict(key=jax.random.key(seed), prompt_mask=prompt_mask)
     spinner = console.status("decoding (the first call of a shape also compiles) ...") \
         if console is not None and console.is_interactive and live is None else None
     if spinner:
@@ -225,10 +268,13 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, seed: int,
     try:
         with CompileClock() as clock:
             t0 = time.perf_counter()
-            if live is not None:
-                result = live(decode_steps(*args, **kwargs))
+            if strategy is None:
+                result = interruptible(lambda: jax.block_until_ready(
+                    jdlm.decode_causal(params, prompt, G, prompt_mask=prompt_mask)))
+            elif live is not None:
+                result = live(decode_steps(params, prompt, strategy, **kwargs))
             else:
-                result = interruptible(lambda: jax.block_until_ready(jdlm.decode(*args, **kwargs)))
+                result = interruptible(lambda: jax.block_until_ready(jdlm.decode(params, prompt, strategy, **kwargs)))
             total = time.perf_counter() - t0
     finally:
         if spinner:
@@ -256,17 +302,3 @@ def interruptible(work):
     if "error" in done:
         raise done["error"]
     return done["value"]
-
-
-
-
-
-def check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> None:
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if p.suffix.lower() not in suffixes:
-        raise UsageError(f"{flag} {path}: give a file ending in {' or '.join(suffixes)}")
-    if not p.parent.is_dir():
-        raise UsageError(f"{flag} {path}: directory {p.parent} does not exist; create it or choose another path")
-

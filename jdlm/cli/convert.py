@@ -6,6 +6,7 @@ import time
 
 from jdlm.cli.args import command
 from jdlm.cli.common import note, stderr_console
+from jdlm.cli.examples import NEEDS_8B
 
 
 def add_parser(sub) -> None:
@@ -15,9 +16,9 @@ def add_parser(sub) -> None:
                  "sha256 of every file, checked when the model loads). Every tensor name, shape and value is checked;\n"
                  "the output appears only when the conversion finished. DST must be a new folder (or, with\n"
                  "--overwrite, a jdlm checkpoint), apart from SRC; it is checked before anything is read.",
-                 """
-                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct
-                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16
+                 f"""
+                 jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded
+                 jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded
                  """)
     p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")

@@ -8,12 +8,17 @@ from jdlm.cli.args import (
     CACHES,
     STRATEGY_HELP,
     command,
+    did_you_mean,
+    force_arg,
     model_args,
     non_negative_float,
     positive_int,
 )
-from jdlm.cli.common import check_output, load_model, note, stderr_console
+from jdlm.cli.common import load_model, note, stderr_console
+from jdlm.cli.models import check_model, is_causal
+from jdlm.cli.outputs import check_output, write_atomically
 from jdlm.errors import UsageError
+
 
 UNSAFE_HELP = (
     "run the code task, which executes model-written Python (or set JDLM_RUN_UNSAFE_CODE=1; without either, "
@@ -31,12 +36,11 @@ def add_parser(sub) -> None:
                  "and strategy. Each task decodes with its own measured generation and block length unless\n"
                  "--gen-length / --block-length override them. Decoding stops each row at its end token.",
                  """
-                 jdlm eval --task arithmetic --limit 100
-                 jdlm eval --task sudoku --strategy low_confidence --strategy threshold:0.9 --cache dual \\
-                           --json results.json --plot pareto.png
-                 jdlm eval --task countdown --strategy low_confidence --tokens-per-step 2
-                 jdlm eval --task countdown --data my_examples.jsonl
-                 jdlm eval --task code --limit 100 --confirm-run-unsafe-code
+                 jdlm eval --task sudoku --task countdown --limit 8 --batch-size 8
+                 jdlm eval --task sudoku --limit 16 --strategy low_confidence --strategy threshold:0.9 --cache dual \\
+                           --tokens-per-step 2 --json results.json --plot pareto.png
+                 printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && \\
+                   jdlm eval --task countdown --data mine.jsonl --batch-size 1
                  """)
     model_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
@@ -64,20 +68,26 @@ def add_parser(sub) -> None:
     p.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the reports (with every example) "
                    "as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="also plot accuracy against NFE (needs jdlm[plot])")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    force_arg(p, "the --json and --plot files")
     p.add_argument("--confirm-run-unsafe-code", action="store_true", help=UNSAFE_HELP)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     """`jdlm eval`: jdlm.eval.evaluate for every (task, strategy); a table on stdout, optional JSON and plot."""
-    import jdlm.eval as jeval
-    from jdlm import sandbox
     from jdlm.tasks import TASKS
+
+    if is_causal(check_model(args.model)):  # before JAX is imported: a typo fails at once
+        raise UsageError(f"jdlm eval runs masked-diffusion strategies and {args.model} is a causal model; "
+                         "evaluate it greedily with scripts/eval_tiny_ar.py (in the jdlm repository)")
 
     tasks = args.task or list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise UsageError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+        raise UsageError(f"unknown task {unknown[0]!r}{did_you_mean(unknown[0], TASKS)}; choose from "
+                         f"{', '.join(TASKS)}")
+    from jdlm import sandbox
+
     console = stderr_console()
     run_code = sandbox.code_execution_allowed(True if args.confirm_run_unsafe_code else None)
     code_tasks = [t for t in tasks if getattr(TASKS[t], "runs_generated_code", False)]
@@ -104,8 +114,14 @@ def run(args) -> int:
             raise UsageError(f"--data: {e}") from None
         if not examples:
             raise UsageError(f"--data {args.data} holds no examples")
-    check_output(args.json_out, "--json", (".json",))
-    check_output(args.plot, "--plot", (".png", ".pdf", ".svg"))
+    check_output(args.json_out, "--json", (".json",), force=args.force)
+    check_output(args.plot, "--plot", (".png", ".pdf", ".svg"), force=args.force)
+    if args.plot:
+        from jdlm.cli.viz import require_matplotlib
+
+        require_matplotlib("--plot", "leave --plot out; --json keeps every number")
+    import jdlm.eval as jeval
+
     specs = []
     for text in args.strategy or ["low_confidence"]:
         try:
@@ -132,17 +148,23 @@ def run(args) -> int:
     import jax
 
     reports = []
-    for task in tasks:
-        for spec in specs:
-            reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
-                                          batch_size=args.batch_size, progress=not args.quiet,
-                                          key=jax.random.key(args.seed), settings=settings[task],
-                                          allow_code_execution=run_code))
+    try:
+        for task in tasks:
+            for spec in specs:
+                reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
+                                              batch_size=args.batch_size, progress=not args.quiet,
+                                              key=jax.random.key(args.seed), settings=settings[task],
+                                              allow_code_execution=run_code))
+    except KeyboardInterrupt:  # keep what is finished: the table so far, then exit as interrupted
+        if reports:
+            print(jeval.format_table(reports), flush=True)
+            note(console, f"interrupted after {len(reports)} of {len(tasks) * len(specs)} evaluations")
+        raise
     print(jeval.format_table(reports))
     if args.json_out:
-        note(console, f"wrote {jeval.write_json(reports, Path(args.json_out).expanduser())}")
+        note(console, f"wrote {write_atomically(args.json_out, lambda tmp: jeval.write_json(reports, tmp))}")
     if args.plot:
-        note(console, f"wrote {jeval.plot_pareto(reports, Path(args.plot).expanduser())}")
+        note(console, f"wrote {write_atomically(args.plot, lambda tmp: jeval.plot_pareto(reports, tmp))}")
     return 0
 
 

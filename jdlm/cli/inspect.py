@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from jdlm.cli.args import command
+from jdlm.cli.examples import NEEDS_8B
+from jdlm.cli.models import check_model
 
 _SUMMARY_SKIP = ("params", "files", "bytes", "source_files")  # per-tensor / per-file tables: counted, not listed
 
@@ -15,9 +17,10 @@ def add_parser(sub) -> None:
                  "Describe a checkpoint directory (or a packaged model): its config, parameter count, dtype, files\n"
                  "with sizes and the manifest (source, creation date). Loads no weights. A Hugging Face directory\n"
                  "is recognised and the conversion command suggested.",
-                 """
+                 f"""
                  jdlm inspect tiny
-                 jdlm inspect ~/jdlm/llada-8b-instruct --json
+                 jdlm inspect tiny-ar --json
+                 jdlm inspect ~/jdlm/llada-8b-instruct   {NEEDS_8B}, converted first
                  """)
     p.add_argument("path", metavar="NAME|DIR", help="checkpoint directory or packaged model name")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -37,10 +40,10 @@ def _tree_size(path: Path) -> int:
 
 def describe_checkpoint(path: str) -> dict:
     """What `jdlm inspect` reports, as a JSON-ready dict; reads config.json and manifest.json, no weights."""
-    from jdlm.checkpoint import read_manifest, resolve
+    from jdlm.checkpoint import read_manifest
     from jdlm.config import from_hf, load_config, read_config_json
 
-    directory = resolve(path)
+    directory = check_model(path, flag="")
     raw = read_config_json(directory)
     files = {p.name + ("/" if p.is_dir() else ""): _tree_size(p) for p in sorted(directory.iterdir())
              if not p.name.startswith(".")}
@@ -54,7 +57,7 @@ def describe_checkpoint(path: str) -> dict:
         if "source_files" in manifest:
             summary["source_files"] = len(manifest["source_files"])
         info.update(kind="jdlm", config=config.to_dict(), n_params=config.n_params, dtype=manifest.get("dtype"),
-                    manifest=summary,
+                    decoding="causal" if config.causal else "masked diffusion", manifest=summary,
                     complete=manifest_path.exists() and (directory / "params").is_dir())
     else:
         info.update(kind="huggingface", dtype=raw.get("torch_dtype") or raw.get("dtype"),
@@ -84,6 +87,9 @@ def run(args) -> int:
     if "n_params" in info:
         head.add_row("parameters", f"{info['n_params']:,} ({info['n_params'] / 1e6:.1f}M)")
     head.add_row("dtype", str(info.get("dtype")))
+    if "decoding" in info:
+        head.add_row("decoding", "causal: greedy, left to right" if info["decoding"] == "causal" else
+                     "masked diffusion: any --strategy")
     head.add_row("size", human_size(info["total_bytes"]))
     if info.get("hint"):
         head.add_row("next", info["hint"])

@@ -49,7 +49,8 @@ class RevealTrace:
     Attributes:
       pieces: the text of each token (special tokens by name, e.g. "<|eos|>").
       ids: token ids.
-      step: forward-pass index (0-based) that revealed each position; -1 if it was never revealed.
+      step: forward-pass index (0-based, as in `DecodeResult.trace`) that revealed each position; -1 if it was never
+        revealed. Everything a user sees (--show, the HTML page, the PNG, --json) counts passes from 1.
       confidence: the rule's confidence for the token when it was revealed.
       special: True where the token is an end/special token.
       n_steps: forward passes the decode ran (the length of the replay).
@@ -203,7 +204,7 @@ def _span(trace: RevealTrace, n: int) -> str:
     cls = "tok special" if trace.special[n] else "tok"
     tip = f"position {n} · step {step + 1} of {trace.n_steps} · confidence {conf:.3f} · id {tid}"
     return (f'<span class="{cls}" style="background:{hex_colour(rgb)};color:{text_colour(rgb)}" '
-            f'title="{html.escape(tip)}" data-id="{tid}" data-step="{step}">{html.escape(_visible(piece))}</span>')
+            f'title="{html.escape(tip)}" data-id="{tid}" data-step="{step + 1}">{html.escape(_visible(piece))}</span>')
 
 
 def write_html(trace: RevealTrace, path: str | Path, *, prompt: str = "", meta: str = "") -> Path:
@@ -244,19 +245,37 @@ def _label(piece: str) -> str:
     return text if text.strip() else repr(text)[1:-1].replace(" ", "␣")
 
 
+def require_matplotlib(what: str = "--trace FILE.png", instead: str = "write --trace FILE.html, which needs "
+                       "nothing") -> None:
+    """PlotUnavailable unless matplotlib imports; called before the work whose picture would need it."""
+    try:
+        import matplotlib.backends.backend_agg  # what trace_figure uses
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise PlotUnavailable(f'{what} needs matplotlib: pip install "jdlm[plot]" (or {instead})') from None
+
+
 def write_png(trace: RevealTrace, path: str | Path, *, title: str = "") -> Path:
-    """Writes a PNG chart: token position on x (labelled with the token), reveal step on y (first step at the
-    top), each token a square on its step's colour. Needs matplotlib (`pip install "jdlm[plot]"`)."""
+    """Writes `trace_figure` as a PNG. Needs matplotlib (`pip install "jdlm[plot]"`)."""
     import warnings
 
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.colors import LinearSegmentedColormap, Normalize
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PlotUnavailable('--trace FILE.png needs matplotlib: pip install "jdlm[plot]" (or write '
-                              '--trace FILE.html, which needs nothing)') from None
     path = Path(path)
+    fig = trace_figure(trace, title=title)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing glyphs for exotic token bytes are not worth a warning
+        fig.savefig(path, dpi=150)
+    return path
+
+
+def trace_figure(trace: RevealTrace, *, title: str = ""):
+    """A matplotlib Figure: token position on x (labelled with the token), reveal step on y (first step at the
+    top), each token a square on its step's colour; steps count from 1, with whole-number ticks only."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     G = len(trace.ids)
     xs = [n for n in range(G) if trace.step[n] >= 0]
     ys = [trace.step[n] + 1 for n in xs]
@@ -272,11 +291,9 @@ def write_png(trace: RevealTrace, path: str | Path, *, title: str = "") -> Path:
     ax.set_ylim(trace.n_steps + 0.7, 0.3)  # step 1 at the top: read down to follow the decode
     ax.set_xlabel("generated token (position →)")
     ax.set_ylabel("revealed at step")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a step is a whole forward pass
     ax.grid(True, alpha=0.25)
     ax.set_title(title or "jdlm: which token was revealed at which step", fontsize=10)
-    fig.colorbar(points, ax=ax, label="step", pad=0.01)
+    fig.colorbar(points, ax=ax, label="step", pad=0.01, ticks=MaxNLocator(integer=True))
     fig.tight_layout()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # missing glyphs for exotic token bytes are not worth a warning
-        fig.savefig(path, dpi=150)
-    return path
+    return fig
