@@ -17,7 +17,7 @@ from jdlm.tasks import TASKS, get_task, save_jsonl
 from jdlm.training.presets import random_checkpoint, tiny_mdm_config
 
 SMALL = dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=32, mlp_hidden=128)
-N = 6  # examples per evaluation: two batches of 4, the second filled up with copies
+N = 7  # examples per evaluation: two batches of 4 (one shape), the second filled up with one copy
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,29 @@ def test_results_do_not_depend_on_batch_size(model, reports):
     params, tok = model
     again = E.evaluate(params, tok, "sudoku", "low_confidence k=4 prefix", limit=N, batch_size=N, progress=False)
     assert [(r.output, r.nfe) for r in again.records] == [(r.output, r.nfe) for r in reports[1].records]
+
+
+def test_a_short_batch_decodes_a_small_bucket_of_rows_and_counts_only_real_ones(model, monkeypatch):
+    """--limit 3 with batch 16 decodes 4 rows (not 16), and n, NFE and tokens/s come from the 3 real rows."""
+    import jdlm.eval.runner as runner
+
+    params, tok = model
+    decoded_rows = []
+
+    def recording_decode(params, ids, strategy, **kw):
+        decoded_rows.append(ids.shape[0])
+        return runner_decode(params, ids, strategy, **kw)
+
+    runner_decode = runner.decode
+    monkeypatch.setattr(runner, "decode", recording_decode)
+    report = E.evaluate(params, tok, "sudoku", "low_confidence k=4", limit=3, batch_size=16, progress=False)
+    assert decoded_rows and max(decoded_rows) <= 4, decoded_rows
+    assert report.n == len(report.records) == 3
+    assert report.mean_nfe == pytest.approx(np.mean([rec.nfe for rec in report.records]))
+    # The single batch compiled, so it was run again to time it: tokens/s counts the 3 real rows' tokens.
+    assert report.tokens_per_s * report.decode_s == pytest.approx(sum(rec.tokens for rec in report.records))
+    assert [runner.row_bucket(rows, 16) for rows in (1, 3, 4, 5, 16)] == [1, 4, 4, 8, 16]
+    assert runner.row_bucket(100, 125) == 125
 
 
 def test_a_ready_made_strategy_is_evaluated_as_given_with_stop_at_eos(model, reports):
