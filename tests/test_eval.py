@@ -245,6 +245,19 @@ def test_plot_without_matplotlib_says_how_to_install(reports, tmp_path, monkeypa
         E.plot_pareto(reports, tmp_path / "x.png")
 
 
+def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "eval_tiny.py"
+    spec = importlib.util.spec_from_file_location("eval_tiny", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    default = script.parse_args([]).out
+    assert default.parent == Path("runs") and default.name.startswith("eval-"), default
+    assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")
+
+
 # ---------------------------------------------------------------------------------------------- HumanEval
 
 PROBLEMS = [
