@@ -35,14 +35,17 @@ def baseline(params, tok, limit: int, batch_size: int) -> list:
     return reports
 
 
-def sweep(params, tok, limit: int, batch_size: int) -> list:
+SWEEP_TASKS = ("sudoku", "countdown", "arithmetic", "code")
+
+
+def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS) -> list:
+    """Accuracy against NFE: counted rules at 1-8 tokens per step, thresholds, factor, entropy and the caches."""
     specs = [E.EvalSpec(rule="low_confidence", tokens_per_step=k) for k in (1, 2, 4, 8)]
     specs += [E.EvalSpec(rule=f"threshold:{t}") for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
     specs += [E.EvalSpec(rule="threshold:0.9", cache=c) for c in ("prefix", "dual")]
     specs += [E.EvalSpec(rule="low_confidence", tokens_per_step=2, cache="dual")]
-    return E.sweep(params, tok, ["sudoku", "countdown", "arithmetic", "code"], specs, limit=limit,
-                   batch_size=batch_size)
+    return E.sweep(params, tok, list(tasks), specs, limit=limit, batch_size=batch_size)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ import jdlm
 from jdlm import eval as E
 from jdlm.decoding.schedule import StrategyError
 from jdlm.eval import humaneval as H
+from jdlm.eval.plot import front_labels
 from jdlm.eval.runner import answer_lengths
 from jdlm.tasks import TASKS, get_task, save_jsonl
 from jdlm.training.presets import random_checkpoint, tiny_mdm_config
@@ -237,6 +238,38 @@ def test_plot_writes_a_png(reports, tmp_path):
     path = E.plot_pareto(list(reports) + fakes, tmp_path / "plots" / "pareto.png")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_has_a_panel_per_task_one_legend_and_labels_that_do_not_overlap(tmp_path, monkeypatch):
+    """A crowded front (thresholds a fraction of an NFE apart, like countdown's) still gets readable labels."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = ["sudoku", "countdown", "arithmetic", "code"]
+    fakes = [_fake(task, f"threshold:{t}", 1, 11 + 1.6 * i, 0.34 + 0.02 * i + 0.001 * j)
+             for j, task in enumerate(tasks) for i, t in enumerate((0.6, 0.7, 0.8, 0.9, 0.95))]
+    fakes += [_fake(task, "low_confidence", k, 36 / k, 0.4 / k) for task in tasks for k in (1, 2, 4, 8)]
+    fakes += [_fake("code", "low_confidence", 4, 9, 0.1, "dual")]  # the same point as k=4: one shared label
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: figures.append(fig))
+    E.plot_pareto(fakes, tmp_path / "pareto.png")
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split(" (")[0] for ax in panels] == tasks
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in panels)
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the figure is closed: give it a canvas again
+    for ax, task in zip(panels, tasks):
+        front = E.pareto_front([r for r in fakes if r.task == task])
+        labels = [t for t in ax.texts if t.get_text()]
+        assert sorted(t.get_text() for t in labels) == sorted(text for _, _, text in front_labels(front))
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        inside = ax.get_window_extent(renderer)
+        assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+                   for b in boxes), task
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), task
+    code_front = front_labels(E.pareto_front([r for r in fakes if r.task == "code"]))
+    assert (9, 0.1, "low_confidence k=4 (+1 more)") in code_front
 
 
 def test_plot_without_matplotlib_says_how_to_install(reports, tmp_path, monkeypatch):
