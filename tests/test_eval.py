@@ -428,3 +428,20 @@ def test_lm_eval_model_args_are_validated(checkpoint):
     lm = cls.create_from_arg_string(f"path={checkpoint},cache=none,gen_length=16,block_length=8,batch_size=4",
                                     {"batch_size": 1, "device": None})
     assert lm.batch_size == 4 and lm.spec.cache == "none" and lm.strategy.schedule.gen_length == 16
+
+
+# ---------------------------------------------------------------------------------------------- README
+
+def test_ci_runs_the_readme_test_block_line_for_line():
+    """CI runs "the test command written in README.md": .ci/run's commands are the README's Tests block."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text().split("\n## Tests\n", 1)[1]
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    readme_lines = [line for line in block.splitlines() if line.strip()]
+    setup = ("#", "set ", "cd ", "export ")  # CI's own preamble: shebang, comments, shell options, env
+    ci_lines = [line for line in (root / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.startswith(setup)]
+    assert ci_lines == readme_lines
+    assert readme_lines[-1] == "python -m pytest tests" and any("[test" in line for line in readme_lines)
