@@ -57,7 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep-limit", type=int, default=300, help="examples per task in the sweep (0: skip)")
     p.add_argument("--batch-size", type=int, default=125)
     args = p.parse_args(argv)
+    if args.limit < 1 or args.batch_size < 1 or args.sweep_limit < 0:
+        p.error("--limit and --batch-size must be positive, --sweep-limit positive or 0 (no sweep)")
     args.out = Path(args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a folder")
     return args
 
 

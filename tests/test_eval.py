@@ -289,6 +289,9 @@ def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval():
     default = script.parse_args([]).out
     assert default.parent == Path("runs") and default.name.startswith("eval-"), default
     assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")
+    for bad in (["--limit", "0"], ["--sweep-limit", "-1"], ["--out", __file__]):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
 
 
 # ---------------------------------------------------------------------------------------------- HumanEval
