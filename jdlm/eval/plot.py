@@ -38,6 +38,14 @@ _OFFSETS = [(8, 1), (8, -9), (-8, 1), (-8, -9), (0, 9), (0, -18), (14, 18), (14,
             (8, 30), (8, -39), (-8, 30), (-8, -39), (24, 42), (24, -51), (-24, 42), (-24, -51)]
 
 
+def _annotate(ax, x: float, y: float, text: str, offset: tuple[int, int]):
+    """A 7-point label `offset` points from (x, y), with a leader line when it sits clear above or below."""
+    dx, dy = offset
+    return ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7, zorder=4,
+                       ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom",
+                       arrowprops=None if abs(dy) < 12 else dict(arrowstyle="-", color="0.6", lw=0.5))
+
+
 def _place_labels(ax, renderer, points: Sequence[tuple[float, float, str]], taken: list) -> None:
     """Annotates each point at the first offset whose text box overlaps no box in `taken` and stays in the axes.
 
@@ -47,21 +55,16 @@ def _place_labels(ax, renderer, points: Sequence[tuple[float, float, str]], take
     inside = ax.get_window_extent(renderer)
     for x, y, text in points:
         fallback = None
-        for dx, dy in _OFFSETS:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom", zorder=4,
-                                arrowprops=None if abs(dy) < 12 else dict(arrowstyle="-", color="0.6", lw=0.5))
+        for offset in _OFFSETS:
+            label = _annotate(ax, x, y, text, offset)
             box = label.get_window_extent(renderer)
             if inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1:
                 if not any(box.overlaps(t) for t in taken):
                     break
-                fallback = fallback or (dx, dy)
+                fallback = fallback or offset
             label.remove()
         else:
-            dx, dy = fallback or _OFFSETS[0]
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                                ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom", zorder=4)
-            box = label.get_window_extent(renderer)
+            box = _annotate(ax, x, y, text, fallback or _OFFSETS[0]).get_window_extent(renderer)
         taken.append(box)
 
 
