@@ -1,13 +1,15 @@
 """Evaluate the shipped `tiny` model: the quality bar (one token per step, low confidence) and an accuracy-vs-NFE
-sweep across strategies. Writes Markdown tables, JSON and a Pareto plot (docs/eval/ by default).
+sweep across strategies. Writes Markdown tables, JSON and a Pareto plot to a fresh runs/eval-<time>/ folder.
 
-    python scripts/eval_tiny.py --out docs/eval --limit 500 --sweep-limit 300
+    python scripts/eval_tiny.py --limit 20 --sweep-limit 0      # a quick look, a few minutes on a CPU
+    python scripts/eval_tiny.py --out docs/eval                  # the committed tables (a GPU: ~10 min on an H200)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 
 import jax
@@ -33,24 +35,39 @@ def baseline(params, tok, limit: int, batch_size: int) -> list:
     return reports
 
 
-def sweep(params, tok, limit: int, batch_size: int) -> list:
+SWEEP_TASKS = ("sudoku", "countdown", "arithmetic", "code")
+
+
+def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS) -> list:
+    """Accuracy against NFE: counted rules at 1-8 tokens per step, thresholds, factor, entropy and the caches."""
     specs = [E.EvalSpec(rule="low_confidence", tokens_per_step=k) for k in (1, 2, 4, 8)]
     specs += [E.EvalSpec(rule=f"threshold:{t}") for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
     specs += [E.EvalSpec(rule="threshold:0.9", cache=c) for c in ("prefix", "dual")]
     specs += [E.EvalSpec(rule="low_confidence", tokens_per_step=2, cache="dual")]
-    return E.sweep(params, tok, ["sudoku", "countdown", "arithmetic"], specs, limit=limit, batch_size=batch_size)
+    return E.sweep(params, tok, list(tasks), specs, limit=limit, batch_size=batch_size)
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments; `out` defaults to a new runs/eval-<time> folder, so only `--out docs/eval` replaces docs/."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny")
-    p.add_argument("--out", default="docs/eval")
+    p.add_argument("--out", default=None, help="output folder (default: a new runs/eval-<time>/)")
     p.add_argument("--limit", type=int, default=500, help="examples per task in the baseline")
     p.add_argument("--sweep-limit", type=int, default=300, help="examples per task in the sweep (0: skip)")
     p.add_argument("--batch-size", type=int, default=125)
     args = p.parse_args(argv)
-    out = Path(args.out)
+    if args.limit < 1 or args.batch_size < 1 or args.sweep_limit < 0:
+        p.error("--limit and --batch-size must be positive, --sweep-limit positive or 0 (no sweep)")
+    args.out = Path(args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; give a folder")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.float32 if jax.default_backend() == "cpu" else None
     params, tok = jdlm.load(args.model, dtype=dtype)

@@ -14,12 +14,13 @@ from jdlm import sandbox
 from jdlm.decoding.schedule import StrategyError
 from jdlm.errors import UsageError
 from jdlm.eval import humaneval as H
+from jdlm.eval.plot import front_labels
 from jdlm.eval.runner import answer_lengths
 from jdlm.tasks import TASKS, get_task, save_jsonl
 from jdlm.training.presets import random_checkpoint, tiny_mdm_config
 
 SMALL = dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=32, mlp_hidden=128)
-N = 6  # examples per evaluation: two batches of 4, the second filled up with copies
+N = 7  # examples per evaluation: two batches of 4 (one shape), the second filled up with one copy
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,29 @@ def test_results_do_not_depend_on_batch_size(model, reports):
     params, tok = model
     again = E.evaluate(params, tok, "sudoku", "low_confidence k=4 prefix", limit=N, batch_size=N, progress=False)
     assert [(r.output, r.nfe) for r in again.records] == [(r.output, r.nfe) for r in reports[1].records]
+
+
+def test_a_short_batch_decodes_a_small_bucket_of_rows_and_counts_only_real_ones(model, monkeypatch):
+    """--limit 3 with batch 16 decodes 4 rows (not 16), and n, NFE and tokens/s come from the 3 real rows."""
+    import jdlm.eval.runner as runner
+
+    params, tok = model
+    decoded_rows = []
+
+    def recording_decode(params, ids, strategy, **kw):
+        decoded_rows.append(ids.shape[0])
+        return runner_decode(params, ids, strategy, **kw)
+
+    runner_decode = runner.decode
+    monkeypatch.setattr(runner, "decode", recording_decode)
+    report = E.evaluate(params, tok, "sudoku", "low_confidence k=4", limit=3, batch_size=16, progress=False)
+    assert decoded_rows and max(decoded_rows) <= 4, decoded_rows
+    assert report.n == len(report.records) == 3
+    assert report.mean_nfe == pytest.approx(np.mean([rec.nfe for rec in report.records]))
+    # The single batch compiled, so it was run again to time it: tokens/s counts the 3 real rows' tokens.
+    assert report.tokens_per_s * report.decode_s == pytest.approx(sum(rec.tokens for rec in report.records))
+    assert [runner.row_bucket(rows, 16) for rows in (1, 3, 4, 5, 16)] == [1, 4, 4, 8, 16]
+    assert runner.row_bucket(100, 125) == 125
 
 
 def test_a_ready_made_strategy_is_evaluated_as_given_with_stop_at_eos(model, reports):
@@ -303,10 +327,58 @@ def test_plot_writes_a_png(reports, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_plot_has_a_panel_per_task_one_legend_and_labels_that_do_not_overlap(tmp_path, monkeypatch):
+    """A crowded front (thresholds a fraction of an NFE apart, like countdown's) still gets readable labels."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = ["sudoku", "countdown", "arithmetic", "code"]
+    fakes = [_fake(task, f"threshold:{t}", 1, 11 + 1.6 * i, 0.34 + 0.02 * i + 0.001 * j)
+             for j, task in enumerate(tasks) for i, t in enumerate((0.6, 0.7, 0.8, 0.9, 0.95))]
+    fakes += [_fake(task, "low_confidence", k, 36 / k, 0.4 / k) for task in tasks for k in (1, 2, 4, 8)]
+    fakes += [_fake("code", "low_confidence", 4, 9, 0.1, "dual")]  # the same point as k=4: one shared label
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: figures.append(fig))
+    E.plot_pareto(fakes, tmp_path / "pareto.png")
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split(" (")[0] for ax in panels] == tasks
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in panels)
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the figure is closed: give it a canvas again
+    for ax, task in zip(panels, tasks):
+        front = E.pareto_front([r for r in fakes if r.task == task])
+        labels = [t for t in ax.texts if t.get_text()]
+        assert sorted(t.get_text() for t in labels) == sorted(text for _, _, text in front_labels(front))
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        inside = ax.get_window_extent(renderer)
+        assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+                   for b in boxes), task
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), task
+    code_front = front_labels(E.pareto_front([r for r in fakes if r.task == "code"]))
+    assert (9, 0.1, "low_confidence k=4 (+1 more)") in code_front
+
+
 def test_plot_without_matplotlib_says_how_to_install(reports, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"jdlm\[plot\]"):
         E.plot_pareto(reports, tmp_path / "x.png")
+
+
+def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "eval_tiny.py"
+    spec = importlib.util.spec_from_file_location("eval_tiny", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    default = script.parse_args([]).out
+    assert default.parent == Path("runs") and default.name.startswith("eval-"), default
+    assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")
+    for bad in (["--limit", "0"], ["--sweep-limit", "-1"], ["--out", __file__]):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
 
 
 # ---------------------------------------------------------------------------------------------- HumanEval
@@ -438,3 +510,20 @@ def test_lm_eval_model_args_are_validated(checkpoint):
     lm = cls.create_from_arg_string(f"path={checkpoint},cache=none,gen_length=16,block_length=8,batch_size=4",
                                     {"batch_size": 1, "device": None})
     assert lm.batch_size == 4 and lm.spec.cache == "none" and lm.strategy.schedule.gen_length == 16
+
+
+# ---------------------------------------------------------------------------------------------- README
+
+def test_ci_runs_the_readme_test_block_line_for_line():
+    """CI runs "the test command written in README.md": .ci/run's commands are the README's Tests block."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text().split("\n## Tests\n", 1)[1]
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    readme_lines = [line for line in block.splitlines() if line.strip()]
+    setup = ("#", "set ", "cd ", "export ")  # CI's own preamble: shebang, comments, shell options, env
+    ci_lines = [line for line in (root / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.startswith(setup)]
+    assert ci_lines == readme_lines
+    assert readme_lines[-1] == "python -m pytest tests" and any("[test" in line for line in readme_lines)

@@ -1,4 +1,4 @@
-"""`evaluate` and `sweep`: decode a task's examples in fixed-shape batches, score them, time them."""
+"""`evaluate` and `sweep`: decode a task's examples in batches of a few fixed shapes, score them, time them."""
 
 from __future__ import annotations
 
@@ -54,14 +54,21 @@ def answer_lengths(tokens: np.ndarray, config) -> np.ndarray:
     return np.where(end.any(-1), end.argmax(-1) + 1, tokens.shape[1])
 
 
+def row_bucket(rows: int, batch_size: int) -> int:
+    """Rows to decode for a batch of `rows` real prompts: the next power of two >= rows, at most batch_size."""
+    return min(batch_size, 1 << (rows - 1).bit_length())
+
+
 def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strategy, *, batch_size: int = 16,
              prompt_length: int | None = None, key: jax.Array | None = None,
              advance: Callable[[int], None] | None = None) -> Generation:
-    """Decodes N token prompts in batches of exactly `batch_size` rows, so that every batch has one shape.
+    """Decodes N token prompts in batches of `batch_size` rows, padding a short batch only to a bucket of rows.
 
-    Each batch is left-padded to `prompt_length` (None: the bucket of its longest prompt, see `pad_prompts`); the
-    last partial batch is filled with copies of its last prompt, whose rows are dropped. Example i decodes with the
-    key `fold_in(key, i)`, so results do not depend on the batch size or on an example's neighbours.
+    Each batch is left-padded to `prompt_length` (None: the bucket of its longest prompt, see `pad_prompts`). A
+    partial batch (the last, or the only one when N < batch_size) is filled with copies of its last prompt up to
+    `row_bucket` rows, and the copies are dropped: 3 prompts decode 4 rows, not `batch_size`, while the few bucket
+    sizes keep compilations few. Example i decodes with the key `fold_in(key, i)`, so results do not depend on the
+    batch size or on an example's neighbours. NFE, lengths and tokens/s count real rows only.
 
     Timing: a batch whose shape has not been seen is compiling, and its wall time (compilation plus one run) goes to
     `compile_s`; every other batch is timed into `decode_s`, blocking on its result. When every batch compiled (a
@@ -71,7 +78,7 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
       params: model weights.
       prompts: N token lists (no padding).
       strategy: the decode strategy.
-      batch_size: rows per decode call.
+      batch_size: rows per full decode call.
       prompt_length: fixed padded prompt length P, or None for per-batch buckets.
       key: base PRNG key (default `jax.random.key(0)`).
       advance: called with the number of real examples after each batch (progress bars).
@@ -90,10 +97,10 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         real = len(chunk)
-        chunk += [chunk[-1]] * (batch_size - real)
+        chunk += [chunk[-1]] * (row_bucket(real, batch_size) - real)
         ids, mask = pad_prompts(chunk, cfg.pad_id, length=prompt_length)
         mask = np.ones(ids.shape, bool) if mask is None else mask  # always a mask: one trace for every batch
-        row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + batch_size))
+        row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(chunk)))
         t0 = time.perf_counter()
         result = jax.block_until_ready(decode(params, ids, strategy, key=row_keys, prompt_mask=mask))
         elapsed = time.perf_counter() - t0
@@ -233,7 +240,7 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
         `jdlm.Strategy` (decoded with its own lengths and stop_at_eos on; see `plan`).
       examples: the examples; default the task's eval split (seed 0), `limit` or 500 of them.
       limit: evaluate only the first `limit` examples.
-      batch_size: rows per decode call (the last batch is filled up with copies, so shapes never change).
+      batch_size: rows per decode call (a short last batch decodes only `row_bucket` rows).
       data: a jsonl file of examples (`jdlm.tasks.load_jsonl`) instead of `examples`.
       progress: show a progress bar over examples.
       key: PRNG key for sampled strategies (default `jax.random.key(0)`); example i uses `fold_in(key, i)`.
