@@ -20,16 +20,19 @@ from jdlm import eval as E
 from jdlm.tasks import TASKS
 
 
-def baseline(params, tok, limit: int, batch_size: int) -> list:
+def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False) -> list:
     """The issue's quality bar: one-token-per-step low confidence on held-out data, per task and difficulty."""
     spec = E.EvalSpec(rule="low_confidence", tokens_per_step=1)
     variants = [("sudoku", "sudoku", {}), ("countdown-3", "countdown", {"n_sources": 3}),
                 ("countdown-4", "countdown", {"n_sources": 4}), ("countdown-5", "countdown", {"n_sources": 5}),
                 ("arithmetic", "arithmetic", {}), ("code", "code", {})]
+    if not run_code:
+        variants = [v for v in variants if v[1] != "code"]
     reports = []
     for label, name, difficulty in variants:
         examples = TASKS[name].generate("eval", limit, seed=0, **difficulty)
-        report = E.evaluate(params, tok, name, spec, examples=examples, batch_size=batch_size)
+        report = E.evaluate(params, tok, name, spec, examples=examples, batch_size=batch_size,
+                            allow_code_execution=run_code)
         reports.append(dataclasses.replace(report, task=label))
         print(E.format_table(reports[-1:]), flush=True)
     return reports
@@ -38,14 +41,15 @@ def baseline(params, tok, limit: int, batch_size: int) -> list:
 SWEEP_TASKS = ("sudoku", "countdown", "arithmetic", "code")
 
 
-def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS) -> list:
+def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS, run_code: bool = False) -> list:
     """Accuracy against NFE: counted rules at 1-8 tokens per step, thresholds, factor, entropy and the caches."""
     specs = [E.EvalSpec(rule="low_confidence", tokens_per_step=k) for k in (1, 2, 4, 8)]
     specs += [E.EvalSpec(rule=f"threshold:{t}") for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
     specs += [E.EvalSpec(rule="threshold:0.9", cache=c) for c in ("prefix", "dual")]
     specs += [E.EvalSpec(rule="low_confidence", tokens_per_step=2, cache="dual")]
-    return E.sweep(params, tok, list(tasks), specs, limit=limit, batch_size=batch_size)
+    tasks = [t for t in tasks if run_code or t != "code"]
+    return E.sweep(params, tok, tasks, specs, limit=limit, batch_size=batch_size, allow_code_execution=run_code)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=500, help="examples per task in the baseline")
     p.add_argument("--sweep-limit", type=int, default=300, help="examples per task in the sweep (0: skip)")
     p.add_argument("--batch-size", type=int, default=125)
+    p.add_argument("--confirm-run-unsafe-code", action="store_true",
+                   help="also evaluate the code task, which runs model-written Python in jdlm's sandbox (see README)")
     args = p.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1 or args.sweep_limit < 0:
         p.error("--limit and --batch-size must be positive, --sweep-limit positive or 0 (no sweep)")
@@ -72,12 +78,12 @@ def main(argv=None) -> None:
     dtype = jnp.float32 if jax.default_backend() == "cpu" else None
     params, tok = jdlm.load(args.model, dtype=dtype)
     device = jax.devices()[0].device_kind
-    base = baseline(params, tok, args.limit, args.batch_size)
+    base = baseline(params, tok, args.limit, args.batch_size, args.confirm_run_unsafe_code)
     E.write_json(base, out / "baseline.json")
     (out / "baseline.md").write_text(f"Model `{args.model}` on {device}, one token per step, low confidence, "
                                      f"held-out eval split.\n\n{E.format_table(base)}\n")
     if args.sweep_limit:
-        reports = sweep(params, tok, args.sweep_limit, args.batch_size)
+        reports = sweep(params, tok, args.sweep_limit, args.batch_size, run_code=args.confirm_run_unsafe_code)
         E.write_json(reports, out / "sweep.json")
         (out / "sweep.md").write_text(f"Model `{args.model}` on {device}: accuracy against NFE.\n\n"
                                       f"{E.format_table(reports)}\n")
