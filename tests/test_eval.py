@@ -101,6 +101,10 @@ def test_a_short_batch_decodes_a_small_bucket_of_rows_and_counts_only_real_ones(
     assert report.tokens_per_s * report.decode_s == pytest.approx(sum(rec.tokens for rec in report.records))
     assert [runner.row_bucket(rows, 16) for rows in (1, 3, 4, 5, 16)] == [1, 4, 4, 8, 16]
     assert runner.row_bucket(100, 125) == 125
+    # Several batches: the short last one is filled to the batch size, so one shape compiles for the whole run.
+    decoded_rows.clear()
+    report = E.evaluate(params, tok, "sudoku", "low_confidence k=4", limit=5, batch_size=4, progress=False)
+    assert set(decoded_rows) == {4} and report.n == 5
 
 
 def test_a_ready_made_strategy_is_evaluated_as_given_with_stop_at_eos(model, reports):

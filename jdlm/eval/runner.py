@@ -64,10 +64,10 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
              advance: Callable[[int], None] | None = None) -> Generation:
     """Decodes N token prompts in batches of `batch_size` rows, padding a short batch only to a bucket of rows.
 
-    Each batch is left-padded to `prompt_length` (None: the bucket of its longest prompt, see `pad_prompts`). A
-    partial batch (the last, or the only one when N < batch_size) is filled with copies of its last prompt up to
-    `row_bucket` rows, and the copies are dropped: 3 prompts decode 4 rows, not `batch_size`, while the few bucket
-    sizes keep compilations few. Example i decodes with the key `fold_in(key, i)`, so results do not depend on the
+    Each batch is left-padded to `prompt_length` (None: the bucket of its longest prompt, see `pad_prompts`). When
+    all N fit one batch, it is filled with copies of its last prompt up to `row_bucket` rows (3 prompts decode 4
+    rows, not `batch_size`); with several batches, the last is filled up to `batch_size`, so that one shape
+    compiles (a second, smaller shape would double the compile time of a sweep). The copies are dropped. Example i decodes with the key `fold_in(key, i)`, so results do not depend on the
     batch size or on an example's neighbours. NFE, lengths and tokens/s count real rows only.
 
     Timing: a batch whose shape has not been seen is compiling, and its wall time (compilation plus one run) goes to
@@ -94,10 +94,12 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
     tokens, nfe, lengths = [], [], []
     seen, decode_s, compile_s, timed_tokens = set(), 0.0, 0.0, 0
     last = None
+    # One batch: a small bucket of rows. Several: every batch full, the last one padded, so one shape compiles.
+    rows = batch_size if len(prompts) > batch_size else row_bucket(len(prompts), batch_size)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         real = len(chunk)
-        chunk += [chunk[-1]] * (row_bucket(real, batch_size) - real)
+        chunk += [chunk[-1]] * (rows - real)
         ids, mask = pad_prompts(chunk, cfg.pad_id, length=prompt_length)
         mask = np.ones(ids.shape, bool) if mask is None else mask  # always a mask: one trace for every batch
         row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(chunk)))
@@ -240,7 +242,7 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
         `jdlm.Strategy` (decoded with its own lengths and stop_at_eos on; see `plan`).
       examples: the examples; default the task's eval split (seed 0), `limit` or 500 of them.
       limit: evaluate only the first `limit` examples.
-      batch_size: rows per decode call (a short last batch decodes only `row_bucket` rows).
+      batch_size: rows per decode call (a single short batch decodes only `row_bucket` rows).
       data: a jsonl file of examples (`jdlm.tasks.load_jsonl`) instead of `examples`.
       progress: show a progress bar over examples.
       key: PRNG key for sampled strategies (default `jax.random.key(0)`); example i uses `fold_in(key, i)`.
