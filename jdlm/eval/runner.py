@@ -95,11 +95,11 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
     seen, decode_s, compile_s, timed_tokens = set(), 0.0, 0.0, 0
     last = None
     # One batch: a small bucket of rows. Several: every batch full, the last one padded, so one shape compiles.
-    rows = batch_size if len(prompts) > batch_size else row_bucket(len(prompts), batch_size)
+    batch_rows = batch_size if len(prompts) > batch_size else row_bucket(len(prompts), batch_size)
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         real = len(chunk)
-        chunk += [chunk[-1]] * (rows - real)
+        chunk += [chunk[-1]] * (batch_rows - real)
         ids, mask = pad_prompts(chunk, cfg.pad_id, length=prompt_length)
         mask = np.ones(ids.shape, bool) if mask is None else mask  # always a mask: one trace for every batch
         row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(chunk)))
