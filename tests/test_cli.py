@@ -101,7 +101,7 @@ def test_generate_json_trace_html_and_show(model, tmp_path):
         assert f'data-id="{token}"' in page
     assert "confidence" in page and "step 1" in page
     # One convention everywhere: forward passes count from 1 (the first pass reveals something).
-    assert min(result["reveal_step"]) == 1 and max(result["reveal_step"]) <= result["steps"]
+    assert min(result["reveal_step"]) == 1 and max(result["reveal_step"]) <= result["forwards"]
     page_steps = [int(s) for s in re.findall(r'data-step="(-?\d+)"', page)]
     assert page_steps[: len(result["reveal_step"])] == result["reveal_step"]
 
