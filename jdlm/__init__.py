@@ -17,7 +17,8 @@ _EXPORTS = {
     # the forward pass
     "forward": "jdlm.model", "ForwardOutput": "jdlm.model", "KVCache": "jdlm.model",
     # decoding (rules, caches and presets live in jdlm.strategies)
-    "decode": "jdlm.decoding", "DecodeResult": "jdlm.decoding", "Strategy": "jdlm.decoding",
+    "decode": "jdlm.decoding", "decode_steps": "jdlm.decoding", "DecodeResult": "jdlm.decoding",
+    "Strategy": "jdlm.decoding",
     "Schedule": "jdlm.decoding", "pad_prompts": "jdlm.decoding",
     "decode_causal": "jdlm.decoding.causal",  # causal models (tiny-ar): greedy, left to right
     # errors
