@@ -24,7 +24,7 @@ def tiny_ar_config() -> ModelConfig:
     """`tiny-ar`: a causal model on the same tokenizer, for AR-guided decoding (~4M parameters)."""
     return ModelConfig(family="llada", vocab_size=VOCAB, d_model=256, n_layers=4, n_heads=4, n_kv_heads=4,
                        head_dim=64, mlp_hidden=704, rope_theta=10000.0, norm_eps=1e-5, max_seq_len=256,
-                       mask_id=MASK, eos_id=EOS, pad_id=PAD)
+                       mask_id=MASK, eos_id=EOS, pad_id=PAD, causal=True)
 
 
 def task_corpus(n_per_task: int = 3000, seed: int = 0) -> list[str]:
