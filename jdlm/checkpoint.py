@@ -133,12 +133,14 @@ def resolve(path: str | Path) -> Path:
     return directory
 
 
-def load_params(path: str | Path, dtype=None) -> Params:
+def load_params(path: str | Path, dtype=None, mesh=None) -> Params:
     """Restores the weights of a jdlm checkpoint directory (no tokenizer).
 
     Args:
       path: a checkpoint directory or a packaged model name.
       dtype: cast the weights to this dtype (default: as stored).
+      mesh: a `jax.sharding.Mesh` (`jdlm.sharding.make_mesh`): restore every weight straight into its shards by
+        the partition rules of `jdlm.sharding` (each device, and each host, reads only its part).
     """
     directory = resolve(path)
     config_path = directory / "config.json"
@@ -164,6 +166,11 @@ def load_params(path: str | Path, dtype=None) -> Params:
                      if expected.get(k) != manifest["params"].get(k))
         raise CheckpointError(f"{directory}: parameter shapes in manifest.json do not match config.json "
                               f"(first mismatches: {bad[:3]}); the checkpoint is inconsistent")
+    if mesh is not None:  # orbax's sharded restore: target shardings in the abstract tree
+        from jdlm.sharding import param_shardings
+
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                param_shardings(config, mesh))
     import orbax.checkpoint as ocp
 
     try:
@@ -177,15 +184,16 @@ def load_params(path: str | Path, dtype=None) -> Params:
     return Params(config=config, weights=weights)
 
 
-def load(path: str | Path, dtype=None):
+def load(path: str | Path, dtype=None, mesh=None):
     """Loads a jdlm checkpoint: `(params, tokenizer)`.
 
     Args:
       path: a directory written by `jdlm convert` / the training scripts, or "tiny" / "tiny-ar" (shipped with jdlm).
       dtype: cast the weights (e.g. jnp.float32 on CPU); default as stored.
+      mesh: restore the weights sharded over this mesh (`jdlm.sharding`); default one device.
     """
     from jdlm.tokenizer import Tokenizer
 
-    params = load_params(path, dtype)
+    params = load_params(path, dtype, mesh)
     tokenizer = Tokenizer.from_dir(resolve(path), params.config)
     return params, tokenizer

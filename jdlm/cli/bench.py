@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jdlm.cli.args import command, model_args, positive_int, strategy_args
-from jdlm.cli.common import build_strategy, check_fits, check_output, load_model, note, stderr_console
+from jdlm.cli.args import command, mesh_args, model_args, positive_int, strategy_args
+from jdlm.cli.common import build_strategy, check_fits, check_output, device_mesh, load_model, note, stderr_console
 
 
 def add_parser(sub) -> None:
@@ -19,8 +19,10 @@ def add_parser(sub) -> None:
                  jdlm bench
                  jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256
                  jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual --json bench.json
+                 jdlm bench --random llada-8b --mesh model=2 --batch-size 8
                  """)
     model_args(p)
+    mesh_args(p)
     p.add_argument("--random", metavar="SHAPE", choices=["llada-8b", "dream-7b", "test"],
                    help="random weights at these shapes instead of --model: llada-8b, dream-7b or test (2 layers)")
     strategy_args(p, repeatable=True, gen_length=128)
@@ -43,6 +45,7 @@ def run(args) -> int:
     from rich.progress import Progress
 
     import jdlm.bench as jbench
+    from jdlm import sharding
 
 
     check_output(args.json_out, "--json", (".json",))
@@ -53,15 +56,20 @@ def run(args) -> int:
         block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
         strategies = jbench.default_strategies(G, block)
     console = stderr_console()
+    mesh = device_mesh(args)
     if args.random:
         dtype = {"auto": jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16}.get(args.dtype, args.dtype)
         params = jbench.random_params(args.random, dtype)
+        if mesh is not None:
+            params = sharding.shard_params(params, mesh)
         source = f"random {args.random}"
     else:
-        params, _, loaded = load_model(args)
+        params, _, loaded = load_model(args, mesh)
         source = args.model
         if not args.quiet:
             note(console, loaded)
+    if mesh is not None:
+        source += f", {sharding.describe(mesh)}"
     check_fits(args.prompt_length, G, params.config.max_seq_len)
 
     results = []

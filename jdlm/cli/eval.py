@@ -8,11 +8,12 @@ from jdlm.cli.args import (
     CACHES,
     STRATEGY_HELP,
     command,
+    mesh_args,
     model_args,
     non_negative_float,
     positive_int,
 )
-from jdlm.cli.common import check_output, load_model, note, stderr_console
+from jdlm.cli.common import check_output, device_mesh, load_model, note, stderr_console
 from jdlm.errors import UsageError
 
 UNSAFE_HELP = (
@@ -37,8 +38,10 @@ def add_parser(sub) -> None:
                  jdlm eval --task countdown --strategy low_confidence --tokens-per-step 2
                  jdlm eval --task countdown --data my_examples.jsonl
                  jdlm eval --task code --limit 100 --confirm-run-unsafe-code
+                 jdlm eval --model ~/jdlm/llada-8b --task sudoku --mesh data=2,model=4 --batch-size 32
                  """)
     model_args(p)
+    mesh_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
                    help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
                         "(default: all four, code only with --confirm-run-unsafe-code; exactly one with --data)")
@@ -116,7 +119,7 @@ def run(args) -> int:
         except ValueError as e:
             raise UsageError(f"--strategy {text}: {e}") from None
 
-    params, tokenizer, loaded = load_model(args)
+    params, tokenizer, loaded = load_model(args, device_mesh(args))
     # Every (task, strategy) pair is checked before anything is decoded, so a bad combination fails at once.
     settings = {}
     for task in tasks:
