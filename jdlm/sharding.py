@@ -17,9 +17,12 @@ A model dimension that does not divide its mesh axis (Dream-7B's 28 heads over m
 naming the sizes that work, never silently replicated: a replicated 8B weight set runs out of memory later with
 a far less helpful message.
 
-    mesh = jdlm.sharding.make_mesh(model=2)              # every visible device: data = count / 2
+    from jdlm import sharding
+    mesh = sharding.make_mesh(model=2)                   # every visible device: data = count / 2
     params, tok = jdlm.load("ckpt", mesh=mesh)           # restored straight into its shards by orbax
     jdlm.decode(params, prompt, strategy)                # runs on the mesh of `params`; same tokens as one device
+
+docs/scaling.md has the launch on TPU pods and GPU hosts.
 """
 
 from __future__ import annotations
