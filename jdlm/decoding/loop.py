@@ -55,10 +55,11 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
     Params placed on a mesh (`jdlm.sharding`) decode there: the batch split over its data axis, the weights as
     placed; the same tokens and NFE as on one device.
     """
-    mesh = sharding.mesh_of(params)
-    *args, rows = _arguments(params, prompt, strategy, key, prompt_mask, mesh)
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    mesh, rows = sharding.mesh_of(params), prompt.shape[0]
+    prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        return sharding.take_rows(_decode_loop(*args), rows)
+        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables), rows)
 
 
 def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
@@ -69,9 +70,9 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
     live views (`jdlm generate --show`), streaming, and stopping promptly on Ctrl-C. Arguments as for `decode`;
     positions not revealed yet hold the mask id.
     """
-    mesh = sharding.mesh_of(params)
-    params, prompt, prompt_mask, keys, strategy, tables, rows = _arguments(params, prompt, strategy, key,
-                                                                           prompt_mask, mesh)
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    mesh, rows = sharding.mesh_of(params), prompt.shape[0]
+    prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
         inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables)
     going = True
@@ -82,9 +83,8 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
         going = bool(going)
 
 
-def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, mesh=None):
-    """Checks everything on the host and builds the arguments of the compiled functions, and the batch size (the
-    rows before `shard_rows` pads them for the mesh)."""
+def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask):
+    """Checks everything on the host and builds the arguments of the compiled functions."""
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a jdlm.Strategy, got {type(strategy).__name__}")
     if not jnp.issubdtype(params.dtype, jnp.floating):
@@ -97,8 +97,7 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, mes
     keys = row_keys(jax.random.key(0) if key is None else key, B)
     strategy = strategy.for_model(params.config)
     tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
-    prompt, mask, keys = sharding.shard_rows(mesh, jnp.asarray(prompt, jnp.int32), mask, keys)
-    return params, prompt, mask, keys, strategy, tables, B
+    return params, jnp.asarray(prompt, jnp.int32), mask, keys, strategy, tables
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
