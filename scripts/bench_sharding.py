@@ -5,7 +5,7 @@ prompts for every layout. Each (batch, strategy) is timed as `jdlm bench` times 
 median of --repeats calls. `same_tokens` says whether a layout produced the one-device tokens (in bfloat16 a
 different summation order may flip a near-tie; float32 on CPU matches exactly).
 
-    python scripts/bench_sharding.py --out sharding.json                       # 2 GPUs, LLaDA-8B shapes
+    python scripts/bench_sharding.py --out sharding.json                       # 2 GPUs, LLaDA-8B shapes (~4 min)
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
         python scripts/bench_sharding.py --model test --gen-length 16 --block-length 8 --out /tmp/s.json
 """
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, action="append", help="rows per decode; repeat (default 1 and 8)")
     p.add_argument("--strategy", action="append", help=f"strategy spec; repeat (default {DEFAULT_STRATEGIES})")
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--gen-length", type=int, default=256)
+    p.add_argument("--gen-length", type=int, default=128)
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default=None, help="weights dtype (default bfloat16, float32 on CPU)")
@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     log(f"{args.model} ({dtype.name}) on {len(devices)} x {devices[0].device_kind}; layouts {list(LAYOUTS)}")
 
     rows, reference = [], {}
+    report = dict(model=args.model, dtype=dtype.name, device=devices[0].device_kind, devices=len(devices),
+                  prompt_len=args.prompt_len, gen_length=args.gen_length, block_length=args.block_length,
+                  repeats=args.repeats, jax=jax.__version__, results=rows)
     for layout, sizes in LAYOUTS.items():
         placed = params if sizes is None else sharding.shard_params(params, sharding.make_mesh(**sizes,
                                                                                               devices=devices[:2]))
@@ -94,17 +97,18 @@ def main(argv=None) -> int:
                                  same_tokens=bool(np.array_equal(tokens, same))))
                 log(f"{layout:>4} batch {batch:>3} {spec:>22}: {r['tokens_per_s']:9.1f} tok/s  NFE {r['nfe']:6.1f}  "
                     f"compile {r['compile_s']:.1f}s")
+                write(args.out, report)  # after every row: a run cut short keeps what it measured
         del placed
-
-    one = {(r["batch"], r["strategy"]): r["tokens_per_s"] for r in rows if r["layout"] == "one"}
-    for r in rows:
-        r["vs_one_device"] = round(r["tokens_per_s"] / one[(r["batch"], r["strategy"])], 3)
-    report = dict(model=args.model, dtype=dtype.name, device=devices[0].device_kind, devices=len(devices),
-                  prompt_len=args.prompt_len, gen_length=args.gen_length, block_length=args.block_length,
-                  repeats=args.repeats, jax=jax.__version__, results=rows)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     log(f"wrote {args.out}")
     return 0
+
+
+def write(path: str, report: dict) -> None:
+    """The report as JSON, each row with its ratio to one device (tokens/s over the one-device tokens/s)."""
+    one = {(r["batch"], r["strategy"]): r["tokens_per_s"] for r in report["results"] if r["layout"] == "one"}
+    for r in report["results"]:
+        r["vs_one_device"] = round(r["tokens_per_s"] / one[(r["batch"], r["strategy"])], 3)
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
