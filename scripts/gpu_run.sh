@@ -59,7 +59,8 @@ while [[ $# -gt 0 ]]; do
     *) break ;;
   esac
 done
-[[ $# -gt 0 || $SETUP == 1 ]] || die "no jdlm command given, e.g. scripts/gpu_run.sh bench --random llada-8b (see --help)"
+[[ $# -gt 0 || $SETUP == 1 ]] ||
+  die "no jdlm command given, e.g. scripts/gpu_run.sh bench --random llada-8b (see --help)"
 [[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--gpus $GPUS: expected GPU indices like 0 or 0,1,2,3"
 [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes $NODES: expected a positive integer"
 if [[ $NODES -gt 1 ]]; then

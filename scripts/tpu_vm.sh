@@ -71,7 +71,8 @@ while [[ $# -gt 0 ]]; do
     *) break ;;
   esac
 done
-[[ $# -gt 0 ]] || die "no command given; one of create, setup, copy, convert, decode, eval, bench, ssh, delete (see --help)"
+COMMANDS="create, setup, copy, convert, decode, eval, bench, ssh, delete"
+[[ $# -gt 0 ]] || die "no command given; one of $COMMANDS (see --help)"
 COMMAND=$1; shift
 
 # Prints the command (shell-quoted, one line) with --dry-run, else runs it.
@@ -106,7 +107,8 @@ case "$COMMAND" in
     src=$(cd "$(dirname "$0")/.." && pwd)
     run tar -C "$src" --exclude=.git --exclude='*.egg-info' --exclude=__pycache__ -czf /tmp/jdlm-src.tar.gz .
     run "${TPU[@]}" scp /tmp/jdlm-src.tar.gz "$NAME:jdlm-src.tar.gz" "${WHERE[@]}" --worker=all
-    on_workers all "mkdir -p jdlm && tar -xzf jdlm-src.tar.gz -C jdlm && pip install -U 'jax[tpu]' && pip install -e jdlm" ;;
+    install="mkdir -p jdlm && tar -xzf jdlm-src.tar.gz -C jdlm"
+    on_workers all "$install && pip install -U 'jax[tpu]' && pip install -e jdlm" ;;
   copy)
     [[ $# -ge 1 ]] || die "copy needs LOCAL_DIR (a converted jdlm checkpoint)"
     [[ $DRY_RUN == 1 || -d $1 ]] || die "copy: $1 is not a directory"
@@ -114,7 +116,8 @@ case "$COMMAND" in
     on_workers all "mkdir -p $(quote "$(dirname "$dst")")"
     run "${TPU[@]}" scp --recurse "$1" "$NAME:$dst" "${WHERE[@]}" --worker=all ;;
   convert)
-    [[ $# -eq 3 ]] || die "convert needs FAMILY SRC DST (paths on the workers), e.g. convert llada hf/LLaDA-8B-Instruct models/llada-8b"
+    [[ $# -eq 3 ]] ||
+      die "convert needs FAMILY SRC DST (paths on the workers), e.g. convert llada hf/LLaDA-8B models/llada-8b"
     on_workers all "$(quote python3 -m jdlm convert "$@")" ;;
   decode)
     [[ $# -ge 2 ]] || die "decode needs MODEL PROMPT (MODEL a path on the workers, e.g. models/llada-8b)"
@@ -135,5 +138,5 @@ case "$COMMAND" in
   delete)
     run "${TPU[@]}" delete "$NAME" "${WHERE[@]}" --quiet ;;
   *)
-    die "unknown command $COMMAND; one of create, setup, copy, convert, decode, eval, bench, ssh, delete (see --help)" ;;
+    die "unknown command $COMMAND; one of $COMMANDS (see --help)" ;;
 esac

@@ -19,6 +19,7 @@ import pytest
 import jdlm
 from jdlm import sharding
 from jdlm.errors import ShardingError
+from jdlm.model import param_shapes
 from tests.sharding_worker import MESHES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +121,7 @@ def test_rules_give_the_megatron_layout():
 def test_every_weight_has_a_rule():
     """A weight added to model.py without a line in PARAM_AXES fails here, not on a user's mesh."""
     for cfg in (jdlm.llada_8b(), jdlm.dream_7b(), jdlm.tiny(tie_embeddings=True)):
-        shapes = jax.tree.leaves(jdlm.model.param_shapes(cfg).weights)
+        shapes = jax.tree.leaves(param_shapes(cfg).weights)
         specs = jax.tree.leaves(sharding.param_specs(cfg), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
         assert len(specs) == len(shapes)
         assert all(len(spec) == len(shape.shape) for spec, shape in zip(specs, shapes))
@@ -165,7 +166,7 @@ def test_mesh_larger_than_the_devices_is_refused(sizes, message):
 
 
 def test_decode_finds_the_mesh_of_the_params():
-    params = jax.tree.map(jax.numpy.zeros_like, jdlm.model.param_shapes(jdlm.tiny(), jax.numpy.float32))
+    params = jax.tree.map(jax.numpy.zeros_like, param_shapes(jdlm.tiny(), jax.numpy.float32))
     mesh = sharding.make_mesh()
     assert sharding.mesh_of(sharding.shard_params(params, mesh)) == mesh
     assert sharding.mesh_of(params) is None  # on one device, not placed: decode runs as it always did
