@@ -372,7 +372,7 @@ def resolve(path: str | Path) -> Path:
     return directory
 
 
-def load_params(path: str | Path, dtype=None, *, verify: bool | None = None) -> Params:
+def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None) -> Params:
     """Restores the weights of a jdlm checkpoint directory (no tokenizer).
 
     Every file that manifest.json records (params/ and config.json included) must have its recorded size; with
@@ -383,6 +383,8 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None) -> 
       dtype: cast the weights to this dtype (default: as stored).
       verify: hash every file (seconds per GB); default True unless the environment sets JDLM_VERIFY=0, the
         opt-out for very large models on trusted disks.
+      mesh: a `jax.sharding.Mesh` (`jdlm.sharding.make_mesh`): restore every weight straight into its shards by
+        the partition rules of `jdlm.sharding` (each device, and each host, reads only its part).
     """
     directory = resolve(path)
     config_path = directory / "config.json"
@@ -410,6 +412,11 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None) -> 
         raise CheckpointError(f"{directory}: parameter shapes in manifest.json do not match config.json "
                               f"(first mismatches: {bad[:3]}); the checkpoint is inconsistent")
     verify_files(directory, manifest, hashes=verify_by_default() if verify is None else verify)
+    if mesh is not None:  # orbax's sharded restore: target shardings in the abstract tree
+        from jdlm.sharding import param_shardings
+
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                param_shardings(config, mesh))
     import orbax.checkpoint as ocp
 
     try:
@@ -423,7 +430,7 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None) -> 
     return Params(config=config, weights=weights)
 
 
-def load(path: str | Path, dtype=None, *, verify: bool | None = None):
+def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None):
     """Loads a jdlm checkpoint: `(params, tokenizer)`.
 
     Args:
@@ -432,9 +439,10 @@ def load(path: str | Path, dtype=None, *, verify: bool | None = None):
       verify: check every file's sha256 against manifest.json (sizes are always checked); default True unless
         the environment sets JDLM_VERIFY=0. Pass False (or set JDLM_VERIFY=0) to skip the hashing (seconds per
         GB) for very large models.
+      mesh: restore the weights sharded over this mesh (`jdlm.sharding`); default one device.
     """
     from jdlm.tokenizer import Tokenizer
 
-    params = load_params(path, dtype, verify=verify)
+    params = load_params(path, dtype, verify=verify, mesh=mesh)
     tokenizer = Tokenizer.from_dir(resolve(path), params.config)
     return params, tokenizer

@@ -43,3 +43,7 @@ class InputError(UserError):
 
 class PlotUnavailable(UserError):
     """matplotlib is not installed (pip install "jdlm[plot]")."""
+
+
+class ShardingError(UserError):
+    """A device mesh that does not fit the devices or the model; the message names the sizes that work."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from jdlm.cli.args import command, force_arg, model_args, positive_int, strategy_args
+from jdlm.cli.args import command, force_arg, mesh_args, model_args, positive_int, strategy_args
 from jdlm.cli.common import (
     build_strategy,
     check_fits,
     check_steps,
+    device_mesh,
     load_model,
     note,
     stderr_console,
@@ -28,8 +29,10 @@ def add_parser(sub) -> None:
                  jdlm bench --gen-length 32 --prompt-length 16 --repeats 1
                  jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual -n 32 --json b.json
                  jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256   {NEEDS_8B} and a GPU
+                 jdlm bench --random llada-8b --mesh model=2 --batch-size 8   {NEEDS_8B} and 2 GPUs
                  """)
     model_args(p)
+    mesh_args(p)
     p.add_argument("--random", metavar="SHAPE", choices=["llada-8b", "dream-7b", "test"],
                    help="random weights at these shapes instead of --model: llada-8b, dream-7b or test (2 layers)")
     strategy_args(p, repeatable=True, gen_length=128)
@@ -58,6 +61,7 @@ def run(args) -> int:
     from rich.progress import Progress
 
     import jdlm.bench as jbench
+    from jdlm import sharding
 
     G = args.gen_length
     if args.strategy:
@@ -66,16 +70,21 @@ def run(args) -> int:
         block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
         strategies = jbench.default_strategies(G, block)
     console = stderr_console()
+    mesh = device_mesh(args)
     if args.random:
         dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
         _check_random_fits(args, dtype, jbench.RANDOM_MODELS[args.random](), strategies)
         params = jbench.random_params(args.random, jnp.dtype(dtype))
+        if mesh is not None:
+            params = sharding.shard_params(params, mesh)
         source = f"random {args.random}"
     else:
-        params, _, loaded = load_model(args)
+        params, _, loaded = load_model(args, mesh)
         source = args.model
         if not args.quiet:
             note(console, loaded)
+    if mesh is not None:
+        source += f", {sharding.describe(mesh)}"
     check_fits(args.prompt_length, G, params.config.max_seq_len)
 
     results = []

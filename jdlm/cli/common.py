@@ -103,12 +103,28 @@ def enable_compilation_cache() -> Path | None:
     return path
 
 
-def load_model(args):
-    """`(params, tokenizer, note)` for --model/--dtype; `note` is a one-line account of what was loaded, for the
-    caller to print once the command is past its checks (an error must stay the only line)."""
+def device_mesh(args):
+    """The mesh of --mesh (default: every visible device, data parallel), after joining a multi-host run
+    (`jdlm.sharding.initialize_distributed`); None on a single device."""
+    import jax
+
+    from jdlm import sharding
+
+    sizes = sharding.parse_mesh(args.mesh) if args.mesh else {}
+    sharding.initialize_distributed()
+    if not sizes and jax.device_count() == 1:
+        return None
+    return sharding.make_mesh(**sizes)
+
+
+def load_model(args, mesh=None):
+    """`(params, tokenizer, note)` for --model/--dtype, sharded over `mesh` when given; `note` is a one-line
+    account of what was loaded, for the caller to print once the command is past its checks (an error must stay
+    the only line)."""
     import jax
 
     import jdlm
+    from jdlm import sharding
 
     enable_compilation_cache()
     dtype = args.dtype
@@ -119,7 +135,7 @@ def load_model(args):
     check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}")
     t0 = time.perf_counter()
     try:
-        params, tokenizer = jdlm.load(args.model, dtype=dtype)
+        params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh)
     except jdlm.CheckpointError as e:
         if args.model in PACKAGED_MODELS and "not installed" in str(e):
             raise UsageError(f"{e}, or pass --model DIR with a converted checkpoint (jdlm convert --help)") from None
@@ -127,7 +143,7 @@ def load_model(args):
     cfg = params.config
     kind = f"{cfg.family}, causal" if cfg.causal else cfg.family
     loaded = (f"loaded {args.model} ({kind}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
-              f"{time.perf_counter() - t0:.1f} s")
+              f"{time.perf_counter() - t0:.1f} s" + (f" onto {sharding.describe(mesh)}" if mesh else ""))
     if args.model in PACKAGED_MODELS and Path(args.model).is_dir():  # the name wins: say so, once
         loaded += f" (the packaged model; for the folder ./{args.model} pass --model ./{args.model})"
     return params, tokenizer, loaded

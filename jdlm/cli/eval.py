@@ -10,11 +10,12 @@ from jdlm.cli.args import (
     command,
     did_you_mean,
     force_arg,
+    mesh_args,
     model_args,
     non_negative_float,
     positive_int,
 )
-from jdlm.cli.common import load_model, note, stderr_console
+from jdlm.cli.common import device_mesh, load_model, note, stderr_console
 from jdlm.cli.models import check_model, is_causal
 from jdlm.cli.outputs import check_output, write_atomically
 from jdlm.errors import UsageError
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
                    jdlm eval --task countdown --data mine.jsonl --batch-size 1
                  """)
     model_args(p)
+    mesh_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
                    help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
                         "(default: all four, code only with --confirm-run-unsafe-code; exactly one with --data)")
@@ -132,7 +134,7 @@ def run(args) -> int:
         except ValueError as e:
             raise UsageError(f"--strategy {text}: {e}") from None
 
-    params, tokenizer, loaded = load_model(args)
+    params, tokenizer, loaded = load_model(args, device_mesh(args))
     # Every (task, strategy) pair is checked before anything is decoded, so a bad combination fails at once.
     settings = {}
     for task in tasks:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdlm import sharding
 from jdlm.decoding.cache import SequenceInputs
 from jdlm.decoding.inputs import check_prompt
 from jdlm.decoding.rule import Budget
@@ -50,8 +51,15 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
 
     Returns:
       DecodeResult with tokens [B, G], nfe [B], forwards [] and the unmasking trace.
+
+    Params placed on a mesh (`jdlm.sharding`) decode there: the batch split over its data axis, the weights as
+    placed; the same tokens and NFE as on one device.
     """
-    return _decode_loop(*_arguments(params, prompt, strategy, key, prompt_mask))
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    mesh, rows = sharding.mesh_of(params), prompt.shape[0]
+    prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
+    with sharding.active(mesh):
+        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables), rows)
 
 
 def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
@@ -63,11 +71,15 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
     positions not revealed yet hold the mask id.
     """
     params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
-    inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables)
+    mesh, rows = sharding.mesh_of(params), prompt.shape[0]
+    prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
+    with sharding.active(mesh):
+        inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables)
     going = True
     while going:
-        state, partial, going = _advance(inputs, state, strategy)
-        yield partial
+        with sharding.active(mesh):
+            state, partial, going = _advance(inputs, state, strategy)
+        yield sharding.take_rows(partial, rows)
         going = bool(going)
 
 
@@ -120,12 +132,12 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
         positions = jnp.concatenate([positions, positions])
         valid = None if valid is None else jnp.concatenate([valid, valid])
     seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P, block_length=sched.block_length)
-    state = DecodeState(
+    state = sharding.constrain_state(DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
         block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
-        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32))
+        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32)))
     return DecodeInputs(seq=seq, tables=tables), state
 
 
@@ -198,9 +210,10 @@ def running(state: DecodeState, strategy: Strategy) -> jax.Array:
 
 
 def result(state: DecodeState, prompt_len: int) -> DecodeResult:
-    """The generation part of a state."""
-    return DecodeResult(tokens=state.tokens[:, prompt_len:], nfe=state.nfe, forwards=state.forwards,
-                        trace=Trace(step=state.revealed_at, confidence=state.revealed_conf))
+    """The generation part of a state (whole on every device of a mesh: small, and every host reads it)."""
+    return sharding.replicate(DecodeResult(tokens=state.tokens[:, prompt_len:], nfe=state.nfe,
+                                           forwards=state.forwards,
+                                           trace=Trace(step=state.revealed_at, confidence=state.revealed_conf)))
 
 
 # ---------------------------------------------------------------- compiled entry points
