@@ -601,6 +601,14 @@ def with_chat_template(model: Path, tmp_path: Path, template: str) -> Path:
     config = json.loads((copy / "tokenizer_config.json").read_text())
     config["chat_template"] = template
     (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    # An edit on purpose: record it in the manifest, which load checks every file against.
+    import hashlib
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    data = (copy / "tokenizer_config.json").read_bytes()
+    manifest["files"]["tokenizer_config.json"] = hashlib.sha256(data).hexdigest()
+    manifest["bytes"]["tokenizer_config.json"] = len(data)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
 
@@ -617,7 +625,8 @@ def test_chat_keeps_a_failed_turn_out_of_the_conversation(model, tmp_path):
 def test_a_broken_chat_template_is_one_error_line(model, tmp_path):
     out = jdlm("generate", PROMPT, "--model", str(with_chat_template(model, tmp_path, "{% for %}")), *FAST)
     lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1 and "chat template could not be rendered" in lines[0], out.stderr
+    assert out.returncode == 2 and len(lines) == 1 and "chat template" in lines[0] and "--no-chat" in lines[0], \
+        out.stderr
 
 
 def test_ctrl_d_in_chat_leaves_the_shell_prompt_on_a_fresh_line(model):

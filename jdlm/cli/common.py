@@ -11,7 +11,7 @@ from pathlib import Path
 from jdlm.cli.args import PACKAGED_MODELS
 from jdlm.cli.memory import check_checkpoint_memory
 from jdlm.cli.models import model_dir
-from jdlm.errors import InputError, TokenizerError, UsageError
+from jdlm.errors import InputError, UsageError
 
 
 def stderr_console():
@@ -150,16 +150,10 @@ def load_model(args, mesh=None):
 
 
 def encode(tokenizer, messages: list[dict[str, str]], *, chat: bool) -> list[int]:
-    """Prompt ids: through the chat template when there is one and `chat`, else the last message as plain text."""
+    """Prompt ids: through the chat template when there is one and `chat`, else the last message as plain text.
+    A template that fails to render is a TokenizerError (one line), raised by the tokenizer."""
     if chat and tokenizer.chat_template:
-        from jinja2 import TemplateError
-
-        try:
-            return tokenizer.encode_chat(messages)
-        except TemplateError as e:  # a broken template in the checkpoint, not a bug in jdlm
-            raise TokenizerError(f"the model's chat template could not be rendered ({type(e).__name__}: {e}); fix "
-                                 "chat_template in the checkpoint's tokenizer_config.json (generate --no-chat "
-                                 "sends the prompt without it)") from None
+        return tokenizer.encode_chat(messages)
     return tokenizer.encode(messages[-1]["content"])
 
 
