@@ -135,6 +135,39 @@ def test_llada_generate_padded_batch(llada):
     _check(x, nfe, jdlm.decode(params, ids, S.llada(**args), prompt_mask=mask), ids.shape[1])
 
 
+# Prophet's gaps scaled to the tiny random model, whose top-1/top-2 logit gaps stay below ~2.5: upstream's 7.5, 5.0,
+# 2.5 over 5, so each case runs into a phase before it fires.
+PROPHET_GAPS = dict(early=1.5, mid=1.0, late=0.5)
+
+
+def _with_prophet(strategy):
+    g = PROPHET_GAPS
+    return strategy.replace(commit=S.Prophet(early_gap=g["early"], mid_gap=g["mid"], late_gap=g["late"]))
+
+
+@pytest.mark.parametrize("case", ["one_token_per_step", "two_tokens_per_step", "uneven_counts", "cfg"])
+def test_prophet_early_commit(llada, case):
+    ref, params = llada
+    args = LLADA_CASES[case]
+    prompt = _prompts(1)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, prophet=True,
+                                     exit_thresholds=PROPHET_GAPS, **args)
+    assert nfe[0] < args["steps"], "the reference never exited early: this case would test nothing"
+    _check(x, nfe, jdlm.decode(params, prompt, _with_prophet(S.llada(**args))), prompt.shape[1])
+
+
+def test_prophet_early_commit_padded_batch(llada):
+    ref, params = llada
+    prompts = [[5, 9, 14], [7, 3, 22, 41, 8, 19], [100, 200, 31, 4]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    args = dict(gen_length=16, steps=16, block_length=8)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
+                                     attention_mask=torch.as_tensor(mask), pad_position_ids=True, prophet=True,
+                                     exit_thresholds=PROPHET_GAPS, **args)
+    assert len(set(nfe)) > 1, f"every row exited at the same step {nfe}: the batch would not test rows apart"
+    _check(x, nfe, jdlm.decode(params, ids, _with_prophet(S.llada(**args)), prompt_mask=mask), ids.shape[1])
+
+
 def _frequent_tokens(params, prompt, args, n=2):
     """The tokens a plain decode proposes most often: as stand-in EOS / EOT ids they make the EOS options bite."""
     tokens = np.asarray(jdlm.decode(params, prompt, S.llada(**args)).tokens).ravel()

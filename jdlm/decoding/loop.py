@@ -1,9 +1,10 @@
 """`decode` and `decode_steps`: every strategy runs through one step function, `step`.
 
 Each step is one forward pass for the current block:
-  forward (through the strategy's cache) -> the rule's proposals and confidences for the block -> the rule picks
-  positions to reveal (a mask, never a dynamic slice) -> write them -> bookkeeping (NFE, trace, EOS stop) ->
-  advance to the next block when this one is finished.
+  forward (through the strategy's cache) -> the rule's proposals and confidences for the block -> the commit part,
+  if any, may finish a row at once (every masked position gets its proposal) -> the rule picks positions to reveal
+  (a mask, never a dynamic slice) -> write them -> bookkeeping (NFE, trace, EOS stop) -> advance to the next block
+  when this one is finished.
 `decode` runs `step` in one compiled `lax.while_loop`, with no return to Python; `decode_steps` drives the same
 `step` from Python and yields after each forward pass (for live views and prompt interruption).
 
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdlm.decoding.cache import SequenceInputs
+from jdlm.decoding.cache import GenerationLogits, SequenceInputs
+from jdlm.decoding.commit import Latest
 from jdlm.decoding.inputs import check_prompt
 from jdlm.decoding.rule import Budget
 from jdlm.decoding.schedule import StepTables
@@ -119,29 +121,39 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
     if strategy.guidance:
         positions = jnp.concatenate([positions, positions])
         valid = None if valid is None else jnp.concatenate([valid, valid])
-    seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P, block_length=sched.block_length)
+    seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P,
+                         block_length=sched.block_length, whole_generation=strategy.commit is not None)
     state = DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
         block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
-        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32))
+        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
+        latest=Latest.empty(B, G) if strategy.commit else None)
     return DecodeInputs(seq=seq, tables=tables), state
 
 
 def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, block_start):
-    """Logits of the current block's positions, float32 [B, W, V], and the updated KV cache."""
+    """Logits of the current block's positions, float32 [B, W, V]; GenerationLogits of every generated position
+    the forward computed when the strategy has a commit part (else None); and the updated KV cache."""
     seq = inputs.seq
     cfg = seq.params.config
     tokens = state.tokens
     if strategy.guidance:
         tokens = strategy.guidance.double(tokens, seq.prompt_len, cfg.mask_id)
     logits, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
+    generation = logits if seq.whole_generation else None
+    if generation is not None:
+        logits = generation.values
     logits = logits.astype(jnp.float32)
     if strategy.guidance:
         logits = strategy.guidance.combine(logits)
     # Never propose the mask token itself (trained models never do; random ones can, and would stall).
-    return logits.at[..., cfg.mask_id].set(-jnp.inf), kv
+    logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
+    if generation is not None:
+        generation = GenerationLogits(values=logits, fresh=generation.fresh)
+        logits = generation.block(block_start - seq.prompt_len, seq.block_length)
+    return logits, generation, kv
 
 
 def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> DecodeState:
@@ -152,7 +164,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     split = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)  # [B, 3]
     key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
     block_start = P + state.block_index * W
-    logits, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
+    offset = block_start - P
+    logits, generation, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
     block_tokens = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
     masked = block_tokens == cfg.mask_id
     active = ~state.done & (masked.any(-1) | sched.keep_idle_steps)  # [B]
@@ -167,15 +180,25 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
+    latest, commits = state.latest, None
+    if strategy.commit:
+        latest, commits = _consult_commit(strategy, state, generation, proposal, confidence, k_propose, offset,
+                                          temperature)
+        commits &= active
+        reveal &= ~commits[:, None]  # the all-in fill below writes the block too, with the same proposals
 
     written = jnp.where(reveal, proposal, block_tokens)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, written, block_start, axis=1)
-    offset = block_start - P
     revealed_at = _update_window(state.revealed_at, reveal, state.forwards, offset)
     revealed_conf = _update_window(state.revealed_conf, reveal, confidence, offset)
+    if commits is not None:
+        tokens, revealed_at, revealed_conf = _fill_all(tokens, revealed_at, revealed_conf, commits, latest,
+                                                       state.forwards, P, cfg.mask_id)
     done = state.done
     if sched.stop_at_eos:
         tokens, done, revealed_at = _stop_at_end(tokens, done, revealed_at, state.forwards, P, cfg)
+    if commits is not None:
+        done |= commits
 
     left = jax.lax.dynamic_slice_in_dim(tokens, block_start, W, axis=1) == cfg.mask_id
     any_left = (left.any(-1) & ~done).any()
@@ -189,7 +212,7 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
         forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
-        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf)
+        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest)
 
 
 def running(state: DecodeState, strategy: Strategy) -> jax.Array:
@@ -228,6 +251,31 @@ def _update_window(buffer, reveal, value, offset):
     old = jax.lax.dynamic_slice_in_dim(buffer, offset, W, axis=1)
     new = jnp.where(reveal, jnp.broadcast_to(value, reveal.shape).astype(buffer.dtype), old)
     return jax.lax.dynamic_update_slice_in_dim(buffer, new, offset, axis=1)
+
+
+def _consult_commit(strategy: Strategy, state: DecodeState, generation: GenerationLogits, proposal, confidence,
+                    key, offset, temperature):
+    """The latest view of the generation with this forward's news, and the commit part's verdict [B] bool.
+
+    Proposals outside the block are drawn with a key of their own (folded from the block's), so that the block's
+    proposals, and a decode in which the commit part never fires, are those of the same strategy without it.
+    """
+    fill_key = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
+    tokens, conf = strategy.rule.propose(generation.values, temperature, fill_key)  # [B, G]
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, proposal, offset, axis=1)
+    conf = jax.lax.dynamic_update_slice_in_dim(conf, confidence, offset, axis=1)
+    latest = state.latest.update(generation.fresh, tokens, conf, strategy.commit.statistic(generation.values))
+    progress = (state.nfe + 1) / strategy.schedule.steps  # [B]: this forward pass is the row's (nfe + 1)-th
+    return latest, strategy.commit.fires(latest.statistic, progress)
+
+
+def _fill_all(tokens, revealed_at, revealed_conf, commits, latest: Latest, step_index, P, mask_id):
+    """Rows that commit: every masked generated position gets its latest proposal."""
+    gen = tokens[:, P:]
+    fill = commits[:, None] & (gen == mask_id)  # [B, G]
+    tokens = tokens.at[:, P:].set(jnp.where(fill, latest.token, gen))
+    return (tokens, jnp.where(fill, step_index, revealed_at),
+            jnp.where(fill, latest.confidence, revealed_conf))
 
 
 def _stop_at_end(tokens, done, revealed_at, step_index, P, cfg):

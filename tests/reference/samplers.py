@@ -2,6 +2,7 @@
 
 Each function mirrors one public upstream function step for step (see its docstring), rewritten plainly:
   - `llada_generate`      ML-GSAI/LLaDA `generate.py::generate`                      (REFERENCE.md §2.1)
+                          with `prophet=True`: pixeli99/Prophet `generate_earlyexit.py::generate`   (§2.4)
   - `dream_sample`        Dream-org/Dream-v0-* `generation_utils.py::DreamGenerationMixin._sample`   (§2.3)
   - `fastdllm_generate`   NVlabs/Fast-dLLM `llada/generate.py::generate`, `generate_with_prefix_cache`,
                           `generate_with_dual_cache`, and `dream/model/generation_utils_block.py::_sample`  (§2.2)
@@ -111,7 +112,8 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
                    gumbel_fn: Optional[Callable[[int, tuple], Tensor]] = None,
                    logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
                    eos_id: Optional[int] = None, eot_id: Optional[int] = None,
-                   pad_position_ids: bool = False) -> tuple[Tensor, int]:
+                   pad_position_ids: bool = False, prophet: bool = False, answer_start: int = 0,
+                   answer_length: int = 5, exit_thresholds: Optional[dict] = None) -> tuple[Tensor, int | list[int]]:
     """LLaDA semi-autoregressive sampling; mirrors ML-GSAI/LLaDA `generate.py::generate` (commit b7e6c35).
 
     Args:
@@ -133,8 +135,15 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
       pad_position_ids: with an attention mask, use rotary positions counted from each row's first real token
         (HKUNLP rule) instead of the absolute positions that ML-GSAI's LLaDA model uses. RoPE scores depend only
         on position differences, so the two agree up to float rounding.
+      prophet: Prophet's early exit (pixeli99/Prophet `generate_earlyexit.py::generate` and `should_early_exit`,
+        commit 460afe4): after the forward and the proposal, before the commit, the row's gap is the mean of
+        top1 - top2 of the raw (CFG-combined) logits over positions P + answer_start ... + answer_length (clipped
+        to the sequence); with progress = g / steps (g the 1-based global step), the row exits when the gap is
+        >= exit_thresholds["early"] (progress < 0.33), ["mid"] (< 0.67) or ["late"] (default 7.5, 5.0, 2.5): every
+        masked position of the row gets its x0 from this step, the step's commit is skipped, the row stops.
+        Upstream is batch 1 with an absolute answer_start_pos; here each row exits on its own, the others go on.
     Returns:
-      (x [B, P + gen_length], nfe == steps).
+      (x [B, P + gen_length], nfe == steps); with prophet, nfe is a list with each row's forward passes.
 
     Deviations: ties commit the lowest position first; prompts containing mask_id are rejected; with
     cfg_scale > 0 and no attention mask upstream raises NameError (`attention_mask_` is unbound), here it runs.
@@ -165,11 +174,14 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
     s = steps // num_blocks
 
     nfe = 0
+    row_nfe, exited = [0] * B, [False] * B  # Prophet: each row's forward passes, and whether it has exited
     for b in range(num_blocks):
         start = P + b * block_length
         end = start + block_length
         counts = [count_schedule(int(n), s) for n in (x[:, start:end] == mask_id).sum(1)]
         for i in range(s):
+            if all(exited):
+                break
             mask_index = x == mask_id
             if cfg_scale > 0:
                 # Unconditional branch: every original prompt position (pads too) becomes a mask.
@@ -183,6 +195,10 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
             else:
                 logits = model(x, attention_mask=am, position_ids=positions)
             nfe += 1
+            row_nfe = [n + (not e) for n, e in zip(row_nfe, exited)]
+            exiting = [prophet and not exited[j] and
+                       prophet_exits(logits[j], P + answer_start, answer_length, b * s + i + 1, steps, exit_thresholds)
+                       for j in range(B)]
 
             if logits_eos_inf:
                 logits[:, :, eos_id] = NEG_INF
@@ -213,9 +229,33 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, NEG_INF))
             for j in range(B):
+                if exited[j]:
+                    continue
+                if exiting[j]:  # fill every remaining mask of the row, skip this step's commit
+                    x[j, mask_index[j]] = x0[j, mask_index[j]]
+                    exited[j] = True
+                    continue
                 idx = topk_stable(confidence[j], counts[j][i])
                 x[j, idx] = x0[j, idx]
-    return x, nfe
+    return x, (row_nfe if prophet else nfe)
+
+
+def prophet_exits(logits: Tensor, answer_start: int, answer_length: int, global_step: int, max_steps: int,
+                  thresholds: Optional[dict] = None) -> bool:
+    """Prophet `should_early_exit` on one row's logits [L, V]: the mean top1 - top2 gap over the absolute answer
+    positions [answer_start, answer_start + answer_length) within the sequence, against the phase's threshold."""
+    thresholds = thresholds or {"early": 7.5, "mid": 5.0, "late": 2.5}
+    positions = range(answer_start, min(logits.shape[0], answer_start + answer_length))
+    gaps = []
+    for pos in positions:
+        top2 = torch.topk(logits[pos], k=2).values
+        gaps.append((top2[0] - top2[1]).item())
+    if not gaps:
+        return False
+    gap = sum(gaps) / len(gaps)
+    progress = global_step / max_steps
+    phase = "early" if progress < 0.33 else "mid" if progress < 0.67 else "late"
+    return gap >= thresholds[phase]
 
 
 # --- HKUNLP Dream diffusion_generate ------------------------------------------------------------------------------
