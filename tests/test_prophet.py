@@ -11,7 +11,7 @@ import pytest
 import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import names
-from jdlm.decoding.cache import GenerationLogits, SequenceInputs
+from jdlm.decoding.cache import ForwardView, SequenceInputs
 from tests.test_decode import MASK, _prompt, compiles, python_loop
 
 NEVER = S.Prophet(early_gap=1e9, mid_gap=1e9, late_gap=1e9)
@@ -192,7 +192,7 @@ def test_dual_cache_fills_later_blocks_with_the_block_start_proposals(params):
     # The block's proposals at the 6th forward: the dual cache's window over the keys/values of the 5th.
     seq = SequenceInputs(params=params, positions=inputs.seq.positions, key_mask=None, prompt_len=P, block_length=4)
     _, kv = S.DualCache().block_logits(seq, before[4], S.DualCache().init(params, 1, P + G), np.bool_(True), P + 4)
-    window, _ = S.DualCache().block_logits(seq, before[5], kv, np.bool_(False), P + 4)
+    window = S.DualCache().block_logits(seq, before[5], kv, np.bool_(False), P + 4)[0].logits
     final = np.asarray(state.tokens[:, P:])
     was_masked = np.asarray(before[-1][:, P:]) == params.config.mask_id
     later = was_masked & (np.arange(G) >= 8)
@@ -204,7 +204,7 @@ def test_dual_cache_fills_later_blocks_with_the_block_start_proposals(params):
 @pytest.mark.parametrize("family, cache", [("llada", "none"), ("llada", "prefix"), ("llada", "dual"),
                                            ("dream", "prefix"), ("dream", "dual")])
 def test_whole_generation_logits_match_the_block_logits(family, cache):
-    """Each cache's forward in whole-generation mode: `fresh` marks what it computed (everything on a full forward;
+    """Each cache's forward over the generation span: `fresh` marks what it computed (everything on a full forward;
     the block on for the prefix cache's window; the block for the dual cache's), and the block's logits are those of
     the same cache asked for the block alone. Dream's windows start one position early (shifted logits)."""
     params = _params(family)
@@ -221,15 +221,16 @@ def test_whole_generation_logits_match_the_block_logits(family, cache):
         _, filled = part.block_logits(seq, tokens, kv, np.bool_(True), block_start)
         return part.block_logits(seq, tokens, filled, np.bool_(False), block_start)[0]
 
-    results = {whole: second_step(SequenceInputs(params=params, positions=positions, key_mask=None, prompt_len=P,
-                                                 block_length=W, whole_generation=whole), kv)
-               for whole in (False, True)}
-    generation = results[True]
-    assert isinstance(generation, GenerationLogits)
+    results = {span: second_step(SequenceInputs(params=params, positions=positions, key_mask=None, prompt_len=P,
+                                                block_length=W, span=span), kv)
+               for span in ("block", "generation")}
+    generation = results["generation"]
+    assert isinstance(generation, ForwardView) and generation.logits.shape[1] == G
     expected_fresh = {"none": np.arange(G) >= 0, "prefix": np.arange(G) >= W,
                       "dual": (np.arange(G) >= W) & (np.arange(G) < 2 * W)}[cache]
     np.testing.assert_array_equal(np.asarray(generation.fresh), expected_fresh)
-    np.testing.assert_allclose(np.asarray(generation.block(W, W)), np.asarray(results[False]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(generation.block(W, W)), np.asarray(results["block"].logits), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_sweeping_prophet_knobs_compiles_once(params):

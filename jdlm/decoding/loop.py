@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdlm.decoding.cache import GenerationLogits, SequenceInputs
+from jdlm.decoding.cache import ForwardView, SequenceInputs
 from jdlm.decoding.commit import Latest
 from jdlm.decoding.inputs import check_prompt
-from jdlm.decoding.rule import Budget
+from jdlm.decoding.rule import Budget, Context
 from jdlm.decoding.schedule import StepTables
 from jdlm.decoding.state import DecodeInputs, DecodeResult, DecodeState, Trace
 from jdlm.decoding.strategy import Strategy
@@ -121,39 +121,42 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
     if strategy.guidance:
         positions = jnp.concatenate([positions, positions])
         valid = None if valid is None else jnp.concatenate([valid, valid])
+    # What the forwards return beyond the block's logits: see SequenceInputs.span and probs_layers.
+    reads = min(strategy.rule.attention_layers, cfg.n_layers)
+    span = "sequence" if reads else "generation" if strategy.commit else "block"
     seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P,
-                         block_length=sched.block_length, whole_generation=strategy.commit is not None)
+                         block_length=sched.block_length, span=span,
+                         probs_layers=tuple(range(cfg.n_layers - reads, cfg.n_layers)))
     state = DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
         block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
-        latest=Latest.empty(B, G) if strategy.commit else None)
+        latest=Latest.empty(B, G) if strategy.commit else None, memory=strategy.rule.init_memory(B))
     return DecodeInputs(seq=seq, tables=tables), state
 
 
 def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, block_start):
-    """Logits of the current block's positions, float32 [B, W, V]; GenerationLogits of every generated position
-    the forward computed when the strategy has a commit part (else None); and the updated KV cache."""
+    """Logits of the current block's positions, float32 [B, W, V]; the forward's ForwardView with float32 logits
+    of its span (the same, for strategies that need only the block); and the updated KV cache."""
     seq = inputs.seq
     cfg = seq.params.config
     tokens = state.tokens
     if strategy.guidance:
         tokens = strategy.guidance.double(tokens, seq.prompt_len, cfg.mask_id)
-    logits, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
-    generation = logits if seq.whole_generation else None
-    if generation is not None:
-        logits = generation.values
-    logits = logits.astype(jnp.float32)
+    view, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
+    logits = view.logits.astype(jnp.float32)
+    attention, column_mean = view.attention, view.column_mean
     if strategy.guidance:
         logits = strategy.guidance.combine(logits)
+        if attention is not None:  # the rule reads where the conditional rows look
+            B = logits.shape[0]
+            attention, column_mean = attention[:B], column_mean[:B]
     # Never propose the mask token itself (trained models never do; random ones can, and would stall).
     logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
-    if generation is not None:
-        generation = GenerationLogits(values=logits, fresh=generation.fresh)
-        logits = generation.block(block_start - seq.prompt_len, seq.block_length)
-    return logits, generation, kv
+    view = ForwardView(logits=logits, fresh=view.fresh, attention=attention, column_mean=column_mean)
+    return view.block(block_start - seq.span_start(block_start), seq.block_length), view, kv
 
 
 def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> DecodeState:
@@ -165,7 +168,7 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
     block_start = P + state.block_index * W
     offset = block_start - P
-    logits, generation, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
+    logits, view, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
     block_tokens = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
     masked = block_tokens == cfg.mask_id
     active = ~state.done & (masked.any(-1) | sched.keep_idle_steps)  # [B]
@@ -176,12 +179,22 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     confidence = jnp.where(candidates, confidence, -jnp.inf)
     at = jnp.minimum(state.step_in_block, sched.table_length - 1)
     budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
-    reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
+    memory = state.memory
+    if rule.attention_layers:
+        context = Context(attention=view.attention, column_mean=view.column_mean,
+                          key_confidence=jnp.where(view.fresh, _top_probability(view.logits), 0.0),
+                          masked=state.tokens == cfg.mask_id, block_start=block_start,
+                          step_in_block=state.step_in_block)
+        reveal, memory = rule.select_attending(confidence, candidates, budget, k_select, context, memory)
+        reveal &= candidates
+    else:
+        reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
     latest, commits = state.latest, None
     if strategy.commit:
+        generation = view if inputs.seq.span == "generation" else view.tail(P)
         latest, commits = _consult_commit(strategy, state, generation, proposal, confidence, k_propose, offset,
                                           temperature)
         commits &= active
@@ -212,7 +225,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
         forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
-        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest)
+        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest,
+        memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory))
 
 
 def running(state: DecodeState, strategy: Strategy) -> jax.Array:
@@ -253,7 +267,17 @@ def _update_window(buffer, reveal, value, offset):
     return jax.lax.dynamic_update_slice_in_dim(buffer, new, offset, axis=1)
 
 
-def _consult_commit(strategy: Strategy, state: DecodeState, generation: GenerationLogits, proposal, confidence,
+def _top_probability(logits):
+    """The largest softmax probability per position: [B, S, V] -> [B, S]."""
+    return jnp.exp(logits.max(-1) - jax.nn.logsumexp(logits, axis=-1))
+
+
+def _rows(active, value):
+    """active [B] shaped to broadcast against value [B, ...]."""
+    return active.reshape(active.shape + (1,) * (value.ndim - 1))
+
+
+def _consult_commit(strategy: Strategy, state: DecodeState, generation: ForwardView, proposal, confidence,
                     key, offset, temperature):
     """The latest view of the generation with this forward's news, and the commit part's verdict [B] bool.
 
@@ -261,10 +285,10 @@ def _consult_commit(strategy: Strategy, state: DecodeState, generation: Generati
     proposals, and a decode in which the commit part never fires, are those of the same strategy without it.
     """
     fill_key = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
-    tokens, conf = strategy.rule.propose(generation.values, temperature, fill_key)  # [B, G]
+    tokens, conf = strategy.rule.propose(generation.logits, temperature, fill_key)  # [B, G]
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, proposal, offset, axis=1)
     conf = jax.lax.dynamic_update_slice_in_dim(conf, confidence, offset, axis=1)
-    latest = state.latest.update(generation.fresh, tokens, conf, strategy.commit.statistic(generation.values))
+    latest = state.latest.update(generation.fresh, tokens, conf, strategy.commit.statistic(generation.logits))
     progress = (state.nfe + 1) / strategy.schedule.steps  # [B]: this forward pass is the row's (nfe + 1)-th
     return latest, strategy.commit.fires(latest.statistic, progress)
 

@@ -45,6 +45,12 @@ RULES = {n.name: n for n in (
          "alg_temp"),
     Name("margin", "jdlm.decoding.margin:Margin", "Dream's top-1 minus top-2 rule", "alg_temp"),
     Name("entropy", "jdlm.decoding.entropy:Entropy", "Dream's negative-entropy rule", "alg_temp"),
+    Name("dawn", "jdlm.decoding.dawn:Dawn",
+         "dependency-aware: confident tokens, tokens their revealed context supports, and an independent set of "
+         "the rest by attention (DAWN)"),
+    Name("axon", "jdlm.decoding.axon:Axon",
+         "a base rule (base=dawn, or base=threshold:0.9, ...) that reveals anchor tokens when its progress looks "
+         "stuck (AXON)"),
     Name("origin", "jdlm.decoding.origin:Origin",
          "Dream's alg=origin: each masked position revealed with probability 1 - s/t (with the fields "
          "counts=dream keep_idle_steps=true)"),

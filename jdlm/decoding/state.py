@@ -36,6 +36,7 @@ class DecodeState:
     revealed_conf: [B, G] float32  the rule's confidence for it at that step.
     latest:        Latest ([B, G] each), what the last forward computing each generated position said; None unless
                    the strategy has a commit part.
+    memory:        what a rule that reads attention carries between steps (`Rule.init_memory`), or None.
     """
 
     tokens: jax.Array
@@ -50,6 +51,7 @@ class DecodeState:
     revealed_at: jax.Array
     revealed_conf: jax.Array
     latest: Latest | None = None
+    memory: object = None
 
 
 @flax.struct.dataclass

@@ -84,7 +84,7 @@ class Strategy:
         """JSON-ready: {"rule": {"name": ..., fields}, "cache": {...}, "schedule": {...}, "guidance": {...} | None,
         "commit": {"name": ..., fields} | None}."""
         def fields(p):
-            return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.init}
+            return {f.name: _json(getattr(p, f.name)) for f in dataclasses.fields(p) if f.init}
         return {"rule": {"name": names.name_of(self.rule, names.RULES), **fields(self.rule)},
                 "cache": {"name": names.name_of(self.cache, names.CACHES), **fields(self.cache)},
                 "schedule": fields(self.schedule),
@@ -260,7 +260,17 @@ def _changed(p) -> dict:
             if f.init and getattr(p, f.name) != getattr(default, f.name)}
 
 
+def _json(value):
+    """A field value in JSON form: a nested rule (Axon's base) as {"name": ..., fields}."""
+    if isinstance(value, Rule):
+        return {"name": names.name_of(value, names.RULES),
+                **{f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
+    return value
+
+
 def _text(value) -> str:
+    if isinstance(value, Rule):  # Axon's base: its rule spec as one word, fields after commas
+        return rule_spec(value).replace(" ", ",")
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -312,6 +322,7 @@ def _rule_word(word: str) -> dict:
 
 
 def _make(cls, fields: dict, what: str):
+    fields = {k: _build(names.RULES, dict(v), k) if isinstance(v, dict) else v for k, v in fields.items()}
     allowed = _init_fields(cls)
     unknown = sorted(set(fields) - allowed)
     if unknown:
