@@ -46,6 +46,14 @@ class MaskExcluded(torch.nn.Module):
     def forward_window(self, *args, **kwargs):
         return self._exclude(self.model.forward_window(*args, **kwargs))
 
+    def forward_with_attention(self, *args, **kwargs):
+        logits, attention = self.model.forward_with_attention(*args, **kwargs)
+        return self._exclude(logits), attention
+
+    @property
+    def config(self):
+        return self.model.config
+
 
 def _models(family, tmp_path_factory, seed):
     root = tmp_path_factory.mktemp(f"{family}_parity")
@@ -133,6 +141,39 @@ def test_llada_generate_padded_batch(llada):
     x, nfe = samplers.llada_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
                                      attention_mask=torch.as_tensor(mask), pad_position_ids=True, **args)
     _check(x, nfe, jdlm.decode(params, ids, S.llada(**args), prompt_mask=mask), ids.shape[1])
+
+
+# Prophet's gaps scaled to the tiny random model, whose top-1/top-2 logit gaps stay below ~2.5: upstream's 7.5, 5.0,
+# 2.5 over 5, so each case runs into a phase before it fires.
+PROPHET_GAPS = dict(early=1.5, mid=1.0, late=0.5)
+
+
+def _with_prophet(strategy):
+    g = PROPHET_GAPS
+    return strategy.replace(commit=S.Prophet(early_gap=g["early"], mid_gap=g["mid"], late_gap=g["late"]))
+
+
+@pytest.mark.parametrize("case", ["one_token_per_step", "two_tokens_per_step", "uneven_counts", "cfg"])
+def test_prophet_early_commit(llada, case):
+    ref, params = llada
+    args = LLADA_CASES[case]
+    prompt = _prompts(1)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, prophet=True,
+                                     exit_thresholds=PROPHET_GAPS, **args)
+    assert nfe[0] < args["steps"], "the reference never exited early: this case would test nothing"
+    _check(x, nfe, jdlm.decode(params, prompt, _with_prophet(S.llada(**args))), prompt.shape[1])
+
+
+def test_prophet_early_commit_padded_batch(llada):
+    ref, params = llada
+    prompts = [[5, 9, 14], [7, 3, 22, 41, 8, 19], [100, 200, 31, 4]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    args = dict(gen_length=16, steps=16, block_length=8)
+    x, nfe = samplers.llada_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
+                                     attention_mask=torch.as_tensor(mask), pad_position_ids=True, prophet=True,
+                                     exit_thresholds=PROPHET_GAPS, **args)
+    assert len(set(nfe)) > 1, f"every row exited at the same step {nfe}: the batch would not test rows apart"
+    _check(x, nfe, jdlm.decode(params, ids, _with_prophet(S.llada(**args)), prompt_mask=mask), ids.shape[1])
 
 
 def _frequent_tokens(params, prompt, args, n=2):
@@ -264,3 +305,87 @@ def test_fast_dllm_dream(dream, cache):
                                         family="dream", **args)
     strategy = S.fast_dllm(cache=cache or "none", family="dream", **args)
     _check(x, nfe, jdlm.decode(params, prompt, strategy), prompt.shape[1])
+
+
+# ---------------------------------------------------------------- DAWN and AXON (rules that read attention)
+
+# The tiny random model's attention is nearly uniform (~1/L per key, so every key passes DAWN's sink bar 0.01) and
+# its confidences sit around 0.5-0.8: thresholds chosen so that each of DAWN's sets and AXON's anchors take part.
+DAWN_TAUS = dict(tau_sure=0.65, tau_induce=0.55, tau_low=0.5, tau_edge=0.035, tau_sink=0.05)
+DAWN = S.Dawn(sure=0.65, induce=0.55, low=0.5, edge=0.035, sink=0.05)
+ATTENTION_ARGS = dict(gen_length=24, block_length=8)
+
+AXON_CASES = {  # prompt seed, AXON's settings (each seed picked so that the case's gate fires)
+    "coverage_gap_fixed1": (3, dict(gate="coverage_gap", selector="fixed1")),
+    "coverage_gap_cover": (3, dict(gate="coverage_gap", selector="cover")),
+    "progress_stall_fixed1": (3, dict(gate="progress_stall", selector="fixed1", max_anchor_steps=8, pace_steps=4)),
+    "threshold_base_cover": (4, dict(gate="coverage_gap", selector="cover", max_anchor_steps=8, base="threshold",
+                                     threshold=0.6)),
+}
+
+
+def _attention_strategy(rule):
+    return S.Strategy(schedule=S.Schedule(steps=24, **ATTENTION_ARGS), rule=rule)
+
+
+def test_dawn(llada):
+    ref, params = llada
+    prompt = _prompts(1, P=6, seed=3)
+    stats = {}
+    x, nfe = samplers.attention_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, dawn_args=DAWN_TAUS,
+                                         stats=stats, **ATTENTION_ARGS)
+    assert all(stats.get(k) for k in ("sure", "induced", "independent")), f"a DAWN set never took part: {stats}"
+    _check(x, nfe, jdlm.decode(params, prompt, _attention_strategy(DAWN)), prompt.shape[1])
+
+
+def test_dawn_padded_batch(llada):
+    ref, params = llada
+    prompts = [[5, 9, 14, 80], [7, 3, 22, 41, 8, 19]]
+    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
+    x, nfe = samplers.attention_generate(ref, torch.as_tensor(ids, dtype=torch.long), mask_id=MASK_ID,
+                                         attention_mask=torch.as_tensor(mask), dawn_args=DAWN_TAUS, **ATTENTION_ARGS)
+    _check(x, nfe, jdlm.decode(params, ids, _attention_strategy(DAWN), prompt_mask=mask), ids.shape[1])
+
+
+@pytest.mark.parametrize("case", list(AXON_CASES))
+def test_axon(llada, case):
+    ref, params = llada
+    seed, args = AXON_CASES[case]
+    args = dict(args)
+    prompt = _prompts(1, P=6, seed=seed)
+    stats = {}
+    x, nfe = samplers.attention_generate(ref, torch.as_tensor(prompt), mask_id=MASK_ID, rule="axon", axon_sink=0.05,
+                                         dawn_args=DAWN_TAUS, stats=stats, **args, **ATTENTION_ARGS)
+    assert stats.get("anchor_steps"), "AXON never revealed anchors: this case would test only its base"
+    base = S.Threshold(threshold=args.pop("threshold")) if args.pop("base", "dawn") == "threshold" else DAWN
+    rule = S.Axon(base=base, sink=0.05, **args)
+    _check(x, nfe, jdlm.decode(params, prompt, _attention_strategy(rule)), prompt.shape[1])
+
+
+@pytest.mark.parametrize("selector", ["fixed1", "cover"])
+def test_axon_anchor_selection_on_random_attention(selector):
+    """The selector alone against the reference's, on peaked random attention maps (the tiny model's are nearly
+    uniform, so one anchor always covers as much as the base's set there, and "cover" never takes a second)."""
+    from jdlm.decoding.rule import Context
+
+    rng = np.random.default_rng(0)
+    L, W, start = 14, 8, 4
+    most = 0
+    for _ in range(60):
+        attention = rng.dirichlet(np.full(L, 0.5), size=L).astype(np.float32)
+        conf = rng.uniform(0.1, 0.95, size=L)
+        masked = np.zeros(L, bool)
+        masked[start:start + W] = rng.uniform(size=W) < 0.8
+        masked[start] = True
+        target = float(rng.uniform(0, 0.3))
+        ref = samplers.axon_anchors(torch.as_tensor(conf), torch.as_tensor(masked), torch.as_tensor(attention),
+                                    target, selector=selector, tau_sink=0.1).numpy()[start:start + W]
+        context = Context(attention=attention[None, start:start + W], column_mean=attention.mean(0)[None],
+                          key_confidence=np.zeros((1, L), np.float32), masked=masked[None],
+                          block_start=np.int32(start), step_in_block=np.int32(0))
+        block = masked[None, start:start + W]
+        c = np.where(block, conf[None, start:start + W], 0).astype(np.float32)
+        ours = S.Axon(selector=selector, sink=0.1).anchors(c, block, context, np.float32([target]))
+        np.testing.assert_array_equal(np.asarray(ours)[0], ref)
+        most = max(most, int(ref.sum()))
+    assert most == 1 if selector == "fixed1" else most > 2

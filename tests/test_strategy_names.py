@@ -17,6 +17,8 @@ RULES = {
     "margin": S.Margin(top_k=5),
     "entropy": S.Entropy(alg_temp=0.1, top_p=0.8, top_k=3),
     "origin": S.Origin(top_p=0.95),
+    "dawn": S.Dawn(sure=0.8),
+    "axon": S.Axon(selector="cover", exit_confidence=0.8),
 }
 CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(refresh_every=3, windows=3), "dual": S.DualCache(refresh_every=2)}
 

@@ -35,9 +35,11 @@ DEFAULT_MODEL = "tiny"
 CACHES = tuple(names.CACHES)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-STRATEGY_HELP = ("strategy spec: RULE[:VALUE] [CACHE] [field=value ...] (default low_confidence), e.g.\n"
-                 "threshold:0.9, 'threshold:0.9 dual', 'entropy top_p=0.9'. Rules:\n" + names.rule_help()
-                 + "\nfields: the rule's, the cache's (refresh_every) and the schedule's (see jdlm.Schedule)")
+STRATEGY_HELP = ("strategy spec: RULE[:VALUE] [CACHE] [COMMIT] [field=value ...] (default low_confidence), e.g.\n"
+                 "threshold:0.9, 'threshold:0.9 dual', 'entropy top_p=0.9', 'low_confidence prophet'. Rules:\n"
+                 + names.rule_help() + "\ncommit parts (optional):\n" + names.rule_help(table=names.COMMITS)
+                 + "\nfields: the rule's, the cache's (refresh_every), the commit part's (late_gap, answer_start, "
+                   "...) and the schedule's (see jdlm.Schedule)")
 
 
 # ---------------------------------------------------------------- argument parsing

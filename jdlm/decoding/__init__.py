@@ -17,12 +17,12 @@ _EXPORTS = {
     # composing a strategy, and its text / JSON forms
     "Strategy": "strategy", "Schedule": "schedule", "Guidance": "guidance", "llada": "strategy", "dream": "strategy",
     "fast_dllm": "strategy", "parse_strategy": "strategy", "parse_rule": "strategy", "parse_cache": "strategy",
-    "Rule": "rule",
+    "Rule": "rule", "Commit": "commit",
     # errors
     "InputError": "inputs", "StrategyError": "schedule",
 }
-# Every named rule and cache, from the one name table: `jdlm.strategies.Threshold`, `.DualCache`, ...
-for _entry in (*names.RULES.values(), *names.CACHES.values()):
+# Every named part, from the one name table: `jdlm.strategies.Threshold`, `.DualCache`, `.Prophet`, ...
+for _entry in (*names.RULES.values(), *names.CACHES.values(), *names.COMMITS.values()):
     _module, _, _cls = _entry.target.partition(":")
     _EXPORTS[_cls] = _module.rpartition(".")[2]
 __all__ = list(_EXPORTS)

@@ -1,9 +1,10 @@
 """`decode` and `decode_steps`: every strategy runs through one step function, `step`.
 
 Each step is one forward pass for the current block:
-  forward (through the strategy's cache) -> the rule's proposals and confidences for the block -> the rule picks
-  positions to reveal (a mask, never a dynamic slice) -> write them -> bookkeeping (NFE, trace, EOS stop) ->
-  advance to the next block when this one is finished.
+  forward (through the strategy's cache) -> the rule's proposals and confidences for the block -> the commit part,
+  if any, may finish a row at once (every masked position gets its proposal) -> the rule picks positions to reveal
+  (a mask, never a dynamic slice) -> write them -> bookkeeping (NFE, trace, EOS stop) -> advance to the next block
+  when this one is finished.
 `decode` runs `step` in one compiled `lax.while_loop`, with no return to Python; `decode_steps` drives the same
 `step` from Python and yields after each forward pass (for live views and prompt interruption).
 
@@ -23,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm import sharding
-from jdlm.decoding.cache import SequenceInputs
+from jdlm.decoding.cache import ForwardView, SequenceInputs
+from jdlm.decoding.commit import Latest
 from jdlm.decoding.inputs import check_prompt
-from jdlm.decoding.rule import Budget
+from jdlm.decoding.rule import Budget, Context
 from jdlm.decoding.schedule import StepTables
 from jdlm.decoding.state import DecodeInputs, DecodeResult, DecodeState, Trace
 from jdlm.decoding.strategy import Strategy
@@ -131,29 +133,42 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
     if strategy.guidance:
         positions = jnp.concatenate([positions, positions])
         valid = None if valid is None else jnp.concatenate([valid, valid])
-    seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P, block_length=sched.block_length)
+    # What the forwards return beyond the block's logits: see SequenceInputs.span and probs_layers.
+    reads = min(strategy.rule.attention_layers, cfg.n_layers)
+    span = "sequence" if reads else "generation" if strategy.commit else "block"
+    seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P,
+                         block_length=sched.block_length, span=span,
+                         probs_layers=tuple(range(cfg.n_layers - reads, cfg.n_layers)))
     state = sharding.constrain_state(DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
         block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
-        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32)))
+        revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
+        latest=Latest.empty(B, G) if strategy.commit else None, memory=strategy.rule.init_memory(B)))
     return DecodeInputs(seq=seq, tables=tables), state
 
 
 def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, block_start):
-    """Logits of the current block's positions, float32 [B, W, V], and the updated KV cache."""
+    """Logits of the current block's positions, float32 [B, W, V]; the forward's ForwardView with float32 logits
+    of its span (the same, for strategies that need only the block); and the updated KV cache."""
     seq = inputs.seq
     cfg = seq.params.config
     tokens = state.tokens
     if strategy.guidance:
         tokens = strategy.guidance.double(tokens, seq.prompt_len, cfg.mask_id)
-    logits, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
-    logits = logits.astype(jnp.float32)
+    view, kv = strategy.cache.block_logits(seq, tokens, state.kv, state.refresh, block_start)
+    logits = view.logits.astype(jnp.float32)
+    attention, column_mean = view.attention, view.column_mean
     if strategy.guidance:
         logits = strategy.guidance.combine(logits)
+        if attention is not None:  # the rule reads where the conditional rows look
+            B = logits.shape[0]
+            attention, column_mean = attention[:B], column_mean[:B]
     # Never propose the mask token itself (trained models never do; random ones can, and would stall).
-    return logits.at[..., cfg.mask_id].set(-jnp.inf), kv
+    logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
+    view = ForwardView(logits=logits, fresh=view.fresh, attention=attention, column_mean=column_mean)
+    return view.block(block_start - seq.span_start(block_start), seq.block_length), view, kv
 
 
 def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> DecodeState:
@@ -164,7 +179,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     split = jax.vmap(lambda k: jax.random.split(k, 3))(state.key)  # [B, 3]
     key, k_propose, k_select = split[:, 0], split[:, 1], split[:, 2]
     block_start = P + state.block_index * W
-    logits, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
+    offset = block_start - P
+    logits, view, kv = block_logits(inputs, state, strategy, block_start)  # [B, W, V]
     block_tokens = jax.lax.dynamic_slice_in_dim(state.tokens, block_start, W, axis=1)  # [B, W]
     masked = block_tokens == cfg.mask_id
     active = ~state.done & (masked.any(-1) | sched.keep_idle_steps)  # [B]
@@ -175,19 +191,39 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     confidence = jnp.where(candidates, confidence, -jnp.inf)
     at = jnp.minimum(state.step_in_block, sched.table_length - 1)
     budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
-    reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
+    memory = state.memory
+    if rule.attention_layers:
+        context = Context(attention=view.attention, column_mean=view.column_mean,
+                          key_confidence=jnp.where(view.fresh, _top_probability(view.logits), 0.0),
+                          masked=state.tokens == cfg.mask_id, block_start=block_start,
+                          step_in_block=state.step_in_block)
+        reveal, memory = rule.select_attending(confidence, candidates, budget, k_select, context, memory)
+        reveal &= candidates
+    else:
+        reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
+    latest, commits = state.latest, None
+    if strategy.commit:
+        generation = view if inputs.seq.span == "generation" else view.tail(P)
+        latest, commits = _consult_commit(strategy, state, generation, proposal, confidence, k_propose, offset,
+                                          temperature)
+        commits &= active
+        reveal &= ~commits[:, None]  # the all-in fill below writes the block too, with the same proposals
 
     written = jnp.where(reveal, proposal, block_tokens)
     tokens = jax.lax.dynamic_update_slice_in_dim(state.tokens, written, block_start, axis=1)
-    offset = block_start - P
     revealed_at = _update_window(state.revealed_at, reveal, state.forwards, offset)
     revealed_conf = _update_window(state.revealed_conf, reveal, confidence, offset)
+    if commits is not None:
+        tokens, revealed_at, revealed_conf = _fill_all(tokens, revealed_at, revealed_conf, commits, latest,
+                                                       state.forwards, P, cfg.mask_id)
     done = state.done
     if sched.stop_at_eos:
         tokens, done, revealed_at = _stop_at_end(tokens, done, revealed_at, state.forwards, P, cfg)
+    if commits is not None:
+        done |= commits
 
     left = jax.lax.dynamic_slice_in_dim(tokens, block_start, W, axis=1) == cfg.mask_id
     any_left = (left.any(-1) & ~done).any()
@@ -201,7 +237,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
         forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
-        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf)
+        kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest,
+        memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory))
 
 
 def running(state: DecodeState, strategy: Strategy) -> jax.Array:
@@ -241,6 +278,41 @@ def _update_window(buffer, reveal, value, offset):
     old = jax.lax.dynamic_slice_in_dim(buffer, offset, W, axis=1)
     new = jnp.where(reveal, jnp.broadcast_to(value, reveal.shape).astype(buffer.dtype), old)
     return jax.lax.dynamic_update_slice_in_dim(buffer, new, offset, axis=1)
+
+
+def _top_probability(logits):
+    """The largest softmax probability per position: [B, S, V] -> [B, S]."""
+    return jnp.exp(logits.max(-1) - jax.nn.logsumexp(logits, axis=-1))
+
+
+def _rows(active, value):
+    """active [B] shaped to broadcast against value [B, ...]."""
+    return active.reshape(active.shape + (1,) * (value.ndim - 1))
+
+
+def _consult_commit(strategy: Strategy, state: DecodeState, generation: ForwardView, proposal, confidence,
+                    key, offset, temperature):
+    """The latest view of the generation with this forward's news, and the commit part's verdict [B] bool.
+
+    Proposals outside the block are drawn with a key of their own (folded from the block's), so that the block's
+    proposals, and a decode in which the commit part never fires, are those of the same strategy without it.
+    """
+    fill_key = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
+    tokens, conf = strategy.rule.propose(generation.logits, temperature, fill_key)  # [B, G]
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, proposal, offset, axis=1)
+    conf = jax.lax.dynamic_update_slice_in_dim(conf, confidence, offset, axis=1)
+    latest = state.latest.update(generation.fresh, tokens, conf, strategy.commit.statistic(generation.logits))
+    progress = (state.nfe + 1) / strategy.schedule.steps  # [B]: this forward pass is the row's (nfe + 1)-th
+    return latest, strategy.commit.fires(latest.statistic, progress)
+
+
+def _fill_all(tokens, revealed_at, revealed_conf, commits, latest: Latest, step_index, P, mask_id):
+    """Rows that commit: every masked generated position gets its latest proposal."""
+    gen = tokens[:, P:]
+    fill = commits[:, None] & (gen == mask_id)  # [B, G]
+    tokens = tokens.at[:, P:].set(jnp.where(fill, latest.token, gen))
+    return (tokens, jnp.where(fill, step_index, revealed_at),
+            jnp.where(fill, latest.confidence, revealed_conf))
 
 
 def _stop_at_end(tokens, done, revealed_at, step_index, P, cfg):

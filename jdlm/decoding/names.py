@@ -1,6 +1,6 @@
 """The one table of strategy part names: what the CLI, eval, bench, lm-eval and the JSON files call each part.
 
-Adding a rule or a cache is its file plus one line here. This module imports nothing heavy, so `jdlm --help` can
+Adding a rule, a cache or a commit part is its file plus one line here. This module imports nothing heavy, so `jdlm --help` can
 list the names without loading JAX; `load()` imports a part's class when it is needed.
 """
 
@@ -45,6 +45,12 @@ RULES = {n.name: n for n in (
          "alg_temp"),
     Name("margin", "jdlm.decoding.margin:Margin", "Dream's top-1 minus top-2 rule", "alg_temp"),
     Name("entropy", "jdlm.decoding.entropy:Entropy", "Dream's negative-entropy rule", "alg_temp"),
+    Name("dawn", "jdlm.decoding.dawn:Dawn",
+         "dependency-aware: confident tokens, tokens their revealed context supports, and an independent set of "
+         "the rest by attention (DAWN)"),
+    Name("axon", "jdlm.decoding.axon:Axon",
+         "a base rule (base=dawn, or base=threshold:0.9, ...) that reveals anchor tokens when its progress looks "
+         "stuck (AXON)"),
     Name("origin", "jdlm.decoding.origin:Origin",
          "Dream's alg=origin: each masked position revealed with probability 1 - s/t (with the fields "
          "counts=dream keep_idle_steps=true)"),
@@ -57,11 +63,17 @@ CACHES = {n.name: n for n in (
     Name("dual", "jdlm.decoding.dual_cache:DualCache", "reuse the whole sequence, recompute only the block"),
 )}
 
+COMMITS = {n.name: n for n in (
+    Name("prophet", "jdlm.decoding.prophet:Prophet",
+         "commit every masked position at once when the answer region's top-1/top-2 logit gap is wide (Prophet)"),
+)}
 
-def rule_help(indent: str = "  ") -> str:
-    """The rules, one per line, for --help."""
-    width = max(len(n.spelling) for n in RULES.values()) + 2
-    return "\n".join(f"{indent}{n.spelling:<{width}}{n.help}" for n in RULES.values())
+
+def rule_help(indent: str = "  ", table: dict[str, Name] | None = None) -> str:
+    """The rules (or another table's parts), one per line, for --help."""
+    table = RULES if table is None else table
+    width = max(len(n.spelling) for n in table.values()) + 2
+    return "\n".join(f"{indent}{n.spelling:<{width}}{n.help}" for n in table.values())
 
 
 def name_of(part, table: dict[str, Name]) -> str:

@@ -22,6 +22,32 @@ class Budget:
     fraction: jax.Array
 
 
+@flax.struct.dataclass
+class Context:
+    """What a rule that reads attention (`Rule.attention_layers` > 0) sees besides the block's confidences. B batch,
+    W block, L sequence.
+
+    attention:      [B, W, L] float32  the block's queries over every key, averaged over heads and the last layers.
+    column_mean:    [B, L] float32     each key's attention averaged over the forward's queries (attention sinks).
+    key_confidence: [B, L] float32     the top softmax probability at each position the forward computed (0 at the
+                                       positions a cached forward did not recompute).
+    masked:         [B, L] bool        positions not revealed yet.
+    block_start:    [] int32           where the block starts in the sequence.
+    step_in_block:  [] int32           steps taken in the block before this one.
+    """
+
+    attention: jax.Array
+    column_mean: jax.Array
+    key_confidence: jax.Array
+    masked: jax.Array
+    block_start: jax.Array
+    step_in_block: jax.Array
+
+    def block_keys(self, per_key: jax.Array) -> jax.Array:
+        """The block's columns of a per-key array [B, ..., L] -> [B, ..., W]."""
+        return jax.lax.dynamic_slice_in_dim(per_key, self.block_start, self.attention.shape[1], axis=-1)
+
+
 @part
 class Rule:
     """Decides which masked positions of the current block are revealed at a step, and with which tokens.
@@ -31,6 +57,9 @@ class Rule:
     """
 
     counted: ClassVar[bool] = True  # runs the schedule's steps; False: reveals >= 1 a step until the block is done
+    # > 0: the rule reads the attention of the model's last this-many layers, and `select_attending` runs instead
+    # of `select` (a rule sets it as a static field).
+    attention_layers: ClassVar[int] = 0
 
     def propose(self, logits: jax.Array, temperature: jax.Array | None, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Proposed token [B, W] int32 and confidence [B, W] float32 (higher = reveal sooner) per position.
@@ -54,6 +83,16 @@ class Rule:
         `confidence` is -inf outside the candidates; `budget` is this step's share of the schedule.
         """
         return top_count(confidence, candidates, budget.count)
+
+    def init_memory(self, batch: int):
+        """What a rule that reads attention carries from step to step (a pytree of [B, ...] arrays), or None."""
+        return None
+
+    def select_attending(self, confidence: jax.Array, candidates: jax.Array, budget: Budget, key: jax.Array,
+                         context: Context, memory) -> tuple[jax.Array, object]:
+        """`select` for rules that read attention: positions to reveal [B, W] bool, and the memory for the next
+        step. Called only when `attention_layers` > 0."""
+        raise NotImplementedError
 
 
 def top_count(confidence: jax.Array, candidates: jax.Array, count: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ import flax.struct
 import jax
 
 from jdlm.decoding.cache import SequenceInputs
+from jdlm.decoding.commit import Latest
 from jdlm.decoding.schedule import StepTables
 from jdlm.model import KVCache
 
@@ -33,6 +34,9 @@ class DecodeState:
     kv:            KVCache [B', L, K, H] per layer (B' = 2B with guidance), or None without a cache.
     revealed_at:   [B, G] int32    index of the forward pass that revealed each generated position (-1: not yet).
     revealed_conf: [B, G] float32  the rule's confidence for it at that step.
+    latest:        Latest ([B, G] each), what the last forward computing each generated position said; None unless
+                   the strategy has a commit part.
+    memory:        what a rule that reads attention carries between steps (`Rule.init_memory`), or None.
     """
 
     tokens: jax.Array
@@ -46,6 +50,8 @@ class DecodeState:
     kv: KVCache | None
     revealed_at: jax.Array
     revealed_conf: jax.Array
+    latest: Latest | None = None
+    memory: object = None
 
 
 @flax.struct.dataclass

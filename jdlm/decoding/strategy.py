@@ -1,4 +1,5 @@
-"""Strategy: a schedule, a reveal rule, a cache and optional guidance, composed; its spec string and JSON form."""
+"""Strategy: a schedule, a reveal rule, a cache, optional guidance and an optional commit part, composed; its spec
+string and JSON form."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 from jdlm.decoding import names
 from jdlm.decoding.cache import NoCache
+from jdlm.decoding.commit import Commit
 from jdlm.decoding.guidance import Guidance
 from jdlm.decoding.low_confidence import LowConfidence
 from jdlm.decoding.part import child, knob_names, part
@@ -20,14 +22,15 @@ class Strategy:
     """Everything `decode` needs to know besides the weights and the prompt. Frozen and hashable; a pytree whose
     leaves are the parts' numeric knobs, so two strategies that differ only in knob values share one compilation.
 
-    Any rule composes with any cache and with guidance. Text form: `spec` / `parse_strategy`; JSON form:
-    `to_dict` / `from_dict`.
+    Any rule composes with any cache, with guidance and with any commit part (early all-in commit, e.g. Prophet;
+    None: none). Text form: `spec` / `parse_strategy`; JSON form: `to_dict` / `from_dict`.
     """
 
     schedule: Schedule = child(Schedule())
     rule: Rule = child(LowConfidence())
     cache: object = child(NoCache())
     guidance: Guidance | None = child(None)
+    commit: Commit | None = child(None)
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
@@ -40,6 +43,13 @@ class Strategy:
             raise StrategyError(f"cache must be one of {', '.join(names.CACHES)}, got {self.cache!r}") from None
         if self.guidance is not None and not isinstance(self.guidance, Guidance):
             raise StrategyError(f"guidance must be a jdlm Guidance or None, got {self.guidance!r}")
+        if self.commit is not None:
+            try:
+                names.name_of(self.commit, names.COMMITS)
+            except KeyError:
+                raise StrategyError(f"commit must be None or one of {', '.join(names.COMMITS)}, "
+                                    f"got {self.commit!r}") from None
+            self.commit.check_schedule(self.schedule)
         self.rule.check_schedule(self.schedule)
 
     def replace(self, **changes) -> "Strategy":
@@ -59,46 +69,52 @@ class Strategy:
 
     @property
     def spec(self) -> str:
-        """The strategy as one line that `parse_strategy` reads back: the rule (`threshold:0.9`), the cache when
-        there is one, then `field=value` for every other field that differs from its default."""
+        """The strategy as one line that `parse_strategy` reads back: the rule (`threshold:0.9`), the cache and
+        the commit part when there are, then `field=value` for every other field that differs from its default."""
         words = rule_spec(self.rule).split()
-        cache_name = names.name_of(self.cache, names.CACHES)
-        if cache_name != "none":
-            words.insert(1, cache_name)
-        fields = {**_changed(self.schedule), **_changed(self.cache)}
+        head = [n for n in (names.name_of(self.cache, names.CACHES),
+                            self.commit and names.name_of(self.commit, names.COMMITS)) if n and n != "none"]
+        words[1:1] = head
+        fields = {**_changed(self.schedule), **_changed(self.cache), **(_changed(self.commit) if self.commit else {})}
         if self.guidance is not None:
             fields["cfg_scale"] = self.guidance.cfg_scale
         return " ".join(words + [f"{k}={_text(v)}" for k, v in fields.items()])
 
     def to_dict(self) -> dict:
-        """JSON-ready: {"rule": {"name": ..., fields}, "cache": {...}, "schedule": {...}, "guidance": {...} | None}."""
+        """JSON-ready: {"rule": {"name": ..., fields}, "cache": {...}, "schedule": {...}, "guidance": {...} | None,
+        "commit": {"name": ..., fields} | None}."""
         def fields(p):
-            return {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.init}
+            return {f.name: _json(getattr(p, f.name)) for f in dataclasses.fields(p) if f.init}
         return {"rule": {"name": names.name_of(self.rule, names.RULES), **fields(self.rule)},
                 "cache": {"name": names.name_of(self.cache, names.CACHES), **fields(self.cache)},
                 "schedule": fields(self.schedule),
-                "guidance": None if self.guidance is None else fields(self.guidance)}
+                "guidance": None if self.guidance is None else fields(self.guidance),
+                "commit": None if self.commit is None else
+                {"name": names.name_of(self.commit, names.COMMITS), **fields(self.commit)}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Strategy":
-        """Inverse of `to_dict`; unknown names and fields are StrategyErrors."""
+        """Inverse of `to_dict`; unknown names and fields are StrategyErrors. A missing "commit" is None."""
         try:
             rule = _build(names.RULES, dict(d["rule"]), "rule")
             cache = _build(names.CACHES, dict(d["cache"]), "cache")
             schedule = _make(Schedule, d["schedule"], "schedule")
             guidance = None if d.get("guidance") is None else _make(Guidance, d["guidance"], "guidance")
+            commit = None if d.get("commit") is None else _build(names.COMMITS, dict(d["commit"]), "commit")
         except (KeyError, TypeError) as e:
             raise StrategyError(f"not a strategy in JSON form (Strategy.to_dict): missing or bad {e}") from None
-        return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance)
+        return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance, commit=commit)
 
 
 def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
     """Reads a spec string (`Strategy.spec`) into a Strategy.
 
-    `RULE[:VALUE] [CACHE] [field=value ...]`: e.g. "threshold:0.9 dual", "entropy:0.1 top_p=0.9 steps=64",
-    "low_confidence prefix gen_length=128 block_length=32 cfg_scale=1.5". Fields belong to the rule, the cache or the
-    schedule; `cfg_scale` adds guidance. Whatever the spec does not say comes from `base` (default `Strategy()`):
-    its schedule and guidance are kept, its rule and cache are replaced.
+    `RULE[:VALUE] [CACHE] [COMMIT] [field=value ...]`: e.g. "threshold:0.9 dual", "entropy:0.1 top_p=0.9 steps=64",
+    "low_confidence prefix gen_length=128 block_length=32 cfg_scale=1.5", "low_confidence prophet late_gap=3".
+    The cache and the commit part may also be given as `cache=NAME`, `commit=NAME` (`commit=none`: none). Fields
+    belong to the rule, the cache, the commit part or the schedule; `cfg_scale` adds guidance. Whatever the spec
+    does not say comes from `base` (default `Strategy()`): its schedule and guidance are kept, its rule, cache and
+    commit part are replaced.
     """
     words = spec.split()
     if not words:
@@ -107,21 +123,23 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
     rule_fields = _rule_word(words[0])
     rule_name = rule_fields.pop("name")
     rule_cls = names.RULES[rule_name].load()
-    cache_name, cache_fields, sched_fields, guidance = "none", {}, {}, base.guidance
+    cache_name, commit_name, part_fields, sched_fields, guidance = "none", None, {}, {}, base.guidance
     for word in words[1:]:
         key, eq, value = word.partition("=")
         if not eq:
-            if word.lower() not in names.CACHES:
-                raise StrategyError(f"cannot read {word!r} in strategy {spec!r}: a cache ({', '.join(names.CACHES)}) "
-                                    "or field=value")
-            cache_name = word.lower()
-            continue
+            key, value = ("commit" if word.lower() in names.COMMITS else "cache"), word
+            if word.lower() not in names.CACHES and word.lower() not in names.COMMITS:
+                raise StrategyError(f"cannot read {word!r} in strategy {spec!r}: a cache ({', '.join(names.CACHES)}), "
+                                    f"a commit part ({', '.join(names.COMMITS)}) or field=value")
         if key == "cache":
             if value.lower() not in names.CACHES:
                 raise StrategyError(f"unknown cache {value!r}; choose one of {', '.join(names.CACHES)}")
             cache_name = value.lower()
-            continue
-        if key == "cfg_scale":
+        elif key == "commit":
+            if value.lower() not in (*names.COMMITS, "none"):
+                raise StrategyError(f"unknown commit part {value!r}; choose one of {', '.join(names.COMMITS)} or none")
+            commit_name = None if value.lower() == "none" else value.lower()
+        elif key == "cfg_scale":
             number = _value(value, key)
             guidance = Guidance(cfg_scale=number) if number else None
         elif key in _init_fields(rule_cls):
@@ -129,17 +147,23 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
         elif key in _init_fields(Schedule):
             sched_fields[key] = _value(value, key)
         else:
-            cache_fields[key] = (key, value)  # checked against the cache once the cache is known
+            part_fields[key] = _value(value, key)  # the cache's or the commit part's, once both are known
     cache_cls = names.CACHES[cache_name].load()
+    commit_cls = names.COMMITS[commit_name].load() if commit_name else None
+    commit_fields = {k: v for k, v in part_fields.items() if commit_cls and k in _init_fields(commit_cls)}
+    cache_fields = {k: v for k, v in part_fields.items() if k not in commit_fields}
     unknown = [k for k in cache_fields if k not in _init_fields(cache_cls)]
     if unknown:
-        allowed = sorted(_init_fields(rule_cls) | _init_fields(Schedule) | _init_fields(cache_cls) | {"cfg_scale"})
+        allowed = sorted(_init_fields(rule_cls) | _init_fields(Schedule) | _init_fields(cache_cls) | {"cfg_scale"} |
+                         (_init_fields(commit_cls) if commit_cls else set()))
+        owner = [n.name for n in names.COMMITS.values() if unknown[0] in _init_fields(n.load())]
+        hint = f" ({unknown[0]} belongs to the commit part {owner[0]}: add the word {owner[0]})" if owner else ""
         raise StrategyError(f"unknown field {unknown[0]!r} in strategy {spec!r} (with rule {rule_name} and cache "
-                            f"{cache_name}); fields: {', '.join(allowed)}")
+                            f"{cache_name}){hint}; fields: {', '.join(allowed)}")
     schedule = dataclasses.replace(base.schedule, **sched_fields) if sched_fields else base.schedule
     return Strategy(schedule=schedule, rule=_make(rule_cls, rule_fields, rule_name),
-                    cache=_make(cache_cls, {k: _value(v, k) for k, (_, v) in cache_fields.items()}, cache_name),
-                    guidance=guidance)
+                    cache=_make(cache_cls, cache_fields, cache_name), guidance=guidance,
+                    commit=_make(commit_cls, commit_fields, commit_name) if commit_cls else None)
 
 
 def rule_spec(rule: Rule) -> str:
@@ -236,7 +260,17 @@ def _changed(p) -> dict:
             if f.init and getattr(p, f.name) != getattr(default, f.name)}
 
 
+def _json(value):
+    """A field value in JSON form: a nested rule (Axon's base) as {"name": ..., fields}."""
+    if isinstance(value, Rule):
+        return {"name": names.name_of(value, names.RULES),
+                **{f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}}
+    return value
+
+
 def _text(value) -> str:
+    if isinstance(value, Rule):  # Axon's base: its rule spec as one word, fields after commas
+        return rule_spec(value).replace(" ", ",")
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -288,6 +322,7 @@ def _rule_word(word: str) -> dict:
 
 
 def _make(cls, fields: dict, what: str):
+    fields = {k: _build(names.RULES, dict(v), k) if isinstance(v, dict) else v for k, v in fields.items()}
     allowed = _init_fields(cls)
     unknown = sorted(set(fields) - allowed)
     if unknown:

@@ -2,9 +2,12 @@
 
 Each function mirrors one public upstream function step for step (see its docstring), rewritten plainly:
   - `llada_generate`      ML-GSAI/LLaDA `generate.py::generate`                      (REFERENCE.md §2.1)
+                          with `prophet=True`: pixeli99/Prophet `generate_earlyexit.py::generate`   (§2.4)
   - `dream_sample`        Dream-org/Dream-v0-* `generation_utils.py::DreamGenerationMixin._sample`   (§2.3)
   - `fastdllm_generate`   NVlabs/Fast-dLLM `llada/generate.py::generate`, `generate_with_prefix_cache`,
                           `generate_with_dual_cache`, and `dream/model/generation_utils_block.py::_sample`  (§2.2)
+  - `attention_generate`  lizhuo-luo/DAWN `generate(dawn=True)`, and Jerryaa98/AXON `generate(unlock=True)` on a
+                          DAWN or threshold base                                     (§3.1)
 `model` is a `tests.reference.torch_dlm.RefModel` (or anything with the same forwards). Every model call counts
 as one NFE (a classifier-free-guidance call on the doubled batch counts once).
 
@@ -18,6 +21,7 @@ Deliberate deviations shared by all samplers:
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -111,7 +115,8 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
                    gumbel_fn: Optional[Callable[[int, tuple], Tensor]] = None,
                    logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
                    eos_id: Optional[int] = None, eot_id: Optional[int] = None,
-                   pad_position_ids: bool = False) -> tuple[Tensor, int]:
+                   pad_position_ids: bool = False, prophet: bool = False, answer_start: int = 0,
+                   answer_length: int = 5, exit_thresholds: Optional[dict] = None) -> tuple[Tensor, int | list[int]]:
     """LLaDA semi-autoregressive sampling; mirrors ML-GSAI/LLaDA `generate.py::generate` (commit b7e6c35).
 
     Args:
@@ -133,8 +138,15 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
       pad_position_ids: with an attention mask, use rotary positions counted from each row's first real token
         (HKUNLP rule) instead of the absolute positions that ML-GSAI's LLaDA model uses. RoPE scores depend only
         on position differences, so the two agree up to float rounding.
+      prophet: Prophet's early exit (pixeli99/Prophet `generate_earlyexit.py::generate` and `should_early_exit`,
+        commit 460afe4): after the forward and the proposal, before the commit, the row's gap is the mean of
+        top1 - top2 of the raw (CFG-combined) logits over positions P + answer_start ... + answer_length (clipped
+        to the sequence); with progress = g / steps (g the 1-based global step), the row exits when the gap is
+        >= exit_thresholds["early"] (progress < 0.33), ["mid"] (< 0.67) or ["late"] (default 7.5, 5.0, 2.5): every
+        masked position of the row gets its x0 from this step, the step's commit is skipped, the row stops.
+        Upstream is batch 1 with an absolute answer_start_pos; here each row exits on its own, the others go on.
     Returns:
-      (x [B, P + gen_length], nfe == steps).
+      (x [B, P + gen_length], nfe == steps); with prophet, nfe is a list with each row's forward passes.
 
     Deviations: ties commit the lowest position first; prompts containing mask_id are rejected; with
     cfg_scale > 0 and no attention mask upstream raises NameError (`attention_mask_` is unbound), here it runs.
@@ -165,11 +177,14 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
     s = steps // num_blocks
 
     nfe = 0
+    row_nfe, exited = [0] * B, [False] * B  # Prophet: each row's forward passes, and whether it has exited
     for b in range(num_blocks):
         start = P + b * block_length
         end = start + block_length
         counts = [count_schedule(int(n), s) for n in (x[:, start:end] == mask_id).sum(1)]
         for i in range(s):
+            if all(exited):
+                break
             mask_index = x == mask_id
             if cfg_scale > 0:
                 # Unconditional branch: every original prompt position (pads too) becomes a mask.
@@ -183,6 +198,10 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
             else:
                 logits = model(x, attention_mask=am, position_ids=positions)
             nfe += 1
+            row_nfe = [n + (not e) for n, e in zip(row_nfe, exited)]
+            exiting = [prophet and not exited[j] and
+                       prophet_exits(logits[j], P + answer_start, answer_length, b * s + i + 1, steps, exit_thresholds)
+                       for j in range(B)]
 
             if logits_eos_inf:
                 logits[:, :, eos_id] = NEG_INF
@@ -213,9 +232,33 @@ def llada_generate(model, prompt: Tensor, *, steps: int, gen_length: int, block_
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, NEG_INF))
             for j in range(B):
+                if exited[j]:
+                    continue
+                if exiting[j]:  # fill every remaining mask of the row, skip this step's commit
+                    x[j, mask_index[j]] = x0[j, mask_index[j]]
+                    exited[j] = True
+                    continue
                 idx = topk_stable(confidence[j], counts[j][i])
                 x[j, idx] = x0[j, idx]
-    return x, nfe
+    return x, (row_nfe if prophet else nfe)
+
+
+def prophet_exits(logits: Tensor, answer_start: int, answer_length: int, global_step: int, max_steps: int,
+                  thresholds: Optional[dict] = None) -> bool:
+    """Prophet `should_early_exit` on one row's logits [L, V]: the mean top1 - top2 gap over the absolute answer
+    positions [answer_start, answer_start + answer_length) within the sequence, against the phase's threshold."""
+    thresholds = thresholds or {"early": 7.5, "mid": 5.0, "late": 2.5}
+    positions = range(answer_start, min(logits.shape[0], answer_start + answer_length))
+    gaps = []
+    for pos in positions:
+        top2 = torch.topk(logits[pos], k=2).values
+        gaps.append((top2[0] - top2[1]).item())
+    if not gaps:
+        return False
+    gap = sum(gaps) / len(gaps)
+    progress = global_step / max_steps
+    phase = "early" if progress < 0.33 else "mid" if progress < 0.67 else "late"
+    return gap >= thresholds[phase]
 
 
 # --- HKUNLP Dream diffusion_generate ------------------------------------------------------------------------------
@@ -512,3 +555,198 @@ def fastdllm_generate(model, prompt: Tensor, *, gen_length: int, block_length: i
                 break
             i += 1
     return x, nfe
+
+
+# --- DAWN and AXON (attention-aware reveal rules) -------------------------------------------------------------------
+
+# Upstream followed: lizhuo-luo/DAWN llada/generate.py `generate(dawn=True)` / `get_transfer_index_dawn` and
+# llada/gdllm_utils.py at commit ab42898; Jerryaa98/AXON llada/generate.py `generate(unlock=True,
+# unlock_technique="submodular-exit")` and llada/gdllm_utils.py `select_axon_adaptive_gate_anchors` at commit
+# 2ff1c7d. Upstream runs batch 1; here every row is decided alone (as batch 1), so a padded batch can be compared.
+
+def dawn_transfer(conf: Tensor, masked: Tensor, attn: Tensor, block_end: int, *, real: Optional[Tensor] = None,
+                  tau_sink: float = 0.01, tau_edge: float = 0.07, tau_induce: float = 0.7, tau_low: float = 0.7,
+                  tau_sure: float = 0.9, stats: Optional[dict] = None) -> Tensor:
+    """`get_transfer_index_dawn` for one row: positions to commit [L] bool.
+
+    conf [L] float64: the proposal's probability at every position (upstream's x0_p, also at decoded positions);
+    masked [L] bool: masked positions up to block_end (upstream's mask_index with later blocks cleared);
+    attn [L, L] averaged attention; real [L] bool: the query rows the sink test averages over (default all).
+    stats counts how often each of DAWN's three sets was non-empty ("sure", "induced", "independent"); AXON adds
+    "anchor_steps" and "most_anchors" (the most anchors revealed at one step).
+    """
+    rows = attn if real is None else attn[real]
+    sink = rows.mean(dim=0) > tau_sink  # column mean
+    a = attn.clone()
+    a[:, sink] = 0.0
+    a.fill_diagonal_(0.0)
+    attends = (a >= tau_edge).T  # attends[k, i]: query i attends to key k
+    confidence = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+    sure = confidence >= tau_sure
+    decoded = ~masked & (conf >= tau_sure)
+    decoded[block_end:] = False
+    dependent = (attends & decoded[:, None]).any(dim=0) & masked
+    induced = torch.where(dependent, conf, torch.full_like(conf, NEG_INF)) >= tau_induce
+    near_both = (attends & (induced & sure)[:, None]).any(dim=0)
+    nodes = masked & (conf >= tau_low) & ~sure & ~induced & ~near_both
+    chosen = torch.zeros_like(masked)
+    if bool(nodes.any()):
+        edges = nodes[:, None] & nodes[None, :] & attends
+        conflict = edges | edges.T
+        left = torch.where(nodes, conf, torch.full_like(conf, NEG_INF))
+        while bool((left > NEG_INF).any()):  # upstream runs K rounds; rounds after the nodes run out are no-ops
+            best = int(torch.argmax(left))
+            chosen[best] = True
+            left[best] = NEG_INF
+            left[conflict[best]] = NEG_INF
+    transfer = sure | induced | chosen
+    if stats is not None:
+        for name, part in (("sure", sure), ("induced", induced), ("independent", chosen)):
+            stats[name] = stats.get(name, 0) + int(bool(part.any()))
+    if not bool(transfer.any()):
+        transfer[int(torch.argmax(confidence))] = True
+    return transfer & masked
+
+
+def axon_anchors(conf: Tensor, masked: Tensor, attn: Tensor, target: float, *, selector: str,
+                 real: Optional[Tensor] = None, tau_sink: float = 0.01, candidate_topk: int = 32,
+                 min_select: int = 1) -> Tensor:
+    """`select_axon_adaptive_gate_anchors` for one row: anchors [L] bool (candidates in stable top-k order)."""
+    rows = attn if real is None else attn[real]
+    sink = rows.mean(dim=0) > tau_sink
+    masked_pos = torch.nonzero(masked).flatten()
+    n = masked_pos.numel()
+    conf_masked = conf[masked_pos].float()
+    k = max(min(candidate_topk, n), 1)
+    cand = masked_pos[topk_stable(conf_masked, k)]
+    cand_conf = conf[cand].float()
+    most = 1 if selector == "fixed1" else int(math.ceil(math.log2(n + 1)))
+    most = min(n, cand.numel(), max(min_select, most))
+    a = attn[masked_pos][:, cand].float().clone()
+    a[:, sink[cand]] = 0.0
+    a[masked_pos[:, None] == cand[None, :]] = 0.0
+    weights = a * (1.0 - conf_masked).clamp_min(0.0)[:, None] * cand_conf[None, :]
+    cover = torch.zeros(n)  # per masked row, in position order
+    chosen: list[int] = []
+    available = torch.ones(cand.numel(), dtype=torch.bool)
+    while len(chosen) < most:
+        if selector == "cover" and len(chosen) >= min_select and float(cover.double().sum()) >= target:
+            break
+        remaining = torch.nonzero(available).flatten()
+        if remaining.numel() == 0:
+            break
+        gain = (torch.maximum(cover[:, None], weights[:, remaining]) - cover[:, None]).sum(dim=0)
+        best = int(torch.argmax(gain + 1e-6 * cand_conf[remaining]))
+        if float(gain[best]) <= 0.0 and len(chosen) >= min_select:
+            break
+        pick = int(remaining[best])
+        chosen.append(pick)
+        available[pick] = False
+        cover = torch.maximum(cover, weights[:, pick])
+    if not chosen:
+        chosen = [int(torch.argmax(cand_conf))]
+    anchors = torch.zeros_like(masked)
+    anchors[cand[chosen]] = True
+    return anchors
+
+
+@torch.no_grad()
+def attention_generate(model, prompt: Tensor, *, gen_length: int, block_length: int, mask_id: int,
+                       rule: str = "dawn", attention_layers: int = 4, attention_mask: Optional[Tensor] = None,
+                       base: str = "dawn", threshold: float = 0.9, gate: str = "coverage_gap",
+                       selector: str = "fixed1", max_anchor_steps: int = 1, pace_steps: int = 16,
+                       candidate_topk: int = 32, min_select: int = 1, axon_sink: float = 0.01,
+                       dawn_args: Optional[dict] = None,
+                       stats: Optional[dict] = None) -> tuple[Tensor, list[int]]:
+    """DAWN (`rule="dawn"`) or AXON on a base (`rule="axon"`, base "dawn" or "threshold") decoding, greedy.
+
+    Blocks left to right; each block loops until it has no mask (one forward per step, full sequence, no cache).
+    Attention: `model.forward_with_attention` over the last `attention_layers` layers. With an attention mask
+    (left padding), positions count from each row's first real token and the sink test averages real query rows.
+    AXON (upstream `submodular-exit`): at step i of a block with i < max_anchor_steps, the gate ("coverage_gap"
+    or "progress_stall" with pace `pace_steps`) is computed on the base's proposal D; when it fires, the anchors
+    replace D. (Upstream also computes a confidence exit there and then overwrites it with the gate; it never acts.)
+    Returns (x [B, P + G], per-row NFE).
+    """
+    check_prompt(prompt, mask_id)
+    dawn_args = dawn_args or {}
+    B, P = prompt.shape
+    L = P + gen_length
+    x = torch.full((B, L), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    am = positions = real = None
+    if attention_mask is not None:
+        am = torch.cat([attention_mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], dim=1)
+        positions = padded_position_ids(am)
+        real = am
+    layers = range(max(0, model.config.n_layers - attention_layers), model.config.n_layers)
+    nfe = [0] * B
+    for b in range(gen_length // block_length):
+        start, end = P + b * block_length, P + (b + 1) * block_length
+        last_rate = [None] * B
+        i = 0
+        while bool((x[:, start:end] == mask_id).any()):
+            logits, attn = model.forward_with_attention(x, layers, attention_mask=am, position_ids=positions)
+            for j in range(B):
+                masked = x[j] == mask_id
+                masked[end:] = False
+                if not bool(masked.any()):
+                    continue
+                nfe[j] += 1
+                x0 = torch.argmax(logits[j], dim=-1)
+                conf = torch.gather(F.softmax(logits[j].double(), dim=-1), -1, x0[:, None])[:, 0]
+                row_real = None if real is None else real[j]
+                if rule == "dawn" or base == "dawn":
+                    proposal = dawn_transfer(conf, masked, attn[j], end, real=row_real, stats=stats, **dawn_args)
+                else:
+                    proposal = threshold_select(torch.where(masked, conf, torch.full_like(conf, NEG_INF)), masked,
+                                                threshold) & masked
+                transfer = proposal
+                if rule == "axon" and i < max_anchor_steps:
+                    fires, target, last_rate[j] = _axon_gate(conf, masked, proposal, attn[j], start, end, i,
+                                                             last_rate[j], gate, pace_steps)
+                    if fires:
+                        transfer = axon_anchors(conf, masked, attn[j], target, selector=selector, real=row_real,
+                                                tau_sink=axon_sink, candidate_topk=candidate_topk,
+                                                min_select=min_select)
+                        if stats is not None:
+                            stats["anchor_steps"] = stats.get("anchor_steps", 0) + 1
+                            stats["most_anchors"] = max(stats.get("most_anchors", 0), int(transfer.sum()))
+                x[j, transfer] = x0[transfer]
+            i += 1
+    return x, nfe
+
+
+def _axon_gate(conf, masked, proposal, attn, start, end, step, last_rate, gate, pace_steps):
+    """AXON's gate for one row at one step: (fires, C(D) for the cover selector, this step's reveal fraction)."""
+    block = torch.arange(start, end)
+    m = masked[start:end]
+    d = proposal[start:end] & m
+    rest = m & ~d
+    n, n_d, n_rest = int(m.sum()), int(d.sum()), int(rest.sum())
+    rate = n_d / max(1, n)
+    c = conf[start:end]  # greedy: the top probability
+    rest_conf = float(c[rest].mean()) if n_rest else 1.0
+    support, target = 1.0, 0.0
+    if n_rest:
+        rows = attn[block[rest]]
+        if n_d == 0:
+            support = 0.0
+        else:
+            share = (rows[:, block[d]].sum(dim=1) / (rows[:, block].sum(dim=1) + 1e-8)).clamp(0.0, 1.0)
+            support = float(share.mean())
+            weights = rows[:, block[d]].float() * (1.0 - c[rest].float()).clamp_min(0.0)[:, None] * \
+                c[d].float()[None, :]
+            # Summed like the selector's coverage (float64, per masked row in position order, 0 on D's rows): an
+            # anchor set equal to D then covers exactly C(D). Upstream sums both in float32 over different rows,
+            # which can split that tie either way.
+            per_row = torch.zeros(n, dtype=torch.float64)
+            per_row[rest[m]] = weights.max(dim=1).values.double()
+            target = float(per_row.sum())
+    if gate == "coverage_gap":
+        fires = support < rate or (n_rest > 0 and support < 1.0 - rest_conf)
+    else:
+        remaining = max(1, pace_steps - step)
+        expected = (math.ceil(n / remaining) if n else 0) / max(1, n)
+        fires = last_rate is not None and rate <= last_rate and rate < expected
+    return fires, target, rate

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Optional
 
 import torch
@@ -210,6 +211,14 @@ class RefModel(nn.Module):
         n = rms_norm(h, p[f"{i}.mlp_norm"], c.eps)
         return h + F.linear(F.silu(F.linear(n, p[f"{i}.gate"])) * F.linear(n, p[f"{i}.up"]), p[f"{i}.down"])
 
+    def _head_mean_probs(self, q: Tensor, k: Tensor, allowed: Optional[Tensor]) -> Tensor:
+        """Attention probabilities averaged over the heads: q [B, H, T, D], k [B, K, T, D] -> [B, T, T]."""
+        k = k.repeat_interleave(self.config.n_heads // self.config.n_kv_heads, dim=1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        return torch.softmax(scores, dim=-1).mean(dim=1)
+
     def _head(self, h: Tensor) -> Tensor:
         p = self.params
         return F.linear(rms_norm(h, p["final_norm"], self.config.eps), p["head"])
@@ -237,7 +246,7 @@ class RefModel(nn.Module):
         with one_thread():
             return self._full(x, attention_mask, position_ids)
 
-    def _full(self, x, attention_mask, position_ids):
+    def _full(self, x, attention_mask, position_ids, maps=None, layers=()):
         B, T = x.shape
         if position_ids is None:
             position_ids = torch.arange(T).expand(B, T)
@@ -250,8 +259,20 @@ class RefModel(nn.Module):
         for i in range(self.config.n_layers):
             q, k, v = self._qkv(i, h, position_ids)
             kv.append((k, v))
+            if i in layers:
+                maps.append(self._head_mean_probs(q, k, allowed))
             h = self._attend_and_mlp(i, h, q, k, v, allowed)
         return self._head(h), kv
+
+    @torch.no_grad()
+    def forward_with_attention(self, x: Tensor, layers, attention_mask: Optional[Tensor] = None,
+                               position_ids: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """`forward`, plus the attention of `layers` (DAWN's `attn_avg`): softmax(q k^T / sqrt(D)) over the allowed
+        keys, averaged over the heads of each layer, then over the layers: [B, T(query), T(key)] float32."""
+        with one_thread():
+            maps = []
+            logits, _ = self._full(x, attention_mask, position_ids, maps=maps, layers=set(layers))
+            return logits, torch.stack(maps).mean(0)
 
     @torch.no_grad()
     def forward_window(self, x_window: Tensor, kv: list[tuple[Tensor, Tensor]], *, mode: str, start: int) -> Tensor:
