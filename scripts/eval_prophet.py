@@ -3,7 +3,8 @@ plain threshold decoding (CPU, float32). Each spec is read by `jdlm.strategies.p
 lengths (gen 64, blocks of 16, steps 64).
 
     python scripts/eval_prophet.py --limit 100
-    python scripts/eval_prophet.py --limit 100 -s "low_confidence prophet late_gap=1" -s "threshold:0.9 dual"
+    python scripts/eval_prophet.py --limit 100 -s "low_confidence prophet early_gap=15 mid_gap=10 late_gap=5" \
+        -s "dawn" -s "axon selector=cover" -s "axon base=threshold:0.8"
 """
 
 from __future__ import annotations

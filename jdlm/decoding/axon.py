@@ -62,8 +62,8 @@ class Axon(Rule):
             from jdlm.decoding.strategy import parse_rule
             object.__setattr__(self, "base", parse_rule(self.base.replace(",", " ")))
         if not isinstance(self.base, Rule) or isinstance(self.base, Axon):
-            raise StrategyError(f"axon base must be a rule other than axon (e.g. dawn, threshold:0.9), "
-                                f"got {self.base!r}")
+            given = type(self.base).__name__.lower() if isinstance(self.base, Rule) else repr(self.base)
+            raise StrategyError(f"axon base must be a rule other than axon (e.g. dawn, threshold:0.9), got {given}")
         if self.gate not in GATES:
             raise StrategyError(f"axon gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         if self.selector not in SELECTORS:
