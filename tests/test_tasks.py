@@ -6,8 +6,21 @@ import time
 
 import pytest
 
-from jdlm.tasks import TASKS, Example, get_task, load_jsonl, save_jsonl, split_of
-from jdlm.tasks import arithmetic, code, countdown, sudoku
+from jdlm.tasks import (
+    TASKS,
+    Example,
+    arithmetic,
+    code,
+    countdown,
+    get_task,
+    load_jsonl,
+    multistep,
+    save_jsonl,
+    split_of,
+    sudoku,
+    sudoku9,
+)
+from jdlm.tasks.base import Task
 
 NAMES = sorted(TASKS)
 GARBAGE = ["", " ", "\n\n", "####", "0", "-1", "abc", "1234\n" * 4, "1+1=2", "def f(:", "\x00\xff", "9" * 5000,
@@ -28,10 +41,10 @@ def test_generate_is_deterministic_and_seeded(name):
 def test_splits_are_disjoint_and_deduplicated(name):
     task = TASKS[name]
     train, eval_ = task.generate("train", 300), task.generate("eval", 40)
-    train_inputs, eval_inputs = {e.input for e in train}, {e.input for e in eval_}
-    assert len(train_inputs) == 300 and len(eval_inputs) == 40
-    assert not train_inputs & eval_inputs
-    assert {split_of(x) for x in train_inputs} == {"train"} and {split_of(x) for x in eval_inputs} == {"eval"}
+    train_keys, eval_keys = {task.split_key(e.input) for e in train}, {task.split_key(e.input) for e in eval_}
+    assert len(train_keys) == 300 and len(eval_keys) == 40
+    assert not train_keys & eval_keys
+    assert {split_of(x) for x in train_keys} == {"train"} and {split_of(x) for x in eval_keys} == {"eval"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -71,9 +84,9 @@ def test_bad_arguments_are_reported(name):
 
 
 def test_registry():
-    assert set(TASKS) == {"sudoku", "countdown", "arithmetic", "code"}
+    assert set(TASKS) == {"sudoku", "sudoku9", "countdown", "arithmetic", "multistep", "code", "pycode"}
     assert get_task("sudoku") is TASKS["sudoku"]
-    with pytest.raises(ValueError, match="arithmetic, code, countdown, sudoku"):
+    with pytest.raises(ValueError, match="arithmetic, code, countdown, multistep, pycode, sudoku, sudoku9"):
         get_task("chess")
 
 
@@ -154,6 +167,148 @@ def test_countdown_result_cap():
     task = TASKS["countdown"]
     assert task.score("99,99,99,970299", "99*99=9801,9801*99=970299") is False  # results above 9999
     assert task.score("99,99,1,9800", "99*99=9801,9801-1=9800") is True
+
+
+def test_countdown_targets_stay_in_the_public_range_and_spread_over_it():
+    targets = [countdown.parse_instance(e.input)[1] for e in TASKS["countdown"].generate("train", 400)]
+    assert all(1 <= t <= 100 for t in targets)
+    assert len({t // 10 for t in targets}) >= 10  # not piled up on the small results of subtraction and division
+
+
+@pytest.mark.parametrize("style", sorted(countdown.FORMATS))
+def test_countdown_every_input_style_parses_and_scores(style):
+    task = TASKS["countdown"].with_difficulty(formats=(style,))
+    for e in task.generate("train", 20):
+        sources, target = countdown.parse_instance(e.input)
+        assert e.input == countdown.FORMATS[style][0].format(
+            sources=countdown.FORMATS[style][1].join(map(str, sources)), target=target)
+        assert task.score(e.input, e.output)
+        assert task.split_key(e.input) == ",".join(map(str, sorted(sources) + [target]))
+
+
+def test_countdown_one_instance_in_two_styles_has_one_split_key():
+    task = TASKS["countdown"]
+    assert task.split_key("8,2,5,20") == task.split_key("Reach 20 with 5 2 8.") == task.split_key(
+        "Using the numbers [2, 8, 5], create an equation that equals 20.")
+
+
+def test_countdown_several_solutions_per_instance_are_distinct_and_valid():
+    task = TASKS["countdown"].with_difficulty(solutions=3, n_sources=4)
+    examples = task.generate("train", 60)
+    by_input = {}
+    for e in examples:
+        assert task.score(e.input, e.output)
+        by_input.setdefault(e.input, set()).add(e.output)
+    assert len(by_input) < len(examples)  # instances with several solutions exist
+    assert all(len(v) <= 3 for v in by_input.values())
+
+
+def test_countdown_find_solutions_finds_every_solution_of_a_small_instance():
+    import random
+    solutions = countdown.find_solutions([2, 3, 4], 10, limit=100, rng=random.Random(0))
+    task = TASKS["countdown"]
+    assert all(task.score("2,3,4,10", s) for s in solutions)
+    # 2*3+4, 4*3-2, (3*2)+4 counted once, 2*(4+... ): check two known distinct ones are there
+    canon = {",".join(sorted(s.split(","))) for s in solutions}
+    assert any("4*3=12" in s or "3*4=12" in s for s in canon) and any("=6" in s for s in canon)
+
+
+@pytest.mark.parametrize("output, ok", [
+    ("(8/2)*5", True), ("8*5/2", True), ("5*(8/2)", True), ("8/2*5*1", False), ("8*2+5", False),
+    ("8/(2*5)", False), ("(8-2)*5", False), ("2**5", False), ("__import__('os')", False), ("8/2*5=20", False),
+], ids=["paren", "left-to-right", "other", "extra-number", "wrong-value", "inexact", "wrong", "power", "call",
+        "expression-with-equals"])
+def test_countdown_accepts_one_expression_with_the_same_rules(output, ok):
+    assert TASKS["countdown"].score("8,2,5,20", output) is ok
+
+
+# ---------------------------------------------------------------------------------------------- sudoku9
+
+def test_sudoku9_givens_uniqueness_and_formats():
+    task = TASKS["sudoku9"].with_difficulty(givens=(34, 36), formats=sudoku9.FORMATS)
+    styles = set()
+    for e in task.generate("train", 12):
+        grid = sudoku9.parse_grid(e.input)
+        assert 34 <= sum(1 for d in grid if d) <= 36
+        assert sudoku9.count_solutions(grid) == 1
+        assert len(e.output) == 81 and task.score(e.input, e.output)
+        styles.add("grid" if "\n" in e.input else "dots" if "." in e.input else "line")
+    assert len(styles) >= 2
+
+
+def test_sudoku9_symmetric_variants_are_other_valid_unique_puzzles():
+    task = TASKS["sudoku9"].with_difficulty(variants=4)
+    examples = task.generate("train", 8)
+    assert len({e.input for e in examples}) == 8
+    for e in examples:
+        assert sudoku9.count_solutions(sudoku9.parse_grid(e.input)) == 1 and task.score(e.input, e.output)
+
+
+def test_sudoku9_scorer_checks_rows_columns_boxes_and_givens():
+    task = TASKS["sudoku9"]
+    e = task.generate("eval", 1)[0]
+    assert task.score(e.input, e.output)
+    flat = list(e.output)
+    i, j = 0, 1  # swapping two cells of a row keeps the row valid but breaks a column
+    flat[i], flat[j] = flat[j], flat[i]
+    assert not task.score("0" * 81, "".join(flat))
+    assert task.score("0" * 81, e.output)  # a blank grid accepts any valid solution
+    given = next(k for k, ch in enumerate(e.input) if ch != "0")
+    other = e.input[:given] + str(int(e.input[given]) % 9 + 1) + e.input[given + 1:]
+    assert not task.score(other, e.output)  # the answer must keep the givens
+    assert not task.score(e.input, e.output[:80])
+
+
+def test_sudoku9_count_solutions_counts():
+    solved = [int(ch) for ch in TASKS["sudoku9"].generate("train", 1)[0].output]
+    assert sudoku9.count_solutions(solved) == 1
+    clash = [solved[1]] + solved[1:]
+    assert sudoku9.count_solutions(clash) == 0
+    assert sudoku9.count_solutions([0] * 81, limit=5) == 5
+
+
+# ---------------------------------------------------------------------------------------------- multistep
+
+@pytest.mark.parametrize("steps", [1, 4, (6, 8), 10], ids=["1", "4", "6-8", "10"])
+def test_multistep_steps_values_and_parsing(steps):
+    lo, hi = (steps, steps) if isinstance(steps, int) else steps
+    task = TASKS["multistep"]
+    for e in task.generate("train", 40, steps=steps):
+        start, ops = multistep.parse_problem(e.input)
+        assert lo <= len(ops) <= hi
+        equations, answer = multistep.solve(start, ops)
+        assert e.output == ",".join(equations) + f"\n#### {answer}"
+        assert all(1 <= int(r) <= multistep.MAX_VALUE for *_, r in EQUATION.findall(e.output))
+
+
+def test_multistep_scores_the_final_number_of_the_parsed_chain():
+    task = TASKS["multistep"]
+    text = "Start with 37, add 15, then multiply by 3; subtract 48, divide by 6. What is the result?"
+    assert task.score(text, "#### 18") and task.score(text, "37+15=52\n#### 18")
+    assert not task.score(text, "#### 19") and not task.score(text, "18")
+    assert not task.score(text.replace("divide by 6", "divide by 7"), "#### 18")  # inexact: not a valid problem
+    assert not task.score("Start with 37, juggle 15. What is the result?", "#### 52")
+
+
+def test_generate_keeps_several_outputs_of_one_draw_but_not_repeated_instances():
+    import dataclasses
+    import random
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Echo(Task):
+        name = "echo"
+
+        max_output_chars = 3
+
+        def sample(self, rng: random.Random):
+            n = rng.randint(0, 3)  # few instances: repeats across draws are common
+            return [Example(input=str(n), output="a"), Example(input=str(n), output="b")]
+
+        def score(self, input, output):
+            return True
+
+    examples = Echo().generate("train", 6)
+    assert len(examples) == 6 and len({e.input for e in examples}) == 3  # 3 instances x 2 outputs, no repeats
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic

@@ -56,8 +56,17 @@ class Task(abc.ABC):
         """Upper bound on len(output) over everything this task generates at its difficulty."""
 
     @abc.abstractmethod
-    def sample(self, rng: random.Random) -> Example | None:
-        """One random example of either split, or None to reject this draw and draw again."""
+    def sample(self, rng: random.Random) -> Example | list[Example] | None:
+        """One random example of either split (or several at once, e.g. other solutions of one instance), or None
+        to reject this draw and draw again."""
+
+    def split_key(self, input: str) -> str:
+        """The instance an input states, as text: its hash decides the split, and equal keys are one instance.
+
+        The input itself by default; a task whose inputs come in several formats returns a canonical form, so that
+        one instance written two ways never lands in both splits.
+        """
+        return input
 
     @abc.abstractmethod
     def score(self, input: str, output: str) -> bool:
@@ -83,12 +92,13 @@ class Task(abc.ABC):
         """`n` distinct examples of `split`, the same for the same (split, n, seed, difficulty).
 
         Args:
-          split: "train" or "eval"; membership is decided by `split_of(example.input)`.
+          split: "train" or "eval"; membership is decided by `split_of(split_key(example.input))`.
           n: how many examples.
           seed: picks the random stream; different seeds give different examples.
           **difficulty: overrides of `default_difficulty`.
         Returns:
-          `n` examples in draw order; a shorter request is a prefix of a longer one.
+          `n` examples in draw order; a shorter request is a prefix of a longer one. Instances (`split_key`)
+          are distinct across draws; a draw that returns several solutions of one instance keeps them all.
         """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -98,16 +108,20 @@ class Task(abc.ABC):
         rng = random.Random(hashlib.sha256(repr((task, split, seed)).encode()).digest())
         seen, examples, misses = set(), [], 0
         while len(examples) < n:
-            example = task.sample(rng)
-            if example is None or example.input in seen or split_of(example.input) != split:
-                misses += 1
-                if misses > PATIENCE:
-                    raise ValueError(f"{task!r} found only {len(examples)} of {n} distinct {split} examples; "
-                                     "ask for fewer or widen the difficulty")
-                continue
-            seen.add(example.input)
-            examples.append(example)
-            misses = 0
+            drawn = task.sample(rng)
+            this_draw: set[tuple[str, str]] = set()  # one instance may come with several outputs in one draw only
+            for example in [] if drawn is None else [drawn] if isinstance(drawn, Example) else drawn:
+                key = task.split_key(example.input)
+                if (key in seen or (key, example.output) in this_draw or split_of(key) != split
+                        or len(examples) == n):
+                    continue
+                this_draw.add((key, example.output))
+                examples.append(example)
+            seen.update(key for key, _ in this_draw)
+            misses = 0 if this_draw else misses + 1
+            if misses > PATIENCE:
+                raise ValueError(f"{task!r} found only {len(examples)} of {n} distinct {split} examples; "
+                                 "ask for fewer or widen the difficulty")
         return examples
 
 
@@ -191,5 +205,4 @@ def load_jsonl(path: str | Path) -> list[Example]:
 def save_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
     """Writes examples in the form `load_jsonl` reads, one object a line."""
     with Path(path).open("w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps({"input": example.input, "output": example.output}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"input": example.input, "output": example.output}, ensure_ascii=False) + "\n" for example in examples)

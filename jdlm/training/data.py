@@ -41,7 +41,7 @@ class Pool:
                             task=self.task, task_names=np.array(self.task_names))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Pool":
+    def load(cls, path: str | Path) -> Pool:
         d = np.load(path)
         return cls(d["tokens"], d["prompt_len"], d["answer_len"], d["task"], tuple(str(n) for n in d["task_names"]))
 

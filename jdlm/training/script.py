@@ -50,9 +50,12 @@ def main(objective: str, model: str, argv=None) -> None:
     p.add_argument("--weights", default=",".join(f"{k}={v}" for k, v in defaults.weights.items()),
                    help="task mixture of each batch")
     p.add_argument("--model-overrides", default="{}", help="JSON dict of ModelConfig fields to change")
-    p.add_argument("--difficulty", default="{}", help='JSON: per-task generator settings, e.g. '
-                   '\'{"countdown": {"n_sources": [3, 4]}}\'')
+    p.add_argument("--difficulty", default=json.dumps(defaults.difficulty),
+                   help='JSON: per-task generator settings, e.g. \'{"countdown": {"n_sources": [3, 4]}}\' '
+                   "(default: %(default)s)")
     p.add_argument("--init-from", default=None, help="start from this jdlm checkpoint's weights (fine-tuning)")
+    p.add_argument("--time-limit-minutes", type=float, default=None,
+                   help="stop at the first checkpoint after this long (rerun the same command to go on)")
     p.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["bfloat16", "float32"])
     args = p.parse_args(argv)
     dst = shipped if args.ship else Path(args.export or Path(args.run_dir) / "model")
@@ -65,7 +68,11 @@ def main(objective: str, model: str, argv=None) -> None:
         examples=_pairs(args.examples, int), weights=_pairs(args.weights, float),
         model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype,
         difficulty=json.loads(args.difficulty), init_from=args.init_from)
-    state = train(config, args.run_dir)
+    time_limit = None if args.time_limit_minutes is None else args.time_limit_minutes * 60
+    state = train(config, args.run_dir, time_limit_s=time_limit)
+    if int(state.step) < config.steps:
+        print(f"stopped at step {int(state.step)} of {config.steps}: rerun the same command to resume", flush=True)
+        return
     print(f"exported {export(config, state, args.run_dir, dst)}", flush=True)
     try:
         plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")

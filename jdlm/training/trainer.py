@@ -8,8 +8,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import flax.struct
 import jax
@@ -40,7 +40,7 @@ class TrainConfig:
     objective: str = "mdm"
     model: str = "tiny"
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    seq_len: int = 112
+    seq_len: int = 224
     batch_size: int = 256
     steps: int = 20_000
     lr: float = 1e-3
@@ -50,10 +50,15 @@ class TrainConfig:
     compute_dtype: str = "bfloat16"
     seed: int = 0
     examples: dict = dataclasses.field(default_factory=lambda: {
-        "sudoku": 200_000, "countdown": 1_200_000, "arithmetic": 400_000, "code": 30_000})
+        "sudoku": 150_000, "sudoku9": 400_000, "countdown": 1_500_000, "arithmetic": 200_000,
+        "multistep": 500_000, "code": 30_000, "pycode": 300_000})
     weights: dict = dataclasses.field(default_factory=lambda: {
-        "sudoku": 0.2, "countdown": 0.45, "arithmetic": 0.25, "code": 0.1})
-    difficulty: dict = dataclasses.field(default_factory=dict)
+        "sudoku": 0.05, "sudoku9": 0.25, "countdown": 0.33, "arithmetic": 0.06, "multistep": 0.15, "code": 0.08,
+        "pycode": 0.08})
+    # Varied inputs and several solutions per countdown instance; 8 symmetric copies per found sudoku (cheap data).
+    difficulty: dict = dataclasses.field(default_factory=lambda: {
+        "countdown": {"formats": ["csv", "arrow", "words", "sentence", "reach"], "solutions": 3},
+        "sudoku9": {"formats": ["line", "dots", "grid"], "variants": 8}})
     init_from: str | None = None
     save_every: int = 1000
     log_every: int = 100
@@ -124,8 +129,25 @@ def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
     return pool
 
 
+def _write_tokenizer(config: TrainConfig, directory: Path) -> None:
+    """The run's tokenizer: the one of the checkpoint it starts from (its weights are tied to those ids), else the
+    small-model BPE built from the task corpus. Written atomically."""
+    from jdlm.checkpoint import resolve
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if config.init_from:
+        source = resolve(config.init_from)
+        tmp.mkdir(parents=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(source / name, tmp / name)
+    else:
+        presets.build_task_tokenizer(tmp)
+    os.replace(tmp, directory)
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, dict], None] | None = None,
-          progress: bool = True) -> TrainState:
+          progress: bool = True, time_limit_s: float | None = None) -> TrainState:
     """Trains (or resumes) a run in `run_dir`; returns the final state.
 
     Checkpoints (weights, optimiser state, step) go to `run_dir/checkpoints` every `save_every` steps, at the end,
@@ -133,7 +155,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     result as an uninterrupted run (batches and noise are pure functions of (seed, step)). A latest checkpoint that
     cannot be read is moved to `run_dir/unreadable-checkpoints` with a warning and the one before it is used. Metrics
     are appended to `run_dir/metrics.jsonl`; on resume, rows after the restored step are dropped first (they are
-    logged again). `on_step(step, metrics)` is called after every logged step.
+    logged again). `on_step(step, metrics)` is called after every logged step. With `time_limit_s`, training stops
+    at the first checkpoint after that many seconds (the returned state's step is then below `config.steps`; rerun
+    to go on).
     """
     import orbax.checkpoint as ocp
 
@@ -149,7 +173,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     model = config.model_config()
     tok_dir = run_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        presets.build_task_tokenizer(tok_dir)
+        _write_tokenizer(config, tok_dir)
     tokenizer = Tokenizer.from_dir(tok_dir, model)
     pool = load_or_build_pool(config, tokenizer, run_dir)
 
@@ -196,6 +220,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
                         on_step(done, m)
                 if done % config.save_every == 0:
                     manager.save(done, args=ocp.args.StandardSave(state))
+                    if time_limit_s is not None and time.time() - t0 > time_limit_s:
+                        print(f"time limit: stopping at step {done} of {config.steps}; rerun to resume", flush=True)
+                        break
         except KeyboardInterrupt:
             print(f"interrupted: saving step {int(state.step)}; rerun the same command to resume", flush=True)
             manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
@@ -260,7 +287,13 @@ class _ProgressBar:
     """A rich progress bar over training steps (used on a terminal; logs get one line per logged step)."""
 
     def __init__(self, total: int, start: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                            TextColumn("{task.description}"))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from jdlm.tasks.vocab import CHAT_TEMPLATE, SPECIAL_TOKENS
+
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """Trains a byte-level BPE (tokenizers library) on `texts`; ids 0-4 are the special tokens above.
