@@ -20,14 +20,17 @@ from jdlm import eval as E
 from jdlm.tasks import TASKS
 
 
-def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False) -> list:
+BASELINE_VARIANTS = (  # (label, task, difficulty)
+    ("sudoku", "sudoku", {}), ("sudoku9", "sudoku9", {}), ("countdown-3", "countdown", {"n_sources": 3}),
+    ("countdown-4", "countdown", {"n_sources": 4}), ("countdown-5", "countdown", {"n_sources": 5}),
+    ("arithmetic", "arithmetic", {}), ("multistep", "multistep", {}), ("code", "code", {}))
+
+
+def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False, only=None) -> list:
     """The issue's quality bar: one-token-per-step low confidence on held-out data, per task and difficulty."""
     spec = E.EvalSpec(rule="low_confidence", tokens_per_step=1)
-    variants = [("sudoku", "sudoku", {}), ("countdown-3", "countdown", {"n_sources": 3}),
-                ("countdown-4", "countdown", {"n_sources": 4}), ("countdown-5", "countdown", {"n_sources": 5}),
-                ("arithmetic", "arithmetic", {}), ("code", "code", {})]
-    if not run_code:
-        variants = [v for v in variants if v[1] != "code"]
+    variants = [v for v in BASELINE_VARIANTS if run_code or v[1] != "code"]
+    variants = [v for v in variants if only is None or v[0] in only]
     reports = []
     for label, name, difficulty in variants:
         examples = TASKS[name].generate("eval", limit, seed=0, **difficulty)
@@ -38,7 +41,7 @@ def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False) -
     return reports
 
 
-SWEEP_TASKS = ("sudoku", "countdown", "arithmetic", "code")
+SWEEP_TASKS = ("sudoku", "sudoku9", "countdown", "arithmetic", "multistep", "code")
 
 
 def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS, run_code: bool = False) -> list:
@@ -60,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=500, help="examples per task in the baseline")
     p.add_argument("--sweep-limit", type=int, default=300, help="examples per task in the sweep (0: skip)")
     p.add_argument("--batch-size", type=int, default=125)
+    p.add_argument("--tasks", default=None, help="comma-separated baseline labels and sweep tasks to run "
+                   "(default: all)")
     p.add_argument("--confirm-run-unsafe-code", action="store_true",
                    help="also evaluate the code task, which runs model-written Python in jdlm's sandbox (see README)")
     args = p.parse_args(argv)
@@ -78,12 +83,14 @@ def main(argv=None) -> None:
     dtype = jnp.float32 if jax.default_backend() == "cpu" else None
     params, tok = jdlm.load(args.model, dtype=dtype)
     device = jax.devices()[0].device_kind
-    base = baseline(params, tok, args.limit, args.batch_size, args.confirm_run_unsafe_code)
+    only = None if args.tasks is None else set(args.tasks.split(","))
+    base = baseline(params, tok, args.limit, args.batch_size, args.confirm_run_unsafe_code, only)
     E.write_json(base, out / "baseline.json")
     (out / "baseline.md").write_text(f"Model `{args.model}` on {device}, one token per step, low confidence, "
                                      f"held-out eval split.\n\n{E.format_table(base)}\n")
     if args.sweep_limit:
-        reports = sweep(params, tok, args.sweep_limit, args.batch_size, run_code=args.confirm_run_unsafe_code)
+        tasks = [t for t in SWEEP_TASKS if only is None or t in only]
+        reports = sweep(params, tok, args.sweep_limit, args.batch_size, tasks, run_code=args.confirm_run_unsafe_code)
         E.write_json(reports, out / "sweep.json")
         (out / "sweep.md").write_text(f"Model `{args.model}` on {device}: accuracy against NFE.\n\n"
                                       f"{E.format_table(reports)}\n")
