@@ -187,7 +187,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
         weights = start.weights
     else:
         weights = init_params(model, jax.random.key(config.seed), jnp.float32).weights
-    state = TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
+    replicated, split_batch = _data_parallel(config.batch_size)
+    state = jax.device_put(TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights)), replicated)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
         state = _restore(manager, state, run_dir)
@@ -201,7 +202,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
             for step in range(start, config.steps):
                 rows = batch_indices(pool, config.weights, config.batch_size, step, config.seed)
                 key = jax.random.fold_in(jax.random.key(config.seed), step)
-                state, metrics = step_fn(state, pool.tokens[rows], pool.prompt_len[rows], pool.answer_len[rows], key)
+                batch = jax.device_put((pool.tokens[rows], pool.prompt_len[rows], pool.answer_len[rows]), split_batch)
+                state, metrics = step_fn(state, *batch, key)
                 tokens_seen += config.batch_size * config.seq_len
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
@@ -236,6 +238,24 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
             manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
     return state
+
+
+def _data_parallel(batch_size: int):
+    """(sharding of the replicated state, sharding of a batch split over rows) on every visible device.
+
+    With one device (or a batch that the devices do not divide) both are that one device: plain training. The
+    loss is a mean over rows either way, so the result does not depend on the number of devices.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    if len(devices) > 1 and batch_size % len(devices):
+        print(f"note: batch {batch_size} does not split over {len(devices)} devices; training on one", flush=True)
+        devices = devices[:1]
+    if len(devices) > 1:
+        print(f"data parallel over {len(devices)} devices", flush=True)
+    mesh = Mesh(np.array(devices), ("data",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
 
 
 def _restore(manager, state: TrainState, run_dir: Path) -> TrainState:
