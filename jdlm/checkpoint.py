@@ -412,11 +412,15 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
         raise CheckpointError(f"{directory}: parameter shapes in manifest.json do not match config.json "
                               f"(first mismatches: {bad[:3]}); the checkpoint is inconsistent")
     verify_files(directory, manifest, hashes=verify_by_default() if verify is None else verify)
-    if mesh is not None:  # orbax's sharded restore: target shardings in the abstract tree
+    # Target shardings in the abstract tree, always: without them orbax restores onto the devices the checkpoint
+    # was saved from, and refuses ("topology mismatch") a checkpoint written on another machine's devices.
+    if mesh is not None:
         from jdlm.sharding import param_shardings
 
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                                param_shardings(config, mesh))
+        shardings = param_shardings(config, mesh)
+    else:
+        shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     import orbax.checkpoint as ocp
 
     try:
