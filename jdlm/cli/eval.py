@@ -89,6 +89,9 @@ def run(args) -> int:
     data = _read_data(args) if args.data is not None else None
     tasks = args.task or ([data.task] if data is not None else list(TASKS))
     unknown = [t for t in tasks if t not in TASKS]
+    if unknown and not args.task:  # the task the file's format implies
+        raise UsageError(f"unknown task {unknown[0]!r} (the task of --data {args.data}, {data.format} examples); "
+                         f"this jdlm has {', '.join(TASKS)}")
     if unknown:
         raise UsageError(f"unknown task {unknown[0]!r}{did_you_mean(unknown[0], TASKS)}; choose from "
                          f"{', '.join(TASKS)}")
