@@ -117,6 +117,13 @@ def device_mesh(args):
     return sharding.make_mesh(**sizes)
 
 
+def prompt_mesh(args):
+    """The mesh of --mesh for commands that decode one prompt at a time (generate, chat): one device unless --mesh
+    is given (a lone prompt gains nothing from data parallelism; tensor parallelism fits a model larger than one
+    device)."""
+    return device_mesh(args) if args.mesh else None
+
+
 def load_model(args, mesh=None):
     """`(params, tokenizer, note)` for --model/--dtype, sharded over `mesh` when given; `note` is a one-line
     account of what was loaded, for the caller to print once the command is past its checks (an error must stay
