@@ -56,3 +56,17 @@ def test_estimate_is_within_a_quarter_of_xla(spec, cache):
                                dtype="float32")
     assert analysis.argument_size_in_bytes == pytest.approx(est.weights, rel=0.01)  # the weights, and a prompt
     assert est.total == pytest.approx(xla, rel=0.25)
+
+
+def test_the_load_check_counts_the_shards_of_a_model_axis(monkeypatch):
+    """`--mesh model=2` restores each weight split in two: LLaDA-8B in float32 (32 GB) fits two 24 GB devices, not
+    when cast from bfloat16 (both copies, 48 GB, over two)."""
+    from jdlm.cli import memory as cli_memory
+    from jdlm.errors import UsageError
+
+    monkeypatch.setattr(cli_memory, "available_bytes", lambda: (24 * 10**9, "the NVIDIA L4"))
+    with pytest.raises(UsageError, match=r"needs about 32\.\d GB \(8\.0B parameters x 4 bytes, plus"):
+        cli_memory.check_fits_memory(LLADA, "float32", "--model llada-8b")
+    cli_memory.check_fits_memory(LLADA, "float32", "--model llada-8b", shards=2)
+    with pytest.raises(UsageError, match=r"needs about 24\.\d GB per device \(8\.0B parameters x 4 bytes over 2 "):
+        cli_memory.check_fits_memory(LLADA, "float32", "--model llada-8b", shards=2, stored="bfloat16")

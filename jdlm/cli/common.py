@@ -139,7 +139,8 @@ def load_model(args, mesh=None):
         dtype = "float32" if jax.default_backend() == "cpu" else None
     if dtype == "float16" and jax.default_backend() == "cpu":  # XLA's CPU matmuls have no float16 kernel
         raise UsageError("--dtype float16 does not run on CPU; use --dtype float32 or bfloat16 (or auto)")
-    check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}")
+    shards = 1 if mesh is None else mesh.shape[sharding.MODEL]  # restored sharded: a device holds 1/model
+    check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}", shards)
     t0 = time.perf_counter()
     try:
         params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh)
