@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdlm import sharding
 from jdlm import strategies as S
 from jdlm.config import dream_7b, llada_8b, tiny
 from jdlm.decoding import Strategy, decode
@@ -41,7 +42,8 @@ def random_params(name: str, dtype=jnp.bfloat16, seed: int = 0) -> Params:
 @dataclasses.dataclass(frozen=True)
 class BenchResult:
     """One timed strategy; `strategy` is its spec (as `--strategy` reads it), `strategy_config` the whole strategy
-    (`jdlm.Strategy.to_dict()`), so the run can be repeated."""
+    (`jdlm.Strategy.to_dict()`), so the run can be repeated. `mesh`: the mesh the weights lived on, its axis names
+    and sizes ({"data": 2, "model": 4}), None on one device; `devices`: how many devices decoded."""
 
     strategy: str
     batch: int
@@ -53,6 +55,8 @@ class BenchResult:
     nfe: float
     device: str
     strategy_config: dict
+    mesh: dict[str, int] | None = None
+    devices: int = 1
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,6 +69,7 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
     Tokens/s counts every generated position (batch * gen_length) per second of decode.
     """
     cfg = params.config
+    mesh = sharding.mesh_of(params)
     rng = np.random.default_rng(seed)
     vocab_hi = min(cfg.vocab_size, cfg.mask_id)
     prompt = rng.integers(0, vocab_hi, size=(batch, prompt_len)).astype(np.int32)
@@ -83,7 +88,8 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
     return BenchResult(strategy=name, batch=batch, prompt_len=prompt_len, gen_length=G,
                        compile_s=round(max(first - run, 0.0), 3), run_s=round(run, 4),
                        tokens_per_s=round(batch * G / run, 2), nfe=float(np.mean(np.asarray(result.nfe))),
-                       device=jax.devices()[0].device_kind, strategy_config=strategy.to_dict())
+                       device=jax.devices()[0].device_kind, strategy_config=strategy.to_dict(),
+                       mesh=None if mesh is None else dict(mesh.shape), devices=1 if mesh is None else mesh.size)
 
 
 def run(params: Params, strategies: dict[str, Strategy], *, batch: int = 1, prompt_len: int = 64,

@@ -88,12 +88,14 @@ def main(argv=None) -> int:
     for layout, sizes in LAYOUTS.items():
         placed = params if sizes is None else sharding.shard_params(params, sharding.make_mesh(**sizes,
                                                                                               devices=devices[:2]))
+        mesh = sharding.mesh_of(placed)  # None on one device
         for batch in batches:
             for spec, strategy in strategies.items():
                 r = time_decode(placed, prompts[batch], strategy, args.repeats)
                 tokens = r.pop("tokens")
                 same = reference.setdefault((batch, spec), tokens)
-                rows.append(dict(layout=layout, batch=batch, strategy=spec, **r,
+                rows.append(dict(layout=layout, mesh=None if mesh is None else dict(mesh.shape),
+                                 devices=1 if mesh is None else mesh.size, batch=batch, strategy=spec, **r,
                                  same_tokens=bool(np.array_equal(tokens, same))))
                 log(f"{layout:>4} batch {batch:>3} {spec:>22}: {r['tokens_per_s']:9.1f} tok/s  NFE {r['nfe']:6.1f}  "
                     f"compile {r['compile_s']:.1f}s")

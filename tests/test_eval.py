@@ -294,7 +294,7 @@ def test_json_round_trip(reports, tmp_path):
     path = E.write_json(reports, tmp_path / "out" / "eval.json")
     assert E.read_json(path) == reports
     doc = json.loads(path.read_text())
-    assert doc["reports"][0]["records"][0].keys() == {"input", "output", "correct", "nfe", "tokens"}
+    assert doc["reports"][0]["records"][0].keys() == {"input", "output", "correct", "nfe", "tokens", "reference"}
 
 
 def test_format_table(reports):

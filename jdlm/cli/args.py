@@ -140,11 +140,11 @@ def model_args(p: Parser) -> None:
                         "stored dtype elsewhere")
 
 
-def mesh_args(p: Parser) -> None:
+def mesh_args(p: Parser, default: str = "every device, data parallel") -> None:
     p.add_argument("--mesh", metavar="data=N,model=M", default=None,
                    help="spread the work over the visible devices as a data x model mesh: data splits the batch, "
                         "model splits heads, MLP and vocabulary (tensor parallel); either may be left out "
-                        "(default: every device, data parallel). See docs/scaling.md")
+                        f"(default: {default}). See docs/scaling.md")
 
 
 def strategy_args(p: Parser, *, repeatable: bool = False, gen_length: int = 64) -> None:

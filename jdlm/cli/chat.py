@@ -7,6 +7,7 @@ import sys
 from jdlm.cli.args import (
     PACKAGED_MODELS,
     command,
+    mesh_args,
     model_args,
     positive_int,
     strategy_args,
@@ -20,6 +21,7 @@ from jdlm.cli.common import (
     encode,
     load_model,
     note,
+    prompt_mesh,
     run_decode,
     stderr_console,
 )
@@ -45,6 +47,7 @@ def add_parser(sub) -> None:
                       f"{NEEDS_8B}, converted first"),
                  ]))
     model_args(p)
+    mesh_args(p, default="one device; model=M splits a model too large for one device over M of them")
     strategy_args(p)
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="forward passes per answer for counted rules (default --gen-length)")
@@ -61,7 +64,7 @@ def run(args) -> int:
         check_steps(args)
         strategy = build_strategy(args, steps=args.steps)
     console = stderr_console()
-    params, tokenizer, loaded = load_model(args)
+    params, tokenizer, loaded = load_model(args, prompt_mesh(args))
     if not args.quiet:
         note(console, loaded)
     if not tokenizer.chat_template:

@@ -117,6 +117,13 @@ def device_mesh(args):
     return sharding.make_mesh(**sizes)
 
 
+def prompt_mesh(args):
+    """The mesh of --mesh for commands that decode one prompt at a time (generate, chat): one device unless --mesh
+    is given (a lone prompt gains nothing from data parallelism; tensor parallelism fits a model larger than one
+    device)."""
+    return device_mesh(args) if args.mesh else None
+
+
 def load_model(args, mesh=None):
     """`(params, tokenizer, note)` for --model/--dtype, sharded over `mesh` when given; `note` is a one-line
     account of what was loaded, for the caller to print once the command is past its checks (an error must stay
@@ -132,7 +139,8 @@ def load_model(args, mesh=None):
         dtype = "float32" if jax.default_backend() == "cpu" else None
     if dtype == "float16" and jax.default_backend() == "cpu":  # XLA's CPU matmuls have no float16 kernel
         raise UsageError("--dtype float16 does not run on CPU; use --dtype float32 or bfloat16 (or auto)")
-    check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}")
+    shards = 1 if mesh is None else mesh.shape[sharding.MODEL]  # restored sharded: a device holds 1/model
+    check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}", shards)
     t0 = time.perf_counter()
     try:
         params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh)

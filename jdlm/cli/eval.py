@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from jdlm.cli.args import (
     CACHES,
     STRATEGY_HELP,
@@ -42,15 +40,20 @@ def add_parser(sub) -> None:
                            --tokens-per-step 2 --json results.json --plot pareto.png
                  printf '{"input": "50,14,54,10", "output": "54-50=4,14-4=10"}\\n' > mine.jsonl && \\
                    jdlm eval --task countdown --data mine.jsonl --batch-size 1
+                 printf '{"nums": [50, 14, 54], "target": 10}\\n' > cd.jsonl && jdlm eval --data cd.jsonl --json out.json
                  """)
     model_args(p)
     mesh_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
                    help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
-                        "(default: all four, code only with --confirm-run-unsafe-code; exactly one with --data)")
-    p.add_argument("--data", metavar="FILE.jsonl",
-                   help="evaluate these examples ({\"input\": ..., \"output\": ...} per line) instead of the "
-                        "task's own eval split")
+                        "(default: all four, code only with --confirm-run-unsafe-code; with --data, the task its "
+                        "format implies, or exactly one)")
+    p.add_argument("--data", metavar="FILE",
+                   help="evaluate the examples of this file instead of the task's own eval split: jsonl "
+                        "{\"input\", \"output\"} (with --task); countdown jsonl {\"nums\", \"target\"}; sudoku CSV "
+                        "(quizzes,solutions or puzzle,solution) or jsonl {\"puzzle\", \"solution\"}, 81 cells (task "
+                        "sudoku9) or 16 (sudoku); GSM8K jsonl {\"question\", \"answer\"} (arithmetic, scored by the "
+                        "final '#### N'). Countdown, sudoku and GSM8K files imply their task. See docs/eval/data.md")
     p.add_argument("--strategy", "-s", action="append", metavar="SPEC",
                    help=STRATEGY_HELP + "\nrepeat to compare several")
     p.add_argument("--cache", "-c", choices=CACHES, default="none", help="KV cache for every strategy (default none)")
@@ -83,8 +86,12 @@ def run(args) -> int:
         raise UsageError(f"jdlm eval runs masked-diffusion strategies and {args.model} is a causal model; "
                          "evaluate it greedily with scripts/eval_tiny_ar.py (in the jdlm repository)")
 
-    tasks = args.task or list(TASKS)
+    data = _read_data(args) if args.data is not None else None
+    tasks = args.task or ([data.task] if data is not None else list(TASKS))
     unknown = [t for t in tasks if t not in TASKS]
+    if unknown and not args.task:  # the task the file's format implies
+        raise UsageError(f"unknown task {unknown[0]!r} (the task of --data {args.data}, {data.format} examples); "
+                         f"this jdlm has {', '.join(TASKS)}")
     if unknown:
         raise UsageError(f"unknown task {unknown[0]!r}{did_you_mean(unknown[0], TASKS)}; choose from "
                          f"{', '.join(TASKS)}")
@@ -102,20 +109,6 @@ def run(args) -> int:
                       "to run it in jdlm's sandbox")
     elif code_tasks:
         note(console, sandbox.containment().describe())
-    examples = None
-    if args.data is not None:
-        if len(tasks) != 1:
-            raise UsageError("--data needs exactly one --task (the one that prompts and scores its examples)")
-        if not Path(args.data).expanduser().is_file():
-            raise UsageError(f"--data {args.data}: no such file")
-        from jdlm.tasks import load_jsonl
-
-        try:
-            examples = load_jsonl(Path(args.data).expanduser())
-        except ValueError as e:
-            raise UsageError(f"--data: {e}") from None
-        if not examples:
-            raise UsageError(f"--data {args.data} holds no examples")
     check_output(args.json_out, "--json", (".json",), force=args.force)
     check_output(args.plot, "--plot", (".png", ".pdf", ".svg"), force=args.force)
     if args.plot:
@@ -153,7 +146,7 @@ def run(args) -> int:
     try:
         for task in tasks:
             for spec in specs:
-                reports.append(jeval.evaluate(params, tokenizer, task, spec, examples=examples, limit=args.limit,
+                reports.append(jeval.evaluate(params, tokenizer, task, spec, data=data, limit=args.limit,
                                               batch_size=args.batch_size, progress=not args.quiet,
                                               key=jax.random.key(args.seed), settings=settings[task],
                                               allow_code_execution=run_code))
@@ -168,6 +161,22 @@ def run(args) -> int:
     if args.plot:
         note(console, f"wrote {write_atomically(args.plot, lambda tmp: jeval.plot_pareto(reports, tmp))}")
     return 0
+
+
+def _read_data(args):
+    """The --data file (`jdlm.eval.formats.read_data`), checked against --task: a format that implies its task
+    (countdown, sudoku, GSM8K) needs none, plain jsonl exactly one."""
+    from jdlm.eval.formats import read_data
+
+    data = read_data(args.data)
+    if args.task and len(args.task) != 1:
+        raise UsageError("--data takes one --task (the one that prompts and scores its examples)")
+    if args.task:
+        data.check_task(args.task[0])
+    elif data.task is None:
+        raise UsageError(f"--data {args.data} holds {{\"input\", \"output\"}} examples of no particular task; name "
+                         "the task that prompts and scores them with --task")
+    return data
 
 
 def _parse_rule(text: str):

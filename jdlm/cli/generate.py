@@ -10,6 +10,7 @@ from jdlm.cli.args import (
     PACKAGED_MODELS,
     command,
     force_arg,
+    mesh_args,
     model_args,
     positive_int,
     strategy_args,
@@ -22,6 +23,7 @@ from jdlm.cli.common import (
     encode,
     load_model,
     note,
+    prompt_mesh,
     run_decode,
     stderr_console,
 )
@@ -56,10 +58,13 @@ def add_parser(sub) -> None:
                      f"jdlm generate --model tiny-ar {shell_prompt('arithmetic')}   # the causal model",
                      (f'jdlm generate --model ~/jdlm/llada-8b --gen-length 256 "Write a haiku about JAX."   '
                       f"{NEEDS_8B}, converted first"),
+                     (f'jdlm generate --model ~/jdlm/llada-8b --mesh model=2 "Write a haiku about JAX."   '
+                      f"{NEEDS_8B} and 2 GPUs"),
                  ]))
     p.add_argument("prompt", nargs="?", default=None,
                    help="the prompt; '-' (or nothing, with piped input) reads it from stdin")
     model_args(p)
+    mesh_args(p, default="one device; model=M splits a model too large for one device over M of them")
     strategy_args(p)
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="forward passes budgeted for counted rules (default --gen-length: one token per step); "
@@ -68,7 +73,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout: text, token_ids, reveal_step (for each token, the forward "
                         "pass that revealed it, counted from 1 as in --show and --trace; null: never), nfe, forwards, "
-                        "compile_s, run_s, tokens_per_s, ...")
+                        "compile_s, run_s, tokens_per_s, mesh, devices, ...")
     p.add_argument("--show", action="store_true",
                    help="show the unmasking on stderr: on a terminal live, one frame per forward pass as the "
                         "decode runs (masked positions dimmed, tokens coloured by the step that revealed them); "
@@ -119,7 +124,8 @@ def run(args) -> int:
         check_steps(args)
         strategy = build_strategy(args, steps=args.steps)
     console = stderr_console()
-    params, tokenizer, loaded = load_model(args)
+    mesh = prompt_mesh(args)
+    params, tokenizer, loaded = load_model(args, mesh)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
     from jdlm.cli import viz
 
@@ -150,6 +156,7 @@ def run(args) -> int:
             "tokens_per_s": round(timed.tokens_per_s, 2), "prompt_tokens": len(prompt_ids),
             "gen_length": args.gen_length, "model": args.model, "strategy": name,
             "strategy_config": None if causal else strategy.to_dict(),
+            "mesh": None if mesh is None else dict(mesh.shape), "devices": 1 if mesh is None else mesh.size,
         }), flush=True)
     else:
         print(text, flush=True)

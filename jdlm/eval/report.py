@@ -14,8 +14,10 @@ FORMAT_VERSION = 1
 class Record:
     """One evaluated example.
 
-    input: the task input (or the HumanEval task id); output: the decoded text (cut at EOS); correct: the task's
-    verdict; nfe: forward passes spent on it; tokens: generated tokens up to and including the first EOS.
+    input: the task input (or the HumanEval task id); output: the generated answer, the decoded text cut at EOS;
+    correct: the verdict on it; nfe: forward passes spent on it; tokens: generated tokens up to and including the
+    first EOS; reference: the example's own answer (a generated task's, or a --data file's), None where there is
+    none (countdown files without solutions, HumanEval, files written before it was recorded).
     """
 
     input: str
@@ -23,6 +25,7 @@ class Record:
     correct: bool
     nfe: int
     tokens: int
+    reference: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,6 +46,8 @@ class EvalReport:
       records: one Record per example, in input order.
       strategy_config: the whole strategy that ran (`jdlm.Strategy.to_dict()`; `Strategy.from_dict` rebuilds it),
         so the result can be re-run; None in files written before it was recorded.
+      data: {"path", "format"} of the --data file evaluated (`jdlm.eval.formats`), None for the task's own
+        examples.
     """
 
     task: str
@@ -65,6 +70,7 @@ class EvalReport:
     device: str
     records: tuple[Record, ...] = ()
     strategy_config: dict | None = None
+    data: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"records": [dataclasses.asdict(r) for r in self.records]}

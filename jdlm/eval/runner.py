@@ -16,11 +16,12 @@ from jdlm import sandbox
 from jdlm.decoding.inputs import pad_prompts
 from jdlm.decoding.loop import decode
 from jdlm.decoding.strategy import Strategy
+from jdlm.eval.formats import DataFile, read_data
 from jdlm.eval.report import EvalReport, Record
 from jdlm.eval.settings import TaskSettings, prompt_bucket, task_settings
 from jdlm.eval.spec import EvalSpec, describe_strategy, parse_spec
 from jdlm.model import Params
-from jdlm.tasks import Example, Task, get_task, load_jsonl
+from jdlm.tasks import Example, Task, get_task
 
 DEFAULT_EXAMPLES = 500  # eval-split examples generated when none are given
 
@@ -155,21 +156,25 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)
 
 
+Scorer = Callable[[Example, str], bool]  # (example, generated text) -> correct
+
+
 def score_tokens(task: Task, examples: Sequence[Example], tokenizer, tokens: np.ndarray, nfe: Sequence[int],
-                 lengths: Sequence[int]) -> list[Record]:
-    """Records for generated tokens [N, G]: each row decoded to text (cut at EOS) and scored by the task."""
+                 lengths: Sequence[int], scorer: Scorer | None = None) -> list[Record]:
+    """Records for generated tokens [N, G]: each row decoded to text (cut at EOS) and scored by `scorer`
+    (default: the task's own `score(input, text)`); each keeps its example's reference answer, if any."""
     records = []
     for ex, row, n, length in zip(examples, tokens, nfe, lengths, strict=True):
         text = tokenizer.decode(row)
-        records.append(Record(input=ex.input, output=text, correct=_score(task, ex, text), nfe=int(n),
-                              tokens=int(length)))
+        records.append(Record(input=ex.input, output=text, correct=_score(task, ex, text, scorer), nfe=int(n),
+                              tokens=int(length), reference=ex.output or None))
     return records
 
 
-def _score(task: Task, example: Example, text: str) -> bool:
-    """The task's verdict. A scorer that raises scores 0 with a warning: decoding is done, the run goes on."""
+def _score(task: Task, example: Example, text: str, scorer: Scorer | None = None) -> bool:
+    """The verdict. A scorer that raises scores 0 with a warning: decoding is done, the run goes on."""
     try:
-        return bool(task.score(example.input, text))
+        return bool(scorer(example, text) if scorer else task.score(example.input, text))
     except Exception as e:
         warnings.warn(f"{task.name}: scoring {example.input[:60]!r} raised {type(e).__name__}: {e}; scored 0",
                       stacklevel=2)
@@ -184,7 +189,8 @@ def check_code_allowed(task: Task, allow_code_execution: bool | None) -> None:
 
 def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: Sequence[Record],
                 generation: Generation, prompt_length: int | None, batch_size: int,
-                name: str | None = None, strategy: Strategy | None = None) -> EvalReport:
+                name: str | None = None, strategy: Strategy | None = None,
+                data: DataFile | None = None) -> EvalReport:
     n = len(records)
     return EvalReport(
         task=task, strategy=name or spec.name, family=spec.family, rule=spec.rule_name, cache=spec.cache,
@@ -193,7 +199,8 @@ def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: S
         tokens_per_s=generation.tokens_per_s, decode_s=generation.decode_s, compile_s=generation.compile_s,
         gen_length=settings.gen_length, block_length=settings.block_length, prompt_length=prompt_length,
         batch_size=batch_size, device=jax.devices()[0].device_kind, records=tuple(records),
-        strategy_config=None if strategy is None else strategy.to_dict())
+        strategy_config=None if strategy is None else strategy.to_dict(),
+        data=None if data is None else {"path": data.path, "format": data.format})
 
 
 def plan(spec: EvalSpec | Strategy | str, settings: TaskSettings) -> tuple[EvalSpec, str, Strategy, TaskSettings]:
@@ -214,13 +221,14 @@ def plan(spec: EvalSpec | Strategy | str, settings: TaskSettings) -> tuple[EvalS
     return spec, spec.name, spec.strategy(settings), settings
 
 
-def _examples(task: Task, examples, data, limit) -> list[Example]:
+def _examples(task: Task, examples, data: DataFile | None, limit) -> list[Example]:
     if examples is not None and data is not None:
-        raise ValueError("give examples or data (a jsonl path), not both")
+        raise ValueError("give examples or data (a file of examples), not both")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be positive or None, got {limit}")
     if data is not None:
-        examples = load_jsonl(data)
+        data.check_task(task.name)
+        examples = data.examples
     elif examples is None:
         examples = task.generate("eval", limit or DEFAULT_EXAMPLES, seed=0)
     examples = list(examples)[:limit]
@@ -231,8 +239,9 @@ def _examples(task: Task, examples, data, limit) -> list[Example]:
 
 def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strategy | str, *,
              examples: Sequence[Example] | None = None, limit: int | None = None, batch_size: int = 16,
-             data: str | Path | None = None, progress: bool = True, key: jax.Array | None = None,
-             settings: TaskSettings | None = None, allow_code_execution: bool | None = None) -> EvalReport:
+             data: str | Path | DataFile | None = None, progress: bool = True, key: jax.Array | None = None,
+             settings: TaskSettings | None = None, allow_code_execution: bool | None = None,
+             scorer: Scorer | None = None) -> EvalReport:
     """Decodes and scores one task with one strategy.
 
     Args:
@@ -243,26 +252,32 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
       examples: the examples; default the task's eval split (seed 0), `limit` or 500 of them.
       limit: evaluate only the first `limit` examples.
       batch_size: rows per decode call (a single short batch decodes only `row_bucket` rows).
-      data: a jsonl file of examples (`jdlm.tasks.load_jsonl`) instead of `examples`.
+      data: a file of examples instead of `examples`, in any format `jdlm.eval.formats.read_data` reads (our jsonl,
+        countdown nums/target, sudoku CSV or jsonl, GSM8K), or what it read; its format must suit `task`, and a
+        format with its own scorer (GSM8K: the final answer) is scored by it.
       progress: show a progress bar over examples.
       key: PRNG key for sampled strategies (default `jax.random.key(0)`); example i uses `fold_in(key, i)`.
       settings: decode shapes; default `task_settings(task, tokenizer)`.
       allow_code_execution: the code task runs model-written programs (in `jdlm.sandbox`): only when this is True,
         or None and JDLM_RUN_UNSAFE_CODE=1; otherwise it raises UsageError before decoding.
+      scorer: (example, generated text) -> correct, instead of the task's scorer (and the data file's).
     Returns:
-      EvalReport with accuracy, mean NFE, tokens/s and one Record per example.
+      EvalReport with accuracy, mean NFE, tokens/s and one Record per example (its generated answer and its
+      reference).
     """
     task = get_task(task) if isinstance(task, str) else task
     check_code_allowed(task, allow_code_execution)
     spec, name, strategy, settings = plan(spec, settings or task_settings(task, tokenizer))
+    data = read_data(data) if isinstance(data, (str, Path)) else data
     examples = _examples(task, examples, data, limit)
+    scorer = scorer or (data.scorer if data is not None else None)
     prompts = [encode_prompt(tokenizer, task.prompt(ex.input)) for ex in examples]
     P = prompt_bucket(settings, max(map(len, prompts)))
     with progress_bar(progress, len(examples), f"{task.name} {name}") as advance:
         gen = generate(params, prompts, strategy, batch_size=batch_size, prompt_length=P, key=key, advance=advance)
-    records = score_tokens(task, examples, tokenizer, gen.tokens, gen.nfe, gen.lengths)
+    records = score_tokens(task, examples, tokenizer, gen.tokens, gen.nfe, gen.lengths, scorer)
     return make_report(task=task.name, spec=spec, settings=settings, records=records, generation=gen,
-                       prompt_length=P, batch_size=batch_size, name=name, strategy=strategy)
+                       prompt_length=P, batch_size=batch_size, name=name, strategy=strategy, data=data)
 
 
 def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequence[EvalSpec | Strategy | str], *,
