@@ -30,10 +30,11 @@ UNSAFE_HELP = (
 
 def add_parser(sub) -> None:
     p = command(sub, "eval", "accuracy versus NFE of strategies on the task suite",
-                 "Evaluate decoding strategies on jdlm's generated tasks (sudoku, countdown, arithmetic, code) or\n"
-                 "on your own examples (--data), and report accuracy, forward passes (NFE) and tokens/s per task\n"
-                 "and strategy. Each task decodes with its own measured generation and block length unless\n"
-                 "--gen-length / --block-length override them. Decoding stops each row at its end token.",
+                 "Evaluate decoding strategies on jdlm's generated tasks (sudoku, sudoku9, countdown, arithmetic,\n"
+                 "multistep, code, pycode) or on your own examples (--data), and report accuracy, forward passes\n"
+                 "(NFE) and tokens/s per task and strategy. Each task decodes with its own measured generation and\n"
+                 "block length unless --gen-length / --block-length override them. Decoding stops each row at its\n"
+                 "end token.",
                  """
                  jdlm eval --task sudoku --task countdown --limit 8 --batch-size 8
                  jdlm eval --task sudoku --limit 16 --strategy low_confidence --strategy threshold:0.9 --cache dual \\

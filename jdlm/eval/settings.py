@@ -40,19 +40,20 @@ class TaskSettings:
 #   task        answer tokens (max)   + EOS   gen / block   prompt tokens (max)   bucket
 #   sudoku              19              20      24 / 8             25               32
 #   sudoku9             81              82      96 / 96            88              128
-#   countdown           47              48      64 / 16            24               32
+#   countdown           47              48      48 / 16            24               32
 #   arithmetic          64              65      80 / 16            46               64
 #   multistep           92              93      96 / 32           117              128
 #   code                25              26      32 / 8             24               32
 #   pycode              64              65      80 / 16           135              256
 # Blocks are 8 for the short answers (sudoku's 3 blocks follow its rows; code is one line) and 16 or 32 for the
-# long ones (pycode: its bound, 64 characters + EOS). sudoku9 is one block: a 9x9 grid is solved in whatever order its constraints allow, not row by row.
+# long ones (pycode: its bound, 64 characters + EOS). sudoku9 is one block: a 9x9 grid is solved in whatever
+# order its constraints allow, not row by row.
 ANSWER_TOKENS = {"sudoku": 20, "sudoku9": 82, "countdown": 48, "arithmetic": 65, "multistep": 93, "code": 26,
                  "pycode": 65}
 TASK_SETTINGS: dict[str, TaskSettings] = {
     "sudoku": TaskSettings(gen_length=24, block_length=8, prompt_length=32),
     "sudoku9": TaskSettings(gen_length=96, block_length=96, prompt_length=128),
-    "countdown": TaskSettings(gen_length=64, block_length=16, prompt_length=32),
+    "countdown": TaskSettings(gen_length=48, block_length=16, prompt_length=32),
     "arithmetic": TaskSettings(gen_length=80, block_length=16, prompt_length=64),
     "multistep": TaskSettings(gen_length=96, block_length=32, prompt_length=128),
     "code": TaskSettings(gen_length=32, block_length=8, prompt_length=32),
