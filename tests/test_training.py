@@ -157,6 +157,22 @@ def test_examples_are_generated_in_spawned_processes_not_forked(monkeypatch):
     assert {k: len(v) for k, v in pooled.items()} == counts
 
 
+def test_pool_tokenised_in_workers_equals_the_pool_of_the_examples(monkeypatch, tmp_path):
+    from jdlm.tokenizer import Tokenizer
+    from jdlm.training import presets
+
+    monkeypatch.setattr(data, "CHUNK", 50)
+    presets.build_task_tokenizer(tmp_path)
+    config = presets.tiny_mdm_config()
+    counts = {"sudoku": 70, "countdown": 60, "multistep": 30}
+    pool = data.generate_pool(counts, tmp_path, config, 48, seed=3, workers=2)
+    expected = data.build_pool(Tokenizer.from_dir(tmp_path, config), data.generate_examples(counts, seed=3), 48)
+    assert pool.task_names == expected.task_names
+    for field in ("tokens", "prompt_len", "answer_len", "task"):
+        np.testing.assert_array_equal(getattr(pool, field), getattr(expected, field))
+    assert 0 < len(pool) < sum(counts.values())  # multistep rows do not fit 48 tokens: dropped in both
+
+
 TRAIN_FLAGS = ["--run-dir", "run", "--steps", "2", "--batch-size", "8", "--warmup", "1", "--save-every", "2",
                "--log-every", "1", "--examples", "sudoku=100,countdown=100", "--weights", "sudoku=0.5,countdown=0.5",
                "--model-overrides", json.dumps(SMALL), "--compute-dtype", "float32"]

@@ -21,7 +21,7 @@ from jdlm.config import ModelConfig
 from jdlm.errors import CheckpointError, PlotUnavailable
 from jdlm.model import Params, init_params
 from jdlm.training import presets
-from jdlm.training.data import Pool, batch_indices, build_pool, generate_examples
+from jdlm.training.data import Pool, batch_indices, generate_pool
 from jdlm.training.objectives import OBJECTIVES
 
 MODELS = {"tiny": presets.tiny_mdm_config, "tiny-ar": presets.tiny_ar_config}
@@ -120,8 +120,8 @@ def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
     if path.exists():
         return Pool.load(path)
     t0 = time.time()
-    examples = generate_examples(config.examples, seed=config.seed, difficulty=config.difficulty)
-    pool = build_pool(tokenizer, examples, config.seq_len)
+    pool = generate_pool(config.examples, run_dir / "tokenizer", tokenizer.config, config.seq_len, seed=config.seed,
+                         difficulty=config.difficulty)
     tmp = run_dir / "pool.tmp.npz"
     pool.save(tmp)
     os.replace(tmp, path)
