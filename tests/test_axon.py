@@ -12,6 +12,7 @@ from jdlm import strategies as S
 from jdlm.decoding.dawn import dawn_reveal, independent_set
 from jdlm.decoding.part import part
 from jdlm.decoding.rule import Budget, Context, Rule
+from tests.batching import assert_batch_equals_each_alone
 from tests.test_decode import MASK, _prompt, python_loop
 
 W, START, L = 6, 4, 10  # a block of 6 at positions 4..9 of a 10-position sequence
@@ -287,9 +288,4 @@ def test_attention_rules_compose_with_caches_in_the_one_loop(params, rule, cache
 def test_axon_batch_with_padding_equals_each_prompt_alone(params):
     strategy = S.parse_strategy("axon selector=cover gen_length=16 block_length=8 steps=16")
     prompts = [list(_prompt(1, seed=s, length=n)[0]) for s, n in [(1, 3), (2, 5)]]
-    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
-    batched = jdlm.decode(params, ids, strategy, prompt_mask=mask)
-    for row, p in enumerate(prompts):
-        alone = jdlm.decode(params, np.asarray([p], np.int32), strategy)
-        np.testing.assert_array_equal(np.asarray(batched.tokens[row]), np.asarray(alone.tokens[0]))
-        assert int(batched.nfe[row]) == int(alone.nfe[0])
+    assert_batch_equals_each_alone(params, prompts, strategy)

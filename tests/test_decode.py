@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import cache as cache_module
+from tests.batching import assert_batch_equals_each_alone
 
 MASK = 250
 
@@ -115,13 +116,8 @@ def test_prompt_mask_none_bool_and_int_share_one_program(params):
 def test_batch_with_padding_equals_each_prompt_alone(params, name):
     strategy = STRATEGIES[name]
     prompts = [list(_prompt(1, seed=s, length=n)[0]) for s, n in [(1, 3), (2, 7), (3, 5)]]
-    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
     keys = jax.random.split(jax.random.key(5), len(prompts))
-    batched = jdlm.decode(params, ids, strategy, prompt_mask=mask, key=keys)
-    for row, p in enumerate(prompts):
-        alone = jdlm.decode(params, np.asarray([p], np.int32), strategy, key=keys[row:row + 1])
-        np.testing.assert_array_equal(np.asarray(batched.tokens[row]), np.asarray(alone.tokens[0]))
-        assert int(batched.nfe[row]) == int(alone.nfe[0])
+    batched = assert_batch_equals_each_alone(params, prompts, strategy, keys)
     assert int(batched.forwards) == int(batched.nfe.max())
 
 

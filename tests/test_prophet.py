@@ -12,6 +12,7 @@ import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import names
 from jdlm.decoding.cache import ForwardView, SequenceInputs
+from tests.batching import assert_batch_equals_each_alone
 from tests.test_decode import MASK, _prompt, compiles, python_loop
 
 NEVER = S.Prophet(early_gap=1e9, mid_gap=1e9, late_gap=1e9)
@@ -162,12 +163,7 @@ def test_cache_refreshed_every_step_equals_no_cache(params, cache):
 def test_batch_with_padding_equals_each_prompt_alone(params):
     strategy = _strategy("threshold", "dual", S.Prophet(early_gap=1.5, mid_gap=0.8, late_gap=0.3))
     prompts = [list(_prompt(1, seed=s, length=n)[0]) for s, n in [(1, 3), (2, 5), (3, 5)]]
-    ids, mask = jdlm.pad_prompts(prompts, pad_id=1, buckets=None)
-    batched = jdlm.decode(params, ids, strategy, prompt_mask=mask)
-    for row, p in enumerate(prompts):
-        alone = jdlm.decode(params, np.asarray([p], np.int32), strategy)
-        np.testing.assert_array_equal(np.asarray(batched.tokens[row]), np.asarray(alone.tokens[0]))
-        assert int(batched.nfe[row]) == int(alone.nfe[0])
+    assert_batch_equals_each_alone(params, prompts, strategy)
 
 
 def test_dual_cache_fills_later_blocks_with_the_block_start_proposals(params):
