@@ -23,7 +23,7 @@ from jdlm.errors import ShardingError
 from jdlm.model import Params, param_shapes
 from jdlm.training import presets
 
-# The small-model tokenizer's vocabulary (832); heads, kv heads (grouped: 2 query heads each), MLP hidden and
+# The small-model tokenizer's vocabulary (1024); heads, kv heads (grouped: 2 query heads each), MLP hidden and
 # vocabulary all divide 8. Dream's layout adds the q/k/v biases and the shifted logits.
 CONFIG = dataclasses.replace(presets.tiny_mdm_config(), family="dream", qkv_bias=True, logits_shift=True,
                              d_model=32, n_layers=2, n_heads=16, n_kv_heads=8, head_dim=4, mlp_hidden=64)

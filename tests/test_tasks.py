@@ -71,9 +71,9 @@ def test_bad_arguments_are_reported(name):
 
 
 def test_registry():
-    assert set(TASKS) == {"sudoku", "countdown", "arithmetic", "code"}
+    assert set(TASKS) == {"sudoku", "countdown", "arithmetic", "code", "pycode"}
     assert get_task("sudoku") is TASKS["sudoku"]
-    with pytest.raises(ValueError, match="arithmetic, code, countdown, sudoku"):
+    with pytest.raises(ValueError, match="arithmetic, code, countdown, pycode, sudoku"):
         get_task("chess")
 
 

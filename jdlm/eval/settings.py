@@ -41,14 +41,17 @@ class TaskSettings:
 #   sudoku              19              20      24 / 8             25               32
 #   countdown           49              50      64 / 16            25               32
 #   arithmetic          64              65      80 / 16            46               64
-#   code                25              26      32 / 8             24               32
+#   code                28              29      32 / 8             33               64
+#   pycode              62              63      80 / 16           119              128
 # Blocks are 8 for the short answers (sudoku's 3 blocks follow its rows; code is one line) and 16 for the long ones.
-ANSWER_TOKENS = {"sudoku": 20, "countdown": 50, "arithmetic": 65, "code": 26}  # longest answer + EOS
+# pycode uses its bound, not the measured maximum: 64 characters, at most one token each, + EOS.
+ANSWER_TOKENS = {"sudoku": 20, "countdown": 50, "arithmetic": 65, "code": 29, "pycode": 65}  # longest answer + EOS
 TASK_SETTINGS: dict[str, TaskSettings] = {
     "sudoku": TaskSettings(gen_length=24, block_length=8, prompt_length=32),
     "countdown": TaskSettings(gen_length=64, block_length=16, prompt_length=32),
     "arithmetic": TaskSettings(gen_length=80, block_length=16, prompt_length=64),
-    "code": TaskSettings(gen_length=32, block_length=8, prompt_length=32),
+    "code": TaskSettings(gen_length=32, block_length=8, prompt_length=64),
+    "pycode": TaskSettings(gen_length=80, block_length=16, prompt_length=128),
 }
 DEFAULT_BLOCK = 16  # for tasks without measured settings
 

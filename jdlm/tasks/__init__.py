@@ -4,10 +4,11 @@ from jdlm.tasks.arithmetic import Arithmetic
 from jdlm.tasks.base import SPLITS, Example, Task, load_jsonl, save_jsonl, split_of
 from jdlm.tasks.code import Code
 from jdlm.tasks.countdown import Countdown
+from jdlm.tasks.pycode import PyCode
 from jdlm.tasks.sudoku import Sudoku
 
 # Each at its default difficulty; `task.generate(..., **difficulty)` or `task.with_difficulty(...)` changes it.
-TASKS: dict[str, Task] = {task.name: task for task in (Sudoku(), Countdown(), Arithmetic(), Code())}
+TASKS: dict[str, Task] = {task.name: task for task in (Sudoku(), Countdown(), Arithmetic(), Code(), PyCode())}
 
 
 def get_task(name: str) -> Task:
@@ -21,7 +22,7 @@ __all__ = [
     # records and I/O
     "Example", "load_jsonl", "save_jsonl",
     # tasks
-    "Task", "TASKS", "get_task", "Sudoku", "Countdown", "Arithmetic", "Code",
+    "Task", "TASKS", "get_task", "Sudoku", "Countdown", "Arithmetic", "Code", "PyCode",
     # splits
     "SPLITS", "split_of",
 ]

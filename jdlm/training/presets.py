@@ -10,7 +10,7 @@ from jdlm.config import ModelConfig
 from jdlm.tasks.vocab import EOS, MASK, PAD
 from jdlm.training.vocab import build_tokenizer, save_tokenizer
 
-VOCAB = 832  # the BPE's ~800 tokens, rounded up to a multiple of 64
+VOCAB = 1024  # the BPE's size (build_task_tokenizer asks for exactly this many tokens; a multiple of 64)
 
 
 def tiny_mdm_config() -> ModelConfig:
@@ -39,8 +39,8 @@ def task_corpus(n_per_task: int = 3000, seed: int = 0) -> list[str]:
 
 
 def build_task_tokenizer(directory: str | Path) -> list[Path]:
-    """Builds the shared BPE from the task corpus (deterministic, < 1 s) and writes it to `directory`."""
-    return save_tokenizer(build_tokenizer(task_corpus()), directory)
+    """Builds the shared BPE from the task corpus (deterministic, a few seconds) and writes it to `directory`."""
+    return save_tokenizer(build_tokenizer(task_corpus(), vocab_size=VOCAB), directory)
 
 
 def random_checkpoint(directory: str | Path, config: ModelConfig | None = None, seed: int = 0) -> Path:
