@@ -78,10 +78,10 @@ def test_batches_are_a_function_of_seed_and_step(trajectories):
 
 
 def test_a_training_step_lowers_the_loss_on_a_fixed_batch(base, trajectories):
-    tx = optimizer(dataclasses.replace(CONFIG, steps=30, lr=3e-2))
+    config = dataclasses.replace(CONFIG, steps=30, lr=3e-2)
     weights = init_head(base.config, jax.random.key(0)).weights
-    state = SamplerState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
-    step = make_step(CONFIG, base, base.config, tx)
+    state = SamplerState(step=jnp.int32(0), weights=weights, opt_state=optimizer(config).init(weights))
+    step = make_step(config, base)
     batch = sample_batch(trajectories, CONFIG, 0)
     rows = batch["rows"]
     arrays = (trajectories.prompt[rows], trajectories.prompt_mask[rows], trajectories.tokens[rows],

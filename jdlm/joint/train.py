@@ -16,6 +16,7 @@ pure functions of (seed, step), so an interrupted run continues to the same resu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -204,8 +205,18 @@ def optimizer(config: SamplerTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
-def make_step(config: SamplerTrainConfig, base: Params, head_config, tx: optax.GradientTransformation):
-    """The jitted training step: (state, batch arrays) -> (state, metrics). The base is an argument, not a constant."""
+def make_step(config: SamplerTrainConfig, base: Params):
+    """The training step: (state, batch arrays) -> (state, metrics), with `optimizer(config)`."""
+    step = _compiled_step(config.to_json(), base.config)
+    return lambda state, *batch: step(state, base, *batch)
+
+
+@functools.cache
+def _compiled_step(config_json: str, head_config):
+    """The jitted step of one configuration, made once per process (a resumed run in the same process reuses its
+    compilation). The base model is an argument, not a constant folded into the program."""
+    config = SamplerTrainConfig(**json.loads(config_json))
+    tx = optimizer(config)
     dtype = jnp.dtype(config.compute_dtype)
 
     @jax.jit
@@ -221,7 +232,7 @@ def make_step(config: SamplerTrainConfig, base: Params, head_config, tx: optax.G
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         return SamplerState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
 
-    return lambda state, *batch: train_step(state, base, *batch)
+    return train_step
 
 
 def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Params | None = None, tokenizer=None,
@@ -261,7 +272,7 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
     tx = optimizer(config)
     weights = init_head(base.config, jax.random.key(config.seed)).weights
     state = SamplerState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
-    step_fn = make_step(config, base, base.config, tx)
+    step_fn = make_step(config, base)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
         state = _restore(manager, state, run_dir)
