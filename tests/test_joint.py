@@ -2,6 +2,7 @@
 (k = 1 is the plain rule; token-exact with a NumPy version of ADJUST's inference)."""
 
 import dataclasses
+import itertools
 import json
 
 import jax
@@ -14,13 +15,20 @@ from jdlm import strategies as S
 from jdlm.decoding import decode
 from jdlm.errors import CheckpointError, StrategyError
 from jdlm.joint import JointSampler, init_head, load_head, save_head
-from jdlm.joint.train import (SamplerState, SamplerTrainConfig, make_step, make_trajectories, optimizer,
-                              sample_batch, train_sampler)
+from jdlm.joint.train import (
+    SamplerState,
+    SamplerTrainConfig,
+    make_step,
+    make_trajectories,
+    optimizer,
+    sample_batch,
+    train_sampler,
+)
 from jdlm.model import Params, init_params
 from jdlm.training.presets import tiny_mdm_config
 from tests.reference.adjust import adjust_greedy
 
-SMALL = dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=16, mlp_hidden=64)
+SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "head_dim": 16, "mlp_hidden": 64}
 CONFIG = SamplerTrainConfig(tasks={"sudoku": 1.0}, trajectories=12, prompt_length=32, gen_length=16, block_length=8,
                             max_unroll=3, steps=4, batch_size=8, lr=1e-2, warmup=1, save_every=2, log_every=1)
 
@@ -92,7 +100,7 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch(base, trajectories):
         losses.append(float(metrics["loss"]))
     assert losses[0] == pytest.approx(float(metrics["marginal_kl"]), rel=1e-5)  # a new head: the marginals
     assert losses[0] > 0.05
-    assert all(later <= earlier + 1e-6 for earlier, later in zip(losses, losses[1:]))
+    assert all(later <= earlier + 1e-6 for earlier, later in itertools.pairwise(losses))
     assert losses[-1] < 0.95 * losses[0]
 
 

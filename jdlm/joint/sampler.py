@@ -38,7 +38,7 @@ class JointSampler:
             raise StrategyError(f"JointSampler k must be a positive whole number, got {self.k!r}")
 
     @classmethod
-    def load(cls, directory, k: int = 2, base=None) -> "JointSampler":
+    def load(cls, directory, k: int = 2, base=None) -> JointSampler:
         """A sampler with the head saved in `directory` (`jdlm train-sampler`); `base` (a ModelConfig) is checked."""
         return cls(head=load_head(directory, base), k=k)
 

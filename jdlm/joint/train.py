@@ -20,8 +20,8 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import flax.struct
 import jax
@@ -29,50 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdlm.joint.config import SamplerTrainConfig
 from jdlm.joint.head import SamplerHead, head_hidden, init_head, save_head
 from jdlm.model import Params, forward, lm_head
-
-DEFAULT_TASKS = {"pycode": 0.5, "countdown": 0.2, "arithmetic": 0.2, "code": 0.1}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SamplerTrainConfig:
-    """Everything that defines a sampler training run (saved as `run_dir/sampler_config.json`).
-
-    base: the frozen model (a jdlm checkpoint path or packaged name). tasks: the share of each task's train-split
-    prompts among the `trajectories` decoded. prompt_length: the padded prompt length (a longer prompt is skipped).
-    gen_length, block_length: the decode the trajectories come from (one token per forward, `entropy` order).
-    """
-
-    base: str = "tiny"
-    tasks: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_TASKS))
-    trajectories: int = 4096
-    prompt_length: int = 128
-    gen_length: int = 64
-    block_length: int = 16
-    temperature: float = 1.0
-    max_unroll: int = 4
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 3e-4
-    warmup: int = 100
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    compute_dtype: str = "float32"
-    seed: int = 0
-    save_every: int = 500
-    log_every: int = 50
-
-    def __post_init__(self):
-        if self.gen_length % self.block_length:
-            raise ValueError(f"block_length ({self.block_length}) must divide gen_length ({self.gen_length})")
-        if not 1 <= self.max_unroll < self.block_length:
-            raise ValueError(f"max_unroll must be in [1, block_length), got {self.max_unroll}")
-        if not self.tasks or any(w <= 0 for w in self.tasks.values()):
-            raise ValueError(f"tasks must give each task a positive share, got {self.tasks}")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
 
 @flax.struct.dataclass
@@ -93,7 +52,7 @@ class Trajectories:
         np.savez(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @classmethod
-    def load(cls, path: Path) -> "Trajectories":
+    def load(cls, path: Path) -> Trajectories:
         with np.load(path) as f:
             return cls(**{name: f[name] for name in ("prompt", "prompt_mask", "tokens", "order")})
 
@@ -151,7 +110,7 @@ def sampler_loss(head: SamplerHead, base: Params, prompt, prompt_mask, tokens, o
     prompt, prompt_mask: [B, P]; tokens, order: [B, G]; t, n: [B] int32 (see `sample_batch`).
     """
     cfg = base.config
-    B, P = prompt.shape
+    P = prompt.shape[1]
     W = block_length
     shift = int(cfg.logits_shift)
     valid = jnp.concatenate([prompt_mask, jnp.ones(tokens.shape, bool)], axis=1)  # [B, L]
@@ -316,3 +275,30 @@ def export_head(config: SamplerTrainConfig, state: SamplerState, base_config, ds
     """Writes the trained head (`load_head` reads it), with the training config and steps in head.json."""
     head = SamplerHead(config=base_config, weights=state.weights)
     return save_head(dst, head, extra={"training": json.loads(config.to_json()), "steps": int(state.step)})
+
+
+def plot_sampler_loss(run_dir: str | Path, path: str | Path) -> None:
+    """Loss curve (PNG) from `run_dir/metrics.jsonl`: the head's KL and the marginals' (no head) on the same
+    batches. Raises PlotUnavailable without matplotlib."""
+    from jdlm.errors import PlotUnavailable
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable('matplotlib is not installed (pip install "jdlm[plot]")') from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["loss"] for r in rows], label="KL(base || head)")
+    ax.plot(steps, [r["marginal_kl"] for r in rows], label="KL(base || marginals), no head", alpha=0.7)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"sampler head: {Path(run_dir).name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
