@@ -78,7 +78,7 @@ def make_trajectories(params: Params, tokenizer, config: SamplerTrainConfig, bat
     prompts = [prompts[i] for i in order]
     strategy = Strategy(schedule=Schedule(gen_length=config.gen_length, block_length=config.block_length,
                                           steps=config.gen_length, temperature=config.temperature), rule=Entropy())
-    parts = []
+    parts, batch = [], min(batch, len(prompts))
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # one shape: one compile
