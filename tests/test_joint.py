@@ -201,3 +201,21 @@ def test_joint_sampler_errors_are_strategy_errors(base):
         S.parse_strategy(joint.spec)
     with pytest.raises(StrategyError, match="trained head"):
         S.Strategy.from_dict(joint.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_train_sampler_command_help_and_usage_errors(capsys):
+    from jdlm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-sampler", "--help"])
+    assert "jdlm train-sampler" in capsys.readouterr().out
+    for argv, message in ((["--tasks", "chess=1"], "unknown task 'chess'"),
+                          (["--block-length", "7"], "must divide gen_length"),
+                          (["--max-unroll", "16"], "max_unroll must be in"),
+                          (["--steps", "0"], "positive integer")):
+        assert main(["train-sampler", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1, err
