@@ -33,6 +33,8 @@ from jdlm.eval.runner import encode_prompt
 from jdlm.joint import JointSampler, init_head, load_head
 from jdlm.tasks import TASKS
 
+PROMPT_LENGTH = 128  # prompts are padded to this (longer ones are left out): with 64 new tokens, 192 positions
+
 
 def continuation_ids(tokens: np.ndarray, end_ids) -> list[list[int]]:
     """Each row's generated ids up to (not including) its first end token."""
@@ -85,7 +87,9 @@ def main() -> None:
     task = TASKS["pycode"]
     examples = task.generate("eval", args.limit, seed=0)
     encoded = [encode_prompt(tokenizer, task.prompt(e.input)) for e in examples]
-    prompts, mask = pad_prompts(encoded, tokenizer.pad_id)
+    keep = [i for i, ids in enumerate(encoded) if len(ids) <= PROMPT_LENGTH]  # the tiny model's 256 positions
+    examples, encoded = [examples[i] for i in keep], [encoded[i] for i in keep]
+    prompts, mask = pad_prompts(encoded, tokenizer.pad_id, length=PROMPT_LENGTH)
     mask = np.ones(prompts.shape, bool) if mask is None else mask
     G, W, k = args.gen_length, args.block_length, args.k
     schedule = S.Schedule(gen_length=G, block_length=W, steps=G, temperature=1.0)
