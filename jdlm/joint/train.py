@@ -10,7 +10,8 @@ s_{t+n}. n is drawn with weights 0.5^n up to `max_unroll` (short unrolls common)
 
 Runs resume: the head, optimiser state and step are checkpointed with orbax (`run_dir/checkpoints`), batches are
 pure functions of (seed, step), so an interrupted run continues to the same result. Metrics go to
-`run_dir/metrics.jsonl` (`loss`, and `marginal_kl`: the same KL for the base's marginals at s_t, i.e. no head).
+`run_dir/metrics.jsonl`, each a mean over the steps since the last line (`loss`, and `marginal_kl`: the same KL
+for the base's marginals at s_t, i.e. without the head).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
         state = _restore(manager, state, run_dir)
         start = int(state.step)
         _drop_metrics_after(run_dir / "metrics.jsonl", start)
-        t0 = time.time()
+        t0, window = time.time(), []
         try:
             with open(run_dir / "metrics.jsonl", "a") as log:
                 for step in range(start, config.steps):
@@ -245,9 +246,11 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
                     r = b["rows"]
                     state, metrics = step_fn(state, data.prompt[r], data.prompt_mask[r], data.tokens[r],
                                              data.order[r], b["t"], b["n"])
+                    window.append(metrics)
                     done = step + 1
-                    if done % config.log_every == 0 or done == config.steps:
-                        m = {k: float(v) for k, v in metrics.items()}
+                    if done % config.log_every == 0 or done == config.steps:  # means over the steps since the last
+                        m = {k: float(np.mean([float(w[k]) for w in window])) for k in metrics}
+                        window = []
                         m.update(step=done, elapsed_s=round(time.time() - t0, 1))
                         log.write(json.dumps(m) + "\n")
                         log.flush()
