@@ -46,8 +46,8 @@ def add_parser(sub) -> None:
     model_args(p)
     mesh_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
-                   help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
-                        "(default: all four, code only with --confirm-run-unsafe-code; exactly one with --data)")
+                   help="task to evaluate (sudoku, countdown, arithmetic, code, pycode); repeat for several "
+                        "(default: all, code only with --confirm-run-unsafe-code; exactly one with --data)")
     p.add_argument("--data", metavar="FILE.jsonl",
                    help="evaluate these examples ({\"input\": ..., \"output\": ...} per line) instead of the "
                         "task's own eval split")
