@@ -82,7 +82,7 @@ def main() -> None:
                                      mlp_hidden=64)
         params = init_params(config, jax.random.key(0))
         args.limit, args.gen_length, args.block_length, args.k = 8, 16, 8, 2
-    head = load_head(args.head, params.config) if args.head else init_head(params.config, jax.random.key(0))
+    head = load_head(args.head, params) if args.head else init_head(params.config, jax.random.key(0))
 
     task = TASKS["pycode"]
     examples = task.generate("eval", args.limit, seed=0)

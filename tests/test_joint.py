@@ -129,12 +129,14 @@ def test_an_interrupted_run_resumes_to_the_same_state(base, tokenizer, trajector
 
 def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
     head = active_head(base.config)
-    save_head(tmp_path / "head", head, extra={"note": "test"})
-    loaded = load_head(tmp_path / "head", base.config)
+    save_head(tmp_path / "head", head, extra={"note": "test"}, base=base)
+    loaded = load_head(tmp_path / "head", base)
     for a, b in zip(jax.tree.leaves(head.weights), jax.tree.leaves(loaded.weights)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(CheckpointError, match="another model"):
         load_head(tmp_path / "head", dataclasses.replace(base.config, d_model=64))
+    with pytest.raises(CheckpointError, match="other weights"):  # same shapes, retrained
+        load_head(tmp_path / "head", peaked_base(seed=5))
     with pytest.raises(CheckpointError, match="no sampler head"):
         load_head(tmp_path / "missing")
 

@@ -90,8 +90,8 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     import jdlm
 
-    base_config = jdlm.load(config.base)[0].config
-    print(f"exported {export_head(config, state, base_config, args.export or run_dir / 'head')}", flush=True)
+    base = jdlm.load(config.base)[0]
+    print(f"exported {export_head(config, state, base, args.export or run_dir / 'head')}", flush=True)
     try:
         plot_sampler_loss(run_dir, run_dir / "loss.png")
         print(f"loss curve {run_dir / 'loss.png'}", flush=True)

@@ -91,24 +91,40 @@ def head_logits(head: SamplerHead, base: Params, hidden: jax.Array, tokens: jax.
 # ---------------------------------------------------------------------------------------------- files
 
 
-def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = None) -> Path:
-    """Writes the head to `directory`: its weights (orbax) and head.json (the base config and `extra`)."""
+def base_fingerprint(base: Params) -> str:
+    """A short hash of some of the base model's weights (float32 bytes, so bf16 and fp32 loads agree): a head is
+    trained for one set of weights, and another model of the same shape would load it without complaint."""
+    import hashlib
+
+    import numpy as np
+
+    w = base.weights
+    sample = [np.asarray(w["final_norm"], np.float32), np.asarray(w["embed"][:16], np.float32)]
+    return hashlib.sha256(b"".join(a.tobytes() for a in sample)).hexdigest()[:16]
+
+
+def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = None, base: Params | None = None) -> Path:
+    """Writes the head to `directory`: its weights (orbax) and head.json (the base config, the base weights'
+    fingerprint when `base` is given, and `extra`)."""
     import orbax.checkpoint as ocp
 
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / "weights", head.weights, force=True)
-    (directory / HEAD_FILE).write_text(json.dumps({"base_config": head.config.to_dict(), **(extra or {})},
-                                                  indent=1) + "\n")
+    info = {"base_config": head.config.to_dict(), **(extra or {})}
+    if base is not None:
+        info["base_fingerprint"] = base_fingerprint(base)
+    (directory / HEAD_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return directory
 
 
-def load_head(directory: str | Path, base: ModelConfig | None = None) -> SamplerHead:
-    """Reads a head written by `save_head`; with `base`, checks that the head was trained for that model.
+def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -> SamplerHead:
+    """Reads a head written by `save_head`; with `base` (a config, or the model itself), checks that the head was
+    trained for that architecture (and, given the model and a saved fingerprint, for those weights).
 
     Raises:
-      CheckpointError: no head there, or one trained for another architecture.
+      CheckpointError: no head there, or one trained for another model.
     """
     import orbax.checkpoint as ocp
 
@@ -116,7 +132,12 @@ def load_head(directory: str | Path, base: ModelConfig | None = None) -> Sampler
     if not (directory / HEAD_FILE).is_file():
         raise CheckpointError(f"no sampler head at {directory} (expected {HEAD_FILE} and weights/; write one with "
                               "`jdlm train-sampler`)")
-    config = ModelConfig.from_dict(json.loads((directory / HEAD_FILE).read_text())["base_config"])
+    info = json.loads((directory / HEAD_FILE).read_text())
+    config = ModelConfig.from_dict(info["base_config"])
+    if isinstance(base, Params) and info.get("base_fingerprint") not in (None, base_fingerprint(base)):
+        raise CheckpointError(f"the sampler head at {directory} was trained for another model's weights (same "
+                              "architecture, other weights, e.g. before a retraining): train it again")
+    base = base.config if isinstance(base, Params) else base
     if base is not None and config != base:
         raise CheckpointError(f"the sampler head at {directory} was trained for another model "
                               f"(d_model {config.d_model}, {config.n_layers} layers, vocab {config.vocab_size})")

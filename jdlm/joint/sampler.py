@@ -39,7 +39,8 @@ class JointSampler:
 
     @classmethod
     def load(cls, directory, k: int = 2, base=None) -> JointSampler:
-        """A sampler with the head saved in `directory` (`jdlm train-sampler`); `base` (a ModelConfig) is checked."""
+        """A sampler with the head saved in `directory` (`jdlm train-sampler`); `base` (the model's Params or
+        ModelConfig) is checked against what the head was trained for."""
         return cls(head=load_head(directory, base), k=k)
 
     def check(self, rule: Rule, config) -> None:

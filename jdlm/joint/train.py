@@ -274,10 +274,11 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
     return state
 
 
-def export_head(config: SamplerTrainConfig, state: SamplerState, base_config, dst: str | Path) -> Path:
-    """Writes the trained head (`load_head` reads it), with the training config and steps in head.json."""
-    head = SamplerHead(config=base_config, weights=state.weights)
-    return save_head(dst, head, extra={"training": json.loads(config.to_json()), "steps": int(state.step)})
+def export_head(config: SamplerTrainConfig, state: SamplerState, base: Params, dst: str | Path) -> Path:
+    """Writes the trained head (`load_head` reads it), with the base's fingerprint, the training config and steps
+    in head.json."""
+    head = SamplerHead(config=base.config, weights=state.weights)
+    return save_head(dst, head, extra={"training": json.loads(config.to_json()), "steps": int(state.step)}, base=base)
 
 
 def plot_sampler_loss(run_dir: str | Path, path: str | Path) -> None:
