@@ -23,7 +23,7 @@ from jdlm.cli.args import (
 from jdlm.cli.examples import NEEDS_8B, chat_input, shell_prompt
 from jdlm.errors import UserError
 
-COMMANDS = ("generate", "chat", "convert", "inspect", "eval", "bench")
+COMMANDS = ("generate", "chat", "convert", "inspect", "eval", "bench", "train-sampler")
 _USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
@@ -56,7 +56,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     for name in COMMANDS:
-        importlib.import_module(f"jdlm.cli.{name}").add_parser(sub)
+        importlib.import_module(f"jdlm.cli.{name.replace('-', '_')}").add_parser(sub)
     parser.commands = sub.choices  # name -> that command's Parser, for errors about its flags
     return parser
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         check_seed(args)
-        return importlib.import_module(f"jdlm.cli.{args.command}").run(args) or EXIT_OK
+        return importlib.import_module(f"jdlm.cli.{args.command.replace('-', '_')}").run(args) or EXIT_OK
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -38,7 +38,8 @@ class SequenceInputs:
     (no padding).
     Static: prompt_len (P), block_length (W); span, the positions whose logits a forward returns: "block" (what
     every rule needs), "generation" (a commit part looks past the block) or "sequence" (a rule reads every
-    position's confidence); probs_layers, the layers whose attention a forward returns (rules that read attention).
+    position's confidence); probs_layers, the layers whose attention a forward returns (rules that read attention);
+    hidden, whether a forward also returns the block's final hidden states (a joint sampler's head reads them).
     """
 
     params: Params
@@ -48,6 +49,7 @@ class SequenceInputs:
     block_length: int = flax.struct.field(pytree_node=False)
     span: str = flax.struct.field(pytree_node=False, default="block")
     probs_layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+    hidden: bool = flax.struct.field(pytree_node=False, default=False)
 
     def span_start(self, block_start):
         """Where the span starts in the sequence."""
@@ -59,7 +61,7 @@ class SequenceInputs:
         length = {"block": self.block_length, "generation": L - self.prompt_len, "sequence": L}[self.span]
         out = forward(self.params, tokens, positions=self.positions, key_mask=self.key_mask,
                       logits_slice=(self.span_start(block_start), length), return_cache=return_cache,
-                      probs_layers=self.probs_layers)
+                      probs_layers=self.probs_layers, return_hidden=self.hidden)
         # Padding queries say nothing about which keys are sinks: their rows are left out of the column means.
         return self._view(out, jnp.ones((length,), bool), 0, self.key_mask, block_start), out.cache
 
@@ -73,7 +75,7 @@ class SequenceInputs:
         span = (block_start - start, self.block_length) if self.span == "block" else (shift, size - shift)
         out = forward(self.params, window, positions=positions, key_mask=self.key_mask, cache=kv,
                       window_start=start, write_from=block_start, logits_slice=span,
-                      probs_layers=self.probs_layers)
+                      probs_layers=self.probs_layers, return_hidden=self.hidden)
         if self.span == "block":
             return self._view(out, jnp.ones((self.block_length,), bool), start, None, block_start), out.cache
         origin = self.span_start(block_start)
@@ -88,8 +90,13 @@ class SequenceInputs:
         return self._view(out.replace(logits=logits), fresh, start, None, block_start), out.cache
 
     def _view(self, out, fresh, query_start, query_mask, block_start) -> "ForwardView":
+        hidden = None
+        if self.hidden:  # the block's states, each at the position it predicts (Dream: from the one before)
+            shift = int(self.params.config.logits_shift)
+            hidden = jax.lax.dynamic_slice_in_dim(out.hidden, block_start - shift - query_start, self.block_length,
+                                                  axis=1)
         if not self.probs_layers:
-            return ForwardView(logits=out.logits, fresh=fresh)
+            return ForwardView(logits=out.logits, fresh=fresh, hidden=hidden)
         probs = sum(out.attn_probs) / len(out.attn_probs)  # [B, T, L]: mean over the layers of the head means
         attention = jax.lax.dynamic_slice_in_dim(probs, block_start - query_start, self.block_length, axis=1)
         if query_mask is None:
@@ -97,7 +104,8 @@ class SequenceInputs:
         else:
             weight = query_mask[:, :, None].astype(probs.dtype)
             column_mean = (probs * weight).sum(axis=1) / weight.sum(axis=1)
-        return ForwardView(logits=out.logits, fresh=fresh, attention=attention, column_mean=column_mean)
+        return ForwardView(logits=out.logits, fresh=fresh, attention=attention, column_mean=column_mean,
+                           hidden=hidden)
 
 
 @flax.struct.dataclass
@@ -111,12 +119,15 @@ class ForwardView:
                  and over `probs_layers`; None unless layers were asked for.
     column_mean: [B, L] float32, each key's attention averaged over the forward's (real) queries: all of them on a
                  full forward, the window's on a cached one; None unless layers were asked for.
+    hidden:      [B, W, D] the block's final hidden states before the final norm, index i holding the state that
+                 predicts block position i; None unless `SequenceInputs.hidden`.
     """
 
     logits: jax.Array
     fresh: jax.Array
     attention: jax.Array | None = None
     column_mean: jax.Array | None = None
+    hidden: jax.Array | None = None
 
     def block(self, offset, width: int) -> jax.Array:
         """The current block's logits [B, W, V]; offset: the block's start in the span."""

@@ -138,7 +138,8 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
     span = "sequence" if reads else "generation" if strategy.commit else "block"
     seq = SequenceInputs(params=params, positions=positions, key_mask=valid, prompt_len=P,
                          block_length=sched.block_length, span=span,
-                         probs_layers=tuple(range(cfg.n_layers - reads, cfg.n_layers)))
+                         probs_layers=tuple(range(cfg.n_layers - reads, cfg.n_layers)),
+                         hidden=strategy.proposer is not None)
     state = sharding.constrain_state(DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
         block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
@@ -167,7 +168,8 @@ def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, b
             attention, column_mean = attention[:B], column_mean[:B]
     # Never propose the mask token itself (trained models never do; random ones can, and would stall).
     logits = logits.at[..., cfg.mask_id].set(-jnp.inf)
-    view = ForwardView(logits=logits, fresh=view.fresh, attention=attention, column_mean=column_mean)
+    view = ForwardView(logits=logits, fresh=view.fresh, attention=attention, column_mean=column_mean,
+                       hidden=view.hidden)
     return view.block(block_start - seq.span_start(block_start), seq.block_length), view, kv
 
 
@@ -191,19 +193,26 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     confidence = jnp.where(candidates, confidence, -jnp.inf)
     at = jnp.minimum(state.step_in_block, sched.table_length - 1)
     budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
+    # A joint sampler reveals the step's budget in rounds: the rule's reveal below is its first round.
+    first_round = strategy.proposer.round_budget(rule, budget, 0) if strategy.proposer is not None else budget
     memory = state.memory
     if rule.attention_layers:
         context = Context(attention=view.attention, column_mean=view.column_mean,
                           key_confidence=jnp.where(view.fresh, _top_probability(view.logits), 0.0),
                           masked=state.tokens == cfg.mask_id, block_start=block_start,
                           step_in_block=state.step_in_block)
-        reveal, memory = rule.select_attending(confidence, candidates, budget, k_select, context, memory)
+        reveal, memory = rule.select_attending(confidence, candidates, first_round, k_select, context, memory)
         reveal &= candidates
     else:
-        reveal = rule.select(confidence, candidates, budget, k_select) & candidates  # [B, W]
+        reveal = rule.select(confidence, candidates, first_round, k_select) & candidates  # [B, W]
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
+    if strategy.proposer is not None:
+        positions = jax.lax.dynamic_slice_in_dim(inputs.seq.positions, block_start, W, axis=1)
+        proposal, confidence, reveal = strategy.proposer.later_rounds(
+            inputs.seq.params, rule, view.hidden, block_tokens, positions, proposal, confidence, reveal, candidates,
+            budget, temperature, k_propose, k_select)
     latest, commits = state.latest, None
     if strategy.commit:
         generation = view if inputs.seq.span == "generation" else view.tail(P)

@@ -23,7 +23,10 @@ class Strategy:
     leaves are the parts' numeric knobs, so two strategies that differ only in knob values share one compilation.
 
     Any rule composes with any cache, with guidance and with any commit part (early all-in commit, e.g. Prophet;
-    None: none). Text form: `spec` / `parse_strategy`; JSON form: `to_dict` / `from_dict`.
+    None: none). A proposer (`jdlm.joint.JointSampler`: k rounds of reveals per full forward, with a trained head)
+    composes with any cache and any rule that does not read attention, without guidance or a commit part; it holds
+    weights, so the text and JSON forms only name it (`joint:K`) and cannot rebuild it. Text form: `spec` /
+    `parse_strategy`; JSON form: `to_dict` / `from_dict`.
     """
 
     schedule: Schedule = child(Schedule())
@@ -31,6 +34,7 @@ class Strategy:
     cache: object = child(NoCache())
     guidance: Guidance | None = child(None)
     commit: Commit | None = child(None)
+    proposer: object | None = child(None)
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
@@ -51,6 +55,11 @@ class Strategy:
                                     f"got {self.commit!r}") from None
             self.commit.check_schedule(self.schedule)
         self.rule.check_schedule(self.schedule)
+        if self.proposer is not None:
+            if not hasattr(self.proposer, "later_rounds"):
+                raise StrategyError(f"proposer must be a jdlm.joint.JointSampler or None, got {self.proposer!r}")
+            if self.guidance is not None or self.commit is not None:
+                raise StrategyError("a joint sampler runs without guidance (cfg_scale) and without a commit part")
 
     def replace(self, **changes) -> "Strategy":
         """A copy with some parts replaced; schedule fields may be given directly (`steps=64`)."""
@@ -63,6 +72,8 @@ class Strategy:
     def for_model(self, config) -> "Strategy":
         """The strategy with what the rule needs to know of the model (its special token ids) filled in."""
         rule = self.rule.for_model(config)
+        if self.proposer is not None:
+            self.proposer.check(rule, config)
         return self if rule is self.rule else dataclasses.replace(self, rule=rule)
 
     # ------------------------------------------------------------ text and JSON forms
@@ -78,11 +89,12 @@ class Strategy:
         fields = {**_changed(self.schedule), **_changed(self.cache), **(_changed(self.commit) if self.commit else {})}
         if self.guidance is not None:
             fields["cfg_scale"] = self.guidance.cfg_scale
-        return " ".join(words + [f"{k}={_text(v)}" for k, v in fields.items()])
+        proposer = [f"joint:{self.proposer.k}"] if self.proposer is not None else []
+        return " ".join(words + [f"{k}={_text(v)}" for k, v in fields.items()] + proposer)
 
     def to_dict(self) -> dict:
         """JSON-ready: {"rule": {"name": ..., fields}, "cache": {...}, "schedule": {...}, "guidance": {...} | None,
-        "commit": {"name": ..., fields} | None}."""
+        "commit": {"name": ..., fields} | None}, and "proposer": {"name": "joint", "k": K} when there is one."""
         def fields(p):
             return {f.name: _json(getattr(p, f.name)) for f in dataclasses.fields(p) if f.init}
         return {"rule": {"name": names.name_of(self.rule, names.RULES), **fields(self.rule)},
@@ -90,11 +102,14 @@ class Strategy:
                 "schedule": fields(self.schedule),
                 "guidance": None if self.guidance is None else fields(self.guidance),
                 "commit": None if self.commit is None else
-                {"name": names.name_of(self.commit, names.COMMITS), **fields(self.commit)}}
+                {"name": names.name_of(self.commit, names.COMMITS), **fields(self.commit)}} | \
+            ({} if self.proposer is None else {"proposer": {"name": "joint", "k": self.proposer.k}})
 
     @classmethod
     def from_dict(cls, d: dict) -> "Strategy":
         """Inverse of `to_dict`; unknown names and fields are StrategyErrors. A missing "commit" is None."""
+        if d.get("proposer") is not None:
+            raise StrategyError(_NEEDS_HEAD)
         try:
             rule = _build(names.RULES, dict(d["rule"]), "rule")
             cache = _build(names.CACHES, dict(d["cache"]), "cache")
@@ -104,6 +119,10 @@ class Strategy:
         except (KeyError, TypeError) as e:
             raise StrategyError(f"not a strategy in JSON form (Strategy.to_dict): missing or bad {e}") from None
         return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance, commit=commit)
+
+
+_NEEDS_HEAD = ("a joint sampler needs its trained head, which a strategy's text or JSON form does not hold: build "
+               "it in Python, Strategy(..., proposer=jdlm.joint.JointSampler.load(HEAD_DIR, k=K))")
 
 
 def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
@@ -125,6 +144,8 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
     rule_cls = names.RULES[rule_name].load()
     cache_name, commit_name, part_fields, sched_fields, guidance = "none", None, {}, {}, base.guidance
     for word in words[1:]:
+        if word.lower().startswith("joint"):
+            raise StrategyError(_NEEDS_HEAD)
         key, eq, value = word.partition("=")
         if not eq:
             key, value = ("commit" if word.lower() in names.COMMITS else "cache"), word

@@ -1,0 +1,147 @@
+"""The joint sampler head (ADJUST, REFERENCE.md §3.5): one transformer layer on top of a frozen base model that
+updates the base's predictions after tokens are revealed, without another full forward pass.
+
+At unroll k, for the W positions of a block (B batch, D d_model, V vocabulary):
+
+    z   = fuse(concat(rms(embed(tokens)), rms(h_{k-1})))        [B, W, 2D] -> [B, W, D]
+    z   = layer(z)                                               one base-architecture layer, full attention
+    h_k = rms_out(z) + h_{k-1}                                   h_0: the base's final hidden states
+    log p_k = log_softmax(base.lm_head(h_k))                     the frozen base's final norm and projection
+
+`tokens` hold the block as it is now (mask id where still masked), so the tokens revealed since the full forward
+reach the head through their embeddings (the base's own embedding table). `rms_out` starts at zero, so a new head
+predicts exactly the base's marginals (ADJUST's "marginal" baseline) and learns the correction.
+
+Unlike ADJUST, whose head attends over the whole sequence, this head attends within the current block: every cache
+computes the block's hidden states at every step, so the head works with any cache, and the prompt's and earlier
+blocks' information is already in h_0. With one block of the whole generation it sees the whole generation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jdlm.config import ModelConfig
+from jdlm.errors import CheckpointError
+from jdlm.model import Params, lm_head, rms_norm, rotary
+
+HEAD_FILE = "head.json"
+
+
+@flax.struct.dataclass
+class SamplerHead:
+    """The head's weights and the base config they belong to (static).
+
+    weights: embed_norm [D], hidden_norm [D], fuse [2D, D], out_norm [D] (zeros at init), and `layer`: attn_norm [D],
+    q [D, N, H], k [D, K, H], v [D, K, H], o [N, H, D], mlp_norm [D], gate [D, F], up [D, F], down [F, D] (the base
+    model's layer layout and sizes, without biases).
+    """
+
+    config: ModelConfig = flax.struct.field(pytree_node=False)
+    weights: dict
+
+
+def init_head(config: ModelConfig, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> SamplerHead:
+    """A new head for a base model of `config`: normal(0, std) matrices, unit norms, zero output norm."""
+    D, N, K, H, F = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim, config.mlp_hidden
+    shapes = {"fuse": (2 * D, D), "q": (D, N, H), "k": (D, K, H), "v": (D, K, H), "o": (N, H, D),
+              "gate": (D, F), "up": (D, F), "down": (F, D)}
+    keys = dict(zip(shapes, jax.random.split(key, len(shapes))))
+    normal = {name: (std * jax.random.normal(keys[name], shape)).astype(dtype) for name, shape in shapes.items()}
+    layer = {name: normal[name] for name in ("q", "k", "v", "o", "gate", "up", "down")}
+    layer.update(attn_norm=jnp.ones((D,), dtype), mlp_norm=jnp.ones((D,), dtype))
+    return SamplerHead(config=config, weights={
+        "embed_norm": jnp.ones((D,), dtype), "hidden_norm": jnp.ones((D,), dtype), "fuse": normal["fuse"],
+        "out_norm": jnp.zeros((D,), dtype), "layer": layer})
+
+
+def head_hidden(head: SamplerHead, base: Params, hidden: jax.Array, tokens: jax.Array,
+                positions: jax.Array) -> jax.Array:
+    """One unroll: h_k [B, W, D] from h_{k-1} `hidden` [B, W, D], the block's current `tokens` [B, W] int32 and
+    their rotary `positions` [B, W]. Computes in the dtype of `hidden`."""
+    cfg, w = head.config, head.weights
+    dtype = hidden.dtype
+    embed = jnp.take(base.weights["embed"], tokens, axis=0).astype(dtype)  # [B, W, D]
+    x = jnp.concatenate([rms_norm(embed, w["embed_norm"], cfg.norm_eps),
+                         rms_norm(hidden, w["hidden_norm"], cfg.norm_eps)], axis=-1) @ w["fuse"].astype(dtype)
+    layer = jax.tree.map(lambda a: a.astype(dtype), w["layer"])
+    h = rms_norm(x, layer["attn_norm"], cfg.norm_eps)
+    q = rotary(jnp.einsum("BTD,DNH->BTNH", h, layer["q"]), positions, cfg.rope_theta)
+    k = rotary(jnp.einsum("BTD,DKH->BTKH", h, layer["k"]), positions, cfg.rope_theta)
+    v = jnp.einsum("BTD,DKH->BTKH", h, layer["v"])
+    attn = jax.nn.dot_product_attention(q, k, v, implementation="xla")  # [B, W, N, H], full attention in the block
+    x = x + jnp.einsum("BTNH,NHD->BTD", attn, layer["o"])
+    h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps)
+    x = x + jnp.einsum("BTF,FD->BTD", jax.nn.silu(h @ layer["gate"]) * (h @ layer["up"]), layer["down"])
+    return rms_norm(x, w["out_norm"].astype(dtype), cfg.norm_eps) + hidden
+
+
+def head_logits(head: SamplerHead, base: Params, hidden: jax.Array, tokens: jax.Array,
+                positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One unroll and its predictions: (h_k [B, W, D], logits [B, W, V] float32 from the base's own head)."""
+    hidden = head_hidden(head, base, hidden, tokens, positions)
+    return hidden, lm_head(base, hidden.astype(base.dtype)).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def base_fingerprint(base: Params) -> str:
+    """A short hash of some of the base model's weights (float32 bytes, so bf16 and fp32 loads agree): a head is
+    trained for one set of weights, and another model of the same shape would load it without complaint."""
+    import hashlib
+
+    import numpy as np
+
+    w = base.weights
+    sample = [np.asarray(w["final_norm"], np.float32), np.asarray(w["embed"][:16], np.float32)]
+    return hashlib.sha256(b"".join(a.tobytes() for a in sample)).hexdigest()[:16]
+
+
+def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = None, base: Params | None = None) -> Path:
+    """Writes the head to `directory`: its weights (orbax) and head.json (the base config, the base weights'
+    fingerprint when `base` is given, and `extra`)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / "weights", head.weights, force=True)
+    info = {"base_config": head.config.to_dict(), **(extra or {})}
+    if base is not None:
+        info["base_fingerprint"] = base_fingerprint(base)
+    (directory / HEAD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return directory
+
+
+def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -> SamplerHead:
+    """Reads a head written by `save_head`; with `base` (a config, or the model itself), checks that the head was
+    trained for that architecture (and, given the model and a saved fingerprint, for those weights).
+
+    Raises:
+      CheckpointError: no head there, or one trained for another model.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).resolve()
+    if not (directory / HEAD_FILE).is_file():
+        raise CheckpointError(f"no sampler head at {directory} (expected {HEAD_FILE} and weights/; write one with "
+                              "`jdlm train-sampler`)")
+    info = json.loads((directory / HEAD_FILE).read_text())
+    config = ModelConfig.from_dict(info["base_config"])
+    if isinstance(base, Params) and info.get("base_fingerprint") not in (None, base_fingerprint(base)):
+        raise CheckpointError(f"the sampler head at {directory} was trained for another model's weights (same "
+                              "architecture, other weights, e.g. before a retraining): train it again")
+    base = base.config if isinstance(base, Params) else base
+    if base is not None and config != base:
+        raise CheckpointError(f"the sampler head at {directory} was trained for another model "
+                              f"(d_model {config.d_model}, {config.n_layers} layers, vocab {config.vocab_size})")
+    abstract = jax.eval_shape(lambda: init_head(config, jax.random.key(0)).weights)
+    with ocp.StandardCheckpointer() as checkpointer:
+        weights = checkpointer.restore(directory / "weights", abstract)
+    return SamplerHead(config=config, weights=weights)

@@ -1,0 +1,223 @@
+"""Tests for jdlm.joint: the sampler head, its training (loss falls, resume is exact) and JointSampler in the loop
+(k = 1 is the plain rule; token-exact with a NumPy version of ADJUST's inference)."""
+
+import dataclasses
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdlm
+from jdlm import strategies as S
+from jdlm.decoding import decode
+from jdlm.errors import CheckpointError, StrategyError
+from jdlm.joint import JointSampler, init_head, load_head, save_head
+from jdlm.joint.train import (
+    SamplerState,
+    SamplerTrainConfig,
+    make_step,
+    make_trajectories,
+    optimizer,
+    sample_batch,
+    train_sampler,
+)
+from jdlm.model import Params, init_params
+from jdlm.training.presets import tiny_mdm_config
+from tests.reference.adjust import adjust_greedy
+
+SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "head_dim": 16, "mlp_hidden": 64}
+CONFIG = SamplerTrainConfig(tasks={"sudoku": 1.0}, trajectories=12, prompt_length=32, gen_length=16, block_length=8,
+                            max_unroll=3, steps=4, batch_size=8, lr=1e-2, warmup=1, save_every=2, log_every=1)
+
+
+def peaked_base(family: str = "llada", seed: int = 0) -> Params:
+    """Random weights scaled up (std 0.6) so that predictions are peaked, as a trained model's are."""
+    config = dataclasses.replace(tiny_mdm_config(), **SMALL)
+    if family == "dream":
+        config = dataclasses.replace(config, family="dream", logits_shift=True, qkv_bias=True)
+    params = init_params(config, jax.random.key(seed))
+    return Params(config=config, weights=jax.tree.map(lambda w: w * 30 if w.ndim >= 2 else w, params.weights))
+
+
+def active_head(config, seed: int = 1):
+    """A head that changes the predictions (a new head is the identity: its output norm is zero)."""
+    head = init_head(config, jax.random.key(seed), std=0.3)
+    return dataclasses.replace(head, weights=dict(head.weights, out_norm=jnp.full_like(head.weights["out_norm"], 100.0)))
+
+
+@pytest.fixture(scope="module")
+def base():
+    return peaked_base()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return jdlm.load("tiny")[1]  # the small-model tokenizer; its ids fit the test model's vocabulary
+
+
+@pytest.fixture(scope="module")
+def trajectories(base, tokenizer):
+    return make_trajectories(base, tokenizer, CONFIG, batch=12)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_trajectories_reveal_one_token_per_forward_block_by_block(trajectories):
+    assert trajectories.tokens.shape == (12, 16) and trajectories.prompt.shape == (12, 32)
+    for order in trajectories.order:
+        assert sorted(order) == list(range(16))
+        assert sorted(order[:8]) == list(range(8))  # the first block is decoded first
+    assert (trajectories.tokens != jdlm.load("tiny")[0].config.mask_id).all()
+
+
+def test_batches_are_a_function_of_seed_and_step(trajectories):
+    a, b = sample_batch(trajectories, CONFIG, 3), sample_batch(trajectories, CONFIG, 3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["t"], sample_batch(trajectories, CONFIG, 4)["t"])
+    big = sample_batch(trajectories, dataclasses.replace(CONFIG, batch_size=4000), 0)
+    # s_{t+n} still has a masked position in t's block; short unrolls are the common ones
+    assert ((big["t"] % 8) + big["n"] <= 7).all()
+    counts = np.bincount(big["n"], minlength=4)[1:]
+    assert counts[0] > counts[1] > counts[2] > 0
+
+
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(base, trajectories):
+    config = dataclasses.replace(CONFIG, steps=30, lr=3e-2)
+    weights = init_head(base.config, jax.random.key(0)).weights
+    state = SamplerState(step=jnp.int32(0), weights=weights, opt_state=optimizer(config).init(weights))
+    step = make_step(config, base)
+    batch = sample_batch(trajectories, CONFIG, 0)
+    rows = batch["rows"]
+    arrays = (trajectories.prompt[rows], trajectories.prompt_mask[rows], trajectories.tokens[rows],
+              trajectories.order[rows], batch["t"], batch["n"])
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, *arrays)
+        losses.append(float(metrics["loss"]))
+    assert losses[0] == pytest.approx(float(metrics["marginal_kl"]), rel=1e-5)  # a new head: the marginals
+    assert losses[0] > 0.05
+    assert all(later <= earlier + 1e-6 for earlier, later in itertools.pairwise(losses))
+    assert losses[-1] < 0.95 * losses[0]
+
+
+def test_an_interrupted_run_resumes_to_the_same_state(base, tokenizer, trajectories, tmp_path):
+    whole = train_sampler(CONFIG, tmp_path / "whole", base=base, tokenizer=tokenizer, progress=False)
+    assert int(whole.step) == CONFIG.steps
+
+    def interrupt(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "interrupted"
+    run.mkdir()
+    (run / "trajectories.npz").hardlink_to(tmp_path / "whole" / "trajectories.npz")  # the same data, made once
+    with pytest.raises(KeyboardInterrupt):
+        train_sampler(CONFIG, run, base=base, tokenizer=tokenizer, progress=False, on_step=interrupt)
+    resumed = train_sampler(CONFIG, run, base=base, tokenizer=tokenizer, progress=False)
+    assert int(resumed.step) == CONFIG.steps
+    for a, b in zip(jax.tree.leaves(whole.weights), jax.tree.leaves(resumed.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, CONFIG.steps + 1))  # steps after the checkpoint logged once
+    with pytest.raises(ValueError, match="different configuration"):
+        train_sampler(dataclasses.replace(CONFIG, lr=0.5), run, base=base, tokenizer=tokenizer, progress=False)
+
+
+def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
+    head = active_head(base.config)
+    save_head(tmp_path / "head", head, extra={"note": "test"}, base=base)
+    loaded = load_head(tmp_path / "head", base)
+    for a, b in zip(jax.tree.leaves(head.weights), jax.tree.leaves(loaded.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(CheckpointError, match="another model"):
+        load_head(tmp_path / "head", dataclasses.replace(base.config, d_model=64))
+    with pytest.raises(CheckpointError, match="other weights"):  # same shapes, retrained
+        load_head(tmp_path / "head", peaked_base(seed=5))
+    with pytest.raises(CheckpointError, match="no sampler head"):
+        load_head(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+PROMPT = jnp.array([[5, 6, 7, 8, 9, 10, 11, 12]])
+
+
+@pytest.mark.parametrize("rule,cache", [("entropy", "none"), ("threshold:0.5", "dual")])
+def test_k1_is_the_plain_rule(base, rule, cache):
+    """One round a step is the rule alone: same tokens, NFE and trace, sampled with the same keys."""
+    plain = S.parse_strategy(f"{rule} {cache} gen_length=16 block_length=8 steps=8 temperature=1")
+    joint = plain.replace(proposer=JointSampler(head=active_head(base.config), k=1))
+    a, b = decode(base, PROMPT, plain, key=jax.random.key(3)), decode(base, PROMPT, joint, key=jax.random.key(3))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.nfe, b.nfe)
+    np.testing.assert_array_equal(a.trace.step, b.trace.step)
+
+
+@pytest.mark.parametrize("k", [4])
+def test_an_identity_head_in_k_rounds_reveals_what_the_rule_reveals_at_once(base, k):
+    """A new head does not change the predictions, so greedy rounds of one token pick the rule's top k."""
+    plain = S.parse_strategy(f"entropy gen_length=16 block_length=8 steps={16 // k}")
+    joint = plain.replace(proposer=JointSampler(head=init_head(base.config, jax.random.key(0)), k=k))
+    a, b = decode(base, PROMPT, plain), decode(base, PROMPT, joint)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.trace.step, b.trace.step)
+    assert int(b.nfe[0]) == 16 // k
+
+
+@pytest.mark.parametrize("family,k", [("llada", 2), ("dream", 4)])
+def test_token_exact_with_the_numpy_adjust_reference(family, k):
+    base = peaked_base(family, seed=2)
+    head = active_head(base.config, seed=3)
+    strategy = S.Strategy(schedule=S.Schedule(gen_length=16, block_length=16, steps=16 // k), rule=S.Entropy(),
+                          proposer=JointSampler(head=head, k=k))
+    out = decode(base, PROMPT, strategy)
+    want, nfe = adjust_greedy(base, head.weights, np.asarray(PROMPT[0]), 16, k)
+    np.testing.assert_array_equal(np.asarray(out.tokens[0]), want)
+    assert int(out.nfe[0]) == nfe == 16 // k
+    marginal, _ = adjust_greedy(base, head.weights, np.asarray(PROMPT[0]), 16, k, use_head=False)
+    assert not np.array_equal(marginal, want), "the head must matter for this check to mean anything"
+
+
+def test_joint_sampler_errors_are_strategy_errors(base):
+    head = init_head(base.config, jax.random.key(0))
+    with pytest.raises(StrategyError, match="positive whole number"):
+        JointSampler(head=head, k=0)
+    with pytest.raises(StrategyError, match="SamplerHead"):
+        JointSampler(head="runs/head", k=2)
+    with pytest.raises(StrategyError, match="without guidance"):
+        S.parse_strategy("low_confidence cfg_scale=1.5").replace(proposer=JointSampler(head=head))
+    with pytest.raises(StrategyError, match="does not read attention"):
+        decode(base, PROMPT, S.parse_strategy("dawn gen_length=16 block_length=8").replace(
+            proposer=JointSampler(head=head)))
+    other = init_head(dataclasses.replace(base.config, d_model=64, head_dim=32), jax.random.key(0))
+    with pytest.raises(StrategyError, match="another model"):
+        decode(base, PROMPT, S.parse_strategy("entropy gen_length=16 block_length=16").replace(
+            proposer=JointSampler(head=other)))
+    joint = S.parse_strategy("entropy gen_length=16 block_length=16").replace(proposer=JointSampler(head=head, k=4))
+    assert joint.spec.endswith("joint:4") and joint.to_dict()["proposer"] == {"name": "joint", "k": 4}
+    with pytest.raises(StrategyError, match="trained head"):
+        S.parse_strategy(joint.spec)
+    with pytest.raises(StrategyError, match="trained head"):
+        S.Strategy.from_dict(joint.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def test_train_sampler_command_help_and_usage_errors(capsys):
+    from jdlm.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-sampler", "--help"])
+    assert "jdlm train-sampler" in capsys.readouterr().out
+    for argv, message in ((["--tasks", "chess=1"], "unknown task 'chess'"),
+                          (["--block-length", "7"], "must divide gen_length"),
+                          (["--max-unroll", "16"], "max_unroll must be in"),
+                          (["--steps", "0"], "positive integer")):
+        assert main(["train-sampler", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1, err
