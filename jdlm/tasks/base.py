@@ -60,6 +60,11 @@ class Task(abc.ABC):
         """One random example of either split (or several at once, e.g. other solutions of one instance), or None
         to reject this draw and draw again."""
 
+    def sample_from(self, split: str, rng: random.Random) -> Example | list[Example] | None:
+        """A draw for `generate(split, ...)`: `sample` by default, which draws from both splits (`generate` keeps
+        the examples of `split`). A task whose instances come from a split-divided source draws from it here."""
+        return self.sample(rng)
+
     def split_key(self, input: str) -> str:
         """The instance an input states, as text: its hash decides the split, and equal keys are one instance.
 
@@ -108,7 +113,7 @@ class Task(abc.ABC):
         rng = random.Random(hashlib.sha256(repr((task, split, seed)).encode()).digest())
         seen, examples, misses = set(), [], 0
         while len(examples) < n:
-            drawn = task.sample(rng)
+            drawn = task.sample_from(split, rng)
             this_draw: set[tuple[str, str]] = set()  # one instance may come with several outputs in one draw only
             for example in [] if drawn is None else [drawn] if isinstance(drawn, Example) else drawn:
                 key = task.split_key(example.input)

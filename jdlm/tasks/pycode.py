@@ -11,14 +11,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
-import hashlib
 import random
 import re
 import sysconfig
 from pathlib import Path
-from typing import Any
 
-from jdlm.tasks.base import PATIENCE, SPLITS, Example, Task, split_of
+from jdlm.tasks.base import Example, Task, split_of
 
 MAX_FILE_BYTES = 200_000  # larger files (generated tables, mostly) are skipped
 SKIPPED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
@@ -167,28 +165,13 @@ class PyCode(Task):
     def sample(self, rng: random.Random) -> Example | None:
         return self._draw(rng, _corpus(None))
 
-    def generate(self, split: str, n: int, *, seed: int = 0, **difficulty: Any) -> list[Example]:
-        """As `Task.generate`, but drawing only from the files of `split` (see the class docstring)."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
-        task = self.with_difficulty(**difficulty)
-        rng = random.Random(hashlib.sha256(repr((task, split, seed)).encode()).digest())
-        corpus, seen, examples, misses = _corpus(split), set(), [], 0
-        while len(examples) < n:
-            example = task._draw(rng, corpus)
-            if (example is None or example.input in seen or split_of(example.input) != split
-                    or split == "eval" and example.input + "\n" + example.output in _joined_text("train")):
-                misses += 1
-                if misses > PATIENCE:
-                    raise ValueError(f"{task!r} found only {len(examples)} of {n} distinct {split} examples; "
-                                     "ask for fewer or change prompt_chars/answer_chars")
-                continue
-            seen.add(example.input)
-            examples.append(example)
-            misses = 0
-        return examples
+    def sample_from(self, split: str, rng: random.Random) -> Example | None:
+        """A window of a file of `split` (see the class docstring); an eval window found verbatim in a train file
+        is refused (None)."""
+        example = self._draw(rng, _corpus(split))
+        if split == "eval" and example is not None and example.input + "\n" + example.output in _joined_text("train"):
+            return None
+        return example
 
     def _draw(self, rng: random.Random, corpus: _Corpus) -> Example | None:
         """A window starting at a line start drawn uniformly over the corpus's line starts; None to redraw."""
