@@ -51,6 +51,7 @@ class Strategy:
                                     f"got {self.commit!r}") from None
             self.commit.check_schedule(self.schedule)
         self.rule.check_schedule(self.schedule)
+        self.rule.check_strategy(self)
 
     def replace(self, **changes) -> "Strategy":
         """A copy with some parts replaced; schedule fields may be given directly (`steps=64`)."""
