@@ -108,10 +108,10 @@ def _logits_fn(model):
 
 
 CASES = {  # thresholds low for random weights, so drafts are wide and twins doubt many tokens
-    "two_blocks": dict(gen_length=16, block_length=8, threshold=0.5, threshold_back=0.9),
-    "one_block_capped_draft": dict(gen_length=16, block_length=16, threshold=0.1, threshold_back=0.95),
-    "four_blocks_revocation_cap": dict(gen_length=32, block_length=8, threshold=0.3, threshold_back=0.97,
-                                        max_revocations=1),
+    "two_blocks": {"gen_length": 16, "block_length": 8, "threshold": 0.5, "threshold_back": 0.9},
+    "one_block_capped_draft": {"gen_length": 16, "block_length": 16, "threshold": 0.1, "threshold_back": 0.95},
+    "four_blocks_revocation_cap": {"gen_length": 32, "block_length": 8, "threshold": 0.3, "threshold_back": 0.97,
+                                   "max_revocations": 1},
 }
 
 

@@ -89,12 +89,10 @@ class Revocable(Rule):
     # ------------------------------------------------------------ what ASRD changes (WINO: nothing)
 
     def init_extra(self, batch: int, length: int):
-        """The rule's own memory (`RevocableMemory.extra`)."""
-        return None
+        """The rule's own memory (`RevocableMemory.extra`), None for none."""
 
     def extra_embed(self, params, tokens, memory: RevocableMemory, block_start, offset, key):
-        """[B, L + W, D] added to the forward's input embeddings, or None."""
-        return None
+        """[B, L + W, D] added to the forward's input embeddings, or None for nothing."""
 
     def protected(self, memory: RevocableMemory, offset, width: int) -> jax.Array:
         """[B, W] bool (or a [] bool for every position): decoded block positions that must not go back to the

@@ -10,7 +10,7 @@ Probabilities are float64 softmaxes of the model's logits, as upstream.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ def _lowest_first(values: Tensor, k: int) -> list[int]:
 
 def wino_row(logits_fn: Callable[[Tensor, Tensor, Tensor], Tensor], prompt: Tensor, *, gen_length: int,
              block_length: int, mask_id: int, threshold: float, threshold_back: float,
-             max_revocations: Optional[int] = None, max_steps_per_block: Optional[int] = None) -> tuple[Tensor, int, int]:
+             max_revocations: int | None = None, max_steps_per_block: int | None = None) -> tuple[Tensor, int, int]:
     """Greedy WINO for one prompt [P]. `logits_fn(x [1, T], allowed [1, T, T], positions [1, T])` returns logits
     [1, T, V]. Returns (the generation [G], the number of forward passes)."""
     if bool((prompt == mask_id).any()):
