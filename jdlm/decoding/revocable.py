@@ -91,17 +91,18 @@ class Revocable(Rule):
     def init_extra(self, batch: int, length: int):
         """The rule's own memory (`RevocableMemory.extra`), None for none."""
 
-    def extra_embed(self, params, tokens, memory: RevocableMemory, block_start, offset, key):
-        """[B, L + W, D] added to the forward's input embeddings, or None for nothing."""
+    def extra_embed(self, params, tokens, memory: RevocableMemory, block_start, offset, width: int, key):
+        """[B, L + W, D] added to the forward's input embeddings (tokens [B, L], the block [offset, offset + W) of
+        the generation, keys [B]), or None for nothing."""
 
     def protected(self, memory: RevocableMemory, offset, width: int) -> jax.Array:
         """[B, W] bool (or a [] bool for every position): decoded block positions that must not go back to the
         mask (ASRD's anchors)."""
         return jnp.bool_(False)
 
-    def observe(self, memory: RevocableMemory, block, twins, tokens, masked, offset):
-        """The rule's memory after a step: block / twins float32 [B, W, V] logits, tokens [B, W] after the
-        step's writes, masked [B, W] before them."""
+    def observe(self, memory: RevocableMemory, block, twins, masked, tokens, decoded, offset):
+        """The rule's memory after a step: block / twins float32 [B, W, V] logits; masked [B, W] before the step's
+        writes; tokens and decoded [B, W] after them."""
         return memory.extra
 
     def decode_step(self, inputs: DecodeInputs, state: DecodeState, strategy) -> DecodeState:
@@ -152,7 +153,7 @@ def revocable_step(inputs: DecodeInputs, state: DecodeState, strategy) -> Decode
     masked = block_tokens == mask_id
     active = ~state.done & masked.any(-1)  # [B]
 
-    extra = rule.extra_embed(seq.params, state.tokens, memory, block_start, offset, k_embed)
+    extra = rule.extra_embed(seq.params, state.tokens, memory, block_start, offset, W, k_embed)
     block, twins = shadow_logits(seq, state.tokens, block_start, mask_id, extra)  # [B, W, V] each
     temperature = sched.temperature if sched.sampled else None
     proposal = gumbel_argmax(block, temperature, k_propose)
@@ -171,7 +172,7 @@ def revocable_step(inputs: DecodeInputs, state: DecodeState, strategy) -> Decode
     revealed_at = loop._update_window(revealed_at, remask, -1, offset)
     revealed_conf = loop._update_window(state.revealed_conf, reveal | remask, jnp.where(reveal, confidence, 0.0),
                                         offset)
-    extra_memory = rule.observe(memory, block, twins, written, masked, offset)
+    extra_memory = rule.observe(memory, block, twins, masked, written, written != mask_id, offset)
     memory = RevocableMemory(
         last_accept=jnp.where(active, reveal.sum(-1), memory.last_accept),
         revoked=loop._update_window(memory.revoked, remask, revoked + 1, offset),
