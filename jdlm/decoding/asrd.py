@@ -5,7 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jdlm.decoding.anchors import AnchorCache, injection_weights, normalised_entropy, orthogonal_noise, track
+from jdlm.decoding.anchors import (
+    AnchorCache,
+    injection_weights,
+    normalised_entropy,
+    orthogonal_noise,
+    track,
+)
 from jdlm.decoding.part import knob, part
 from jdlm.decoding.revocable import Revocable, RevocableMemory
 from jdlm.errors import StrategyError
