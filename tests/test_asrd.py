@@ -10,7 +10,13 @@ import pytest
 import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import loop
-from jdlm.decoding.anchors import AnchorCache, injection_weights, normalised_entropy, orthogonal_noise, track
+from jdlm.decoding.anchors import (
+    AnchorCache,
+    injection_weights,
+    normalised_entropy,
+    orthogonal_noise,
+    track,
+)
 from jdlm.decoding.revocable import RevocableMemory
 from jdlm.errors import StrategyError
 
