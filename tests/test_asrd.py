@@ -145,8 +145,8 @@ def test_asrd_with_its_additions_off_is_wino(params):
 
 
 @pytest.mark.parametrize("spec", ["wino:0.05 threshold_back=0.97 max_revocations=2",
-                                  "asrd:0.05 threshold_back=0.97 max_revocations=2 anchor_window=1 "
-                                  "anchor_confidence=0.1 perturbation=0.5"])
+                                  ("asrd:0.05 threshold_back=0.97 max_revocations=2 anchor_window=1 "
+                                   "anchor_confidence=0.1 perturbation=0.5")])
 def test_revocation_in_the_loop(params, spec):
     """Stepping the loop by hand: a position that goes back to the mask loses its trace and counts one revocation,
     never more than max_revocations; ASRD never re-masks an anchor; the while_loop gives the same result."""
