@@ -56,26 +56,29 @@ def forward_costs(params, prompt, strategy, repeats: int) -> dict:
     mask_id = params.config.mask_id
     tokens = jnp.concatenate([jnp.asarray(prompt), jnp.full((B, G), mask_id, jnp.int32)], axis=1)  # block 0 to decode
     memory, keys = rule.init_memory(B, G), row_keys(jax.random.key(0), B)
-    seq = SequenceInputs(params=params, positions=jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)),
-                         key_mask=None, prompt_len=P, block_length=W)
+    positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     start = jnp.int32(P)
 
+    def inputs(params):
+        return SequenceInputs(params=params, positions=positions, key_mask=None, prompt_len=P, block_length=W)
+
+    # The weights are arguments, never closed over: 16 GB of constants would go into the compiled program.
     @jax.jit
-    def plain(tokens):
+    def plain(params, tokens):
         return forward(params, tokens, logits_slice=(start, W)).logits
 
     @jax.jit
-    def wino(tokens):
-        return shadow_logits(seq, tokens, start, mask_id)
+    def wino(params, tokens):
+        return shadow_logits(inputs(params), tokens, start, mask_id)
 
     @jax.jit
-    def asrd_step(tokens, memory, keys):
+    def asrd_step(params, tokens, memory, keys):
         extra = rule.extra_embed(params, tokens, memory, start, 0, W, keys)
-        return shadow_logits(seq, tokens, start, mask_id, extra)
+        return shadow_logits(inputs(params), tokens, start, mask_id, extra)
 
-    t_plain = median_seconds(plain, tokens, repeats=repeats)
-    t_wino = median_seconds(wino, tokens, repeats=repeats)
-    t_asrd = median_seconds(asrd_step, tokens, memory, keys, repeats=repeats)
+    t_plain = median_seconds(plain, params, tokens, repeats=repeats)
+    t_wino = median_seconds(wino, params, tokens, repeats=repeats)
+    t_asrd = median_seconds(asrd_step, params, tokens, memory, keys, repeats=repeats)
     return {"tokens_plain": L, "tokens_shadow": L + W, "plain_s": t_plain, "wino_s": t_wino, "asrd_s": t_asrd,
             "verification_overhead": t_wino / t_plain - 1, "asrd_overhead": t_asrd / t_plain - 1}
 
