@@ -26,17 +26,16 @@ from jdlm import strategies as S
 from jdlm.eval.settings import TASK_SETTINGS
 
 ASRD_BASE = "asrd:0.7"
-# (group, spec): the baselines, then one knob of ASRD at a time (the others at their defaults).
+# (group, spec): the baselines, then one knob of ASRD at a time (the others at their defaults: anchor_window 3,
+# injection 0.1, perturbation 0.1, anchor_distance 8). Kept small: the tiny model decodes ~1 s a step on a shared CPU.
 SWEEP = (
-    *(("threshold", f"threshold:{t}") for t in (0.5, 0.7, 0.8, 0.9, 0.95)),
-    *(("threshold dual", f"threshold:{t} dual") for t in (0.7, 0.9)),
-    *(("wino", f"wino:{t}") for t in (0.5, 0.6, 0.7, 0.8, 0.9)),
-    *(("wino threshold_back", f"wino:0.7 threshold_back={b}") for b in (0.7, 0.8, 0.95)),
-    *(("asrd", f"asrd:{t}") for t in (0.5, 0.6, 0.7, 0.8, 0.9)),
-    *(("asrd anchor_window", f"{ASRD_BASE} anchor_window={k}") for k in (1, 2, 5, 8)),
-    *(("asrd injection", f"{ASRD_BASE} injection={a}") for a in (0, 0.05, 0.3, 1.0)),
-    *(("asrd perturbation", f"{ASRD_BASE} perturbation={e}") for e in (0, 0.05, 0.3, 0.5)),
-    *(("asrd anchor_distance", f"{ASRD_BASE} anchor_distance={d}") for d in (2, 32)),
+    *(("threshold", f"threshold:{t}") for t in (0.7, 0.9)),
+    ("threshold dual", "threshold:0.9 dual"),
+    *(("wino", f"wino:{t}") for t in (0.5, 0.7, 0.9)),
+    *(("asrd", f"asrd:{t}") for t in (0.5, 0.7, 0.9)),
+    *(("asrd anchor_window", f"{ASRD_BASE} anchor_window={k}") for k in (1, 6)),
+    *(("asrd injection", f"{ASRD_BASE} injection={a}") for a in (0, 0.5)),
+    *(("asrd perturbation", f"{ASRD_BASE} perturbation={e}") for e in (0, 0.5)),
 )
 QUICK = (("threshold", "threshold:0.9"), ("wino", "wino:0.7"), ("asrd", ASRD_BASE),
          ("asrd injection", f"{ASRD_BASE} injection=0"), ("asrd perturbation", f"{ASRD_BASE} perturbation=0"))
@@ -78,7 +77,7 @@ def markdown(results, limit) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=50, help="held-out examples per task")
-    p.add_argument("--tasks", nargs="+", default=["countdown", "sudoku", "arithmetic"], choices=sorted(TASK_SETTINGS))
+    p.add_argument("--tasks", nargs="+", default=["countdown", "sudoku"], choices=sorted(TASK_SETTINGS))
     p.add_argument("--strategy", "-s", action="append", help="spec to evaluate (repeat); default: the sweep")
     p.add_argument("--quick", action="store_true", help="five strategies instead of the whole sweep")
     p.add_argument("--batch-size", type=int, default=50)
