@@ -183,3 +183,19 @@ def test_asrd_checks_its_knobs():
                 "asrd:0.5 anchor_confidence=2", "asrd:0.5 prefix"):
         with pytest.raises(StrategyError):
             S.parse_strategy(bad)
+
+
+def test_a_padded_batch_decodes_each_row_as_alone(params):
+    """Left-padded rows of different lengths, ASRD with every addition on (its perturbation draws from each row's
+    own key): the batch gives each row the tokens and NFE of that row decoded alone with its key."""
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(2, 200, size=n).tolist() for n in (3, 6, 5)]
+    ids, mask = jdlm.pad_prompts(prompts, params.config.pad_id, length=6)
+    strategy = _strategy("asrd:0.05 threshold_back=0.97 anchor_window=1 anchor_confidence=0.1 injection=1 "
+                         "perturbation=0.5")
+    keys = loop.row_keys(jax.random.key(9), len(prompts))
+    batch = jdlm.decode(params, ids, strategy, key=keys, prompt_mask=mask)
+    for b, prompt in enumerate(prompts):
+        alone = jdlm.decode(params, np.asarray([prompt], np.int32), strategy, key=keys[b:b + 1])
+        np.testing.assert_array_equal(np.asarray(batch.tokens[b]), np.asarray(alone.tokens[0]))
+        assert int(batch.nfe[b]) == int(alone.nfe[0])
