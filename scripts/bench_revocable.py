@@ -3,7 +3,8 @@
     python scripts/bench_revocable.py                 # GPU: LLaDA-8B shapes, B=1, prompt 256, 256 tokens, blocks of 32
     python scripts/bench_revocable.py --quick         # CPU: the tiny config, in seconds
 
-Writes $OUT/bench_revocable.json (OUT defaults to results/). Two parts:
+Writes $OUT/bench_revocable.json (OUT defaults to results/; --name changes the file name) after every measurement.
+Two parts (--parts; --specs picks the decodes):
   forward  one jitted model call, median of repeats: the plain forward over the sequence (L = P + G tokens, what
            threshold decoding without a cache runs each step), WINO's forward with the W shadow twins (L + W tokens,
            the same call with the verification rows), and ASRD's (the same plus its input embeddings: anchor injection
@@ -86,7 +87,10 @@ def forward_costs(params, prompt, strategy, repeats: int) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny config on CPU, in seconds")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the compiling one (median)")
+    p.add_argument("--parts", nargs="+", default=["forward", "decode"], choices=["forward", "decode"])
+    p.add_argument("--specs", nargs="+", default=list(SPECS), help="strategies for the decode part")
+    p.add_argument("--name", default="bench_revocable", help="writes $OUT/NAME.json")
     args = p.parse_args(argv)
     if args.quick:
         params, P, G, W = bench.random_params("test", jnp.float32), 16, 32, 8
@@ -96,20 +100,25 @@ def main(argv=None) -> None:
                                                size=(1, P)).astype(np.int32)
     base = S.Strategy(schedule=S.Schedule(gen_length=G, block_length=W, steps=G))
     report = {"device": jax.devices()[0].device_kind, "batch": 1, "prompt_len": P, "gen_length": G,
-              "block_length": W, "forward": forward_costs(params, prompt, base, args.repeats)}
-    print("forward", json.dumps(report["forward"]), flush=True)
-    rows = []
-    for spec in SPECS:
+              "block_length": W}
+    out = Path(os.environ.get("OUT", "results"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every measurement, so a run cut short still leaves what it measured
+        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
+
+    if "forward" in args.parts:
+        report["forward"] = forward_costs(params, prompt, base, args.repeats)
+        print("forward", json.dumps(report["forward"]), flush=True)
+        save()
+    for spec in args.specs if "decode" in args.parts else ():
         r = bench.bench_strategy(params, spec, S.parse_strategy(spec, base), prompt_len=P, repeats=args.repeats)
         row = {k: v for k, v in r.as_dict().items() if k != "strategy_config"}
         row["s_per_step"] = r.run_s / r.nfe
         print(json.dumps(row), flush=True)
-        rows.append(row)
-    report["decode"] = rows
-    out = Path(os.environ.get("OUT", "results"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_revocable.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'bench_revocable.json'}")
+        report.setdefault("decode", []).append(row)
+        save()
+    print(f"wrote {out / args.name}.json")
 
 
 if __name__ == "__main__":
