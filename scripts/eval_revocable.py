@@ -7,6 +7,7 @@ results/revocable).
     python scripts/eval_revocable.py --limit 50
     python scripts/eval_revocable.py --limit 20 --tasks countdown --quick      # a few strategies, for a smoke test
     python scripts/eval_revocable.py --limit 50 -s "asrd:0.7 injection=0.3" -s "wino:0.7"
+    python scripts/eval_revocable.py --limit 16 --tasks countdown --quick --diagnose   # how often they re-mask
 """
 
 from __future__ import annotations
@@ -59,6 +60,44 @@ def run(tasks, plan, limit, batch_size, params, tok):
     return out
 
 
+def revocation_stats(params, tok, task_name, specs, limit):
+    """How often the revocable rules act on real prompts: per spec, re-masks per example, the share of steps that
+    re-mask, and (ASRD) anchors per example at the end. Steps the loop by hand, greedy, one batch."""
+    import jax
+    import numpy as np
+
+    from jdlm.decoding import loop
+    from jdlm.eval.runner import encode_prompt
+    from jdlm.tasks import get_task
+
+    task, settings = get_task(task_name), TASK_SETTINGS[task_name]
+    prompts = [encode_prompt(tok, task.prompt(ex.input)) for ex in task.generate("eval", limit, seed=0)]
+    ids, mask = jdlm.pad_prompts(prompts, params.config.pad_id, length=settings.prompt_length)
+    base = S.Strategy(schedule=S.Schedule(gen_length=settings.gen_length, block_length=settings.block_length,
+                                          steps=settings.gen_length, stop_at_eos=True))
+    step = jax.jit(loop.step)
+    rows = []
+    for spec in specs:
+        strategy = S.parse_strategy(spec, base)
+        args = loop._arguments(params, ids, strategy, None, mask)
+        inputs, state = loop.init_state(*args)
+        strategy = args[4]
+        steps = remasking_steps = 0
+        while bool(loop.running(state, strategy)):
+            new = step(inputs, state, strategy)
+            gained = np.asarray(new.memory.revoked).sum() - np.asarray(state.memory.revoked).sum()
+            steps, remasking_steps = steps + 1, remasking_steps + int(gained > 0)
+            state = new
+        anchors = np.asarray(state.memory.extra.anchor).sum(-1).mean() if state.memory.extra is not None else None
+        remasks = float(np.asarray(state.memory.revoked).sum(-1).mean())
+        row = {"task": task_name, "strategy": spec, "remasks_per_example": remasks,
+               "steps_with_remask": remasking_steps / steps, "mean_nfe": float(np.asarray(state.nfe).mean()),
+               "anchors_per_example": None if anchors is None else float(anchors)}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def markdown(results, limit) -> str:
     """One table per task: group, strategy, accuracy, mean NFE, tokens/s; the best accuracy per task in bold."""
     lines = [f"# Revocable decoding on the tiny model ({limit} held-out examples per task, greedy, CPU float32)", ""]
@@ -82,13 +121,20 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="five strategies instead of the whole sweep")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", default=os.environ.get("OUT", "results/revocable"))
+    p.add_argument("--diagnose", action="store_true",
+                   help="instead of accuracy: how often each spec re-masks, and ASRD's anchors (revocation.json)")
     args = p.parse_args(argv)
     plan = [("given", s) for s in args.strategy] if args.strategy else (QUICK if args.quick else SWEEP)
     params, tok = jdlm.load("tiny", dtype=jnp.float32)
-    results = run(args.tasks, plan, args.limit, args.batch_size, params, tok)
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.diagnose:
+        specs = [spec for _, spec in plan if not spec.startswith("threshold")]
+        rows = [row for task in args.tasks for row in revocation_stats(params, tok, task, specs, args.limit)]
+        (out / "revocation.json").write_text(json.dumps(rows, indent=1))
+        return
+    results = run(args.tasks, plan, args.limit, args.batch_size, params, tok)
+
     records = [{"group": g, **{k: v for k, v in dataclasses.asdict(r).items() if k != "records"}} for g, r in results]
     (out / "revocable.json").write_text(json.dumps(records, indent=1))
     (out / "revocable.md").write_text(markdown(results, args.limit))
