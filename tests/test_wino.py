@@ -55,6 +55,17 @@ def test_draft_is_capped_at_seventy_percent_of_the_masked_but_at_least_five():
     assert reveal == list(range(10, 30))
 
 
+def test_the_cap_rule_is_a_knob():
+    conf = [0.91, 0.99, 0.92, 0.98, 0.93, 0.97, 0.94, 0.95]
+    masked = _row([1] * 8, bool)
+    reveal, _ = wino_select(_row(conf), _row([1.0] * 8), masked, ~masked, jnp.asarray([30], jnp.int32), 0.6, 0.9,
+                            (1.0, 1, 64))
+    assert np.asarray(reveal).all()  # every sure position at once
+    reveal, _ = wino_select(_row(conf), _row([1.0] * 8), masked, ~masked, jnp.asarray([30], jnp.int32), 0.6, 0.9,
+                            (0.7, 5, 3))
+    assert np.flatnonzero(np.asarray(reveal[0])).tolist() == [1, 3, 5]
+
+
 def test_verification_remasks_doubted_tokens_below_threshold_back():
     reveal, remask = _select([0.8, 0.7, 0.0, 0.0, 0.0], [0, 0, 0.95, 0.5, 0.89], [1, 1, 0, 0, 0])
     assert reveal == [0, 1]

@@ -47,9 +47,10 @@ class Revocable(Rule):
     """Base of WINO and ASRD: draft wide, verify narrow, re-mask what fails (see `wino_select` for the sets).
 
     threshold: a masked position is drafted when its proposal's probability is > threshold (at least one a step,
-      at most 20). threshold_back: a decoded position of the block goes back to the mask when its twin gives its
-      token a probability < threshold_back. max_revocations: times a position may go back (jdlm's termination
-      guarantee; upstream WINO has none). All traced.
+      at most the cap). threshold_back: a decoded position of the block goes back to the mask when its twin gives
+      its token a probability < threshold_back. max_revocations: times a position may go back (jdlm's termination
+      guarantee; upstream WINO has none). draft_fraction, draft_min, draft_max: the draft's cap, clip(floor(
+      draft_fraction * n), draft_min, draft_max) for n masked (upstream's fixed 0.7, 5, 20). All traced.
     """
 
     counted: ClassVar[bool] = False
@@ -57,6 +58,9 @@ class Revocable(Rule):
     threshold: float = knob(0.6)
     threshold_back: float = knob(0.9)
     max_revocations: int = knob(8)
+    draft_fraction: float = knob(0.7)
+    draft_min: int = knob(5)
+    draft_max: int = knob(20)
 
     def __post_init__(self):
         for name in ("threshold", "threshold_back"):
@@ -64,6 +68,12 @@ class Revocable(Rule):
                 raise StrategyError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.max_revocations < 0 or self.max_revocations != int(self.max_revocations):
             raise StrategyError(f"max_revocations must be an integer >= 0, got {self.max_revocations}")
+        if not 0 < self.draft_fraction <= 1:
+            raise StrategyError(f"draft_fraction must be in (0, 1], got {self.draft_fraction}")
+        if not 1 <= self.draft_min <= self.draft_max or int(self.draft_min) != self.draft_min or \
+                int(self.draft_max) != self.draft_max:
+            raise StrategyError(f"draft_min and draft_max must be integers with 1 <= draft_min <= draft_max, got "
+                                f"{self.draft_min} and {self.draft_max}")
 
     def check_schedule(self, schedule):
         if schedule.keep_idle_steps or schedule.first_token_at_block_start:
@@ -109,7 +119,7 @@ class Revocable(Rule):
         return revocable_step(inputs, state, strategy)
 
 
-def wino_select(confidence, verify, masked, revocable, last_accept, threshold, threshold_back):
+def wino_select(confidence, verify, masked, revocable, last_accept, threshold, threshold_back, cap_rule=(0.7, 5, 20)):
     """WINO's draft and verification for one step (REFERENCE.md 3.2.1), per row. B batch, W block.
 
     Args:
@@ -117,16 +127,19 @@ def wino_select(confidence, verify, masked, revocable, last_accept, threshold, t
       verify: [B, W] the twin's probability of each decoded position's token.
       masked: [B, W] bool, positions still masked; revocable: [B, W] bool, decoded positions that may go back.
       last_accept: [B] int32 positions the row's previous step drafted.
+      cap_rule: (fraction, low, high) of the draft's cap; upstream's (0.7, 5, 20).
 
     Returns (reveal, remask), disjoint [B, W] bool:
-      draft  A = {masked, confidence > threshold}; more than cap = min(max(floor(0.7 n), 5), 20) (n masked) keeps
-             the cap most confident; none takes the single most confident.
+      draft  A = {masked, confidence > threshold}; more than cap = min(max(floor(fraction n), low), high) (n
+             masked) keeps the cap most confident; none takes the single most confident.
       verify only when |A| > 1: R = {revocable, verify < threshold_back}; |R| >= last_accept keeps the
              last_accept - 1 lowest (none when last_accept is 1).
     Ties go to the lowest position.
     """
+    fraction, low, high = cap_rule
     n = masked.sum(-1)
-    cap = jnp.clip(7 * n // 10, 5, 20)  # == int(0.7 * n) for every n where the clip does not bind
+    # float32 floor(0.7 n) equals upstream's float64 int(n * 0.7) for every n < 90 (the clip binds from n = 30)
+    cap = jnp.clip(jnp.floor(jnp.asarray(fraction, jnp.float32) * n).astype(jnp.int32), low, high)
     conf = jnp.where(masked, confidence, -jnp.inf)
     accept = masked & (conf > threshold)
     accept = jnp.where((accept.sum(-1) > cap)[:, None], top_count(conf, masked, cap[:, None]), accept)
@@ -162,7 +175,7 @@ def revocable_step(inputs: DecodeInputs, state: DecodeState, strategy) -> Decode
     revoked = jax.lax.dynamic_slice_in_dim(memory.revoked, offset, W, axis=1)
     revocable = ~masked & (revoked < rule.max_revocations) & ~rule.protected(memory, offset, W)
     reveal, remask = wino_select(confidence, verify, masked, revocable, memory.last_accept, rule.threshold,
-                                 rule.threshold_back)
+                                 rule.threshold_back, (rule.draft_fraction, rule.draft_min, rule.draft_max))
     reveal &= active[:, None]
     remask &= active[:, None]
 

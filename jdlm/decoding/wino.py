@@ -14,7 +14,9 @@ class Wino(Revocable):
     masked, at least the single best), and, when it drafts more than one, sends back to the mask the decoded block
     positions whose twin gives their token a probability < `threshold_back` (fewer than the previous step drafted:
     at most `last_accept - 1`, the lowest). Tokens drafted at a step are first verified at the next; only the current
-    block is ever re-masked. Authors' settings: threshold 0.6, threshold_back 0.9 (GSM8K), block 128.
+    block is ever re-masked. Authors' settings: threshold 0.6, threshold_back 0.9 (GSM8K), block 128. The cap's
+    0.7, 5 and 20 are knobs (`draft_fraction`, `draft_min`, `draft_max`; upstream's values by default): a small
+    block of sure tokens needs two steps under the default cap (8 masked: at most 5 a step).
 
     Differences from upstream, all documented: batches (every count, cap and top-k per row; upstream is batch 1);
     probabilities in float32 (upstream float64, so a value within ~1e-7 of a threshold may compare the other way);
