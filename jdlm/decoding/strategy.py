@@ -50,8 +50,8 @@ class Strategy:
                 raise StrategyError(f"commit must be None or one of {', '.join(names.COMMITS)}, "
                                     f"got {self.commit!r}") from None
             self.commit.check_schedule(self.schedule)
-        self.rule.check_schedule(self.schedule)
         self.rule.check_strategy(self)
+        self.rule.check_schedule(self.schedule)
 
     def replace(self, **changes) -> "Strategy":
         """A copy with some parts replaced; schedule fields may be given directly (`steps=64`)."""
