@@ -145,7 +145,8 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
-        latest=Latest.empty(B, G) if strategy.commit else None, memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B)))
+        latest=Latest.empty(B, G) if strategy.commit else None,
+        memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B)))
     return DecodeInputs(seq=seq, tables=tables), state
 
 
