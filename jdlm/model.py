@@ -167,6 +167,7 @@ def forward(
     *,
     positions: jax.Array | None = None,
     key_mask: jax.Array | None = None,
+    attn_mask: jax.Array | None = None,
     cache: KVCache | None = None,
     window_start: jax.Array | int = 0,
     write_from: jax.Array | int | None = None,
@@ -193,6 +194,8 @@ def forward(
       tokens: [B, T] int token ids.
       positions: [B, T] rotary positions; default `window_start + arange(T)`.
       key_mask: [B, S] bool, True for real positions (S = T without a cache); None means all real.
+      attn_mask: [B or 1, T, S] bool, which keys each query may attend to besides `key_mask` (both must allow
+        it), or None; e.g. WINO's shadow block (jdlm/decoding/shadow.py). Keep each query's own position allowed.
       cache: KVCache over S positions, or None.
       window_start: where `tokens` starts in the cached sequence (traced scalar is fine).
       write_from: absolute position from which the window's fresh keys/values are kept (>= window_start).
@@ -224,6 +227,8 @@ def forward(
     else:
         own = query_abs[:, None] == jnp.arange(S)[None, :]  # [T, S]
         mask = (key_mask[:, None, :] | own[None])[:, None]  # [B, 1, T, S]
+    if attn_mask is not None:
+        mask = attn_mask[:, None] if mask is None else mask & attn_mask[:, None]
     if causal:
         before = (jnp.arange(S)[None, :] <= query_abs[:, None])[None, None]  # [1, 1, T, S]
         mask = before if mask is None else mask & before

@@ -146,7 +146,8 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
-        latest=Latest.empty(B, G) if strategy.commit else None, memory=strategy.rule.init_memory(B)))
+        latest=Latest.empty(B, G) if strategy.commit else None,
+        memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B)))
     return DecodeInputs(seq=seq, tables=tables), state
 
 
@@ -175,6 +176,8 @@ def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, b
 
 def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> DecodeState:
     """One forward pass and the reveals it decides: the body of the decode loop."""
+    if strategy.rule.revocable:  # WINO, ASRD: their own step (jdlm/decoding/revocable.py)
+        return strategy.rule.decode_step(inputs, state, strategy)
     sched, rule, tables = strategy.schedule, strategy.rule, inputs.tables
     cfg = inputs.seq.params.config
     P, W = inputs.seq.prompt_len, sched.block_length

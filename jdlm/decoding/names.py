@@ -51,6 +51,12 @@ RULES = {n.name: n for n in (
     Name("axon", "jdlm.decoding.axon:Axon",
          "a base rule (base=dawn, or base=threshold:0.9, ...) that reveals anchor tokens when its progress looks "
          "stuck (AXON)"),
+    Name("wino", "jdlm.decoding.wino:Wino",
+         "revocable: draft every proposal with probability > T, re-mask decoded tokens that the block's shadow "
+         "twins doubt (WINO), e.g. wino:0.6 threshold_back=0.9", "threshold"),
+    Name("asrd", "jdlm.decoding.asrd:Asrd",
+         "revocable with anchors: WINO plus temporally consistent anchor tokens that guide the masked inputs and "
+         "are never re-masked, and perturbed verification (ASRD, jdlm's design), e.g. asrd:0.6", "threshold"),
     Name("origin", "jdlm.decoding.origin:Origin",
          "Dream's alg=origin: each masked position revealed with probability 1 - s/t (with the fields "
          "counts=dream keep_idle_steps=true)"),

@@ -60,6 +60,9 @@ class Rule:
     # > 0: the rule reads the attention of the model's last this-many layers, and `select_attending` runs instead
     # of `select` (a rule sets it as a static field).
     attention_layers: ClassVar[int] = 0
+    # True: the rule may send revealed positions back to the mask and runs its own step (`decode_step`, see
+    # jdlm/decoding/revocable.py: WINO, ASRD) in place of the shared one.
+    revocable: ClassVar[bool] = False
 
     def propose(self, logits: jax.Array, temperature: jax.Array | None, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Proposed token [B, W] int32 and confidence [B, W] float32 (higher = reveal sooner) per position.
@@ -76,6 +79,9 @@ class Rule:
 
     def check_schedule(self, schedule) -> None:
         """Raises StrategyError if this rule cannot run with `schedule`."""
+
+    def check_strategy(self, strategy) -> None:
+        """Raises StrategyError if this rule cannot run with the strategy's other parts (cache, guidance, commit)."""
 
     def select(self, confidence: jax.Array, candidates: jax.Array, budget: Budget, key: jax.Array) -> jax.Array:
         """Positions to reveal [B, W] bool among `candidates` (masked positions of the block, [B, W] bool).

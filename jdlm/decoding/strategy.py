@@ -54,6 +54,7 @@ class Strategy:
                 raise StrategyError(f"commit must be None or one of {', '.join(names.COMMITS)}, "
                                     f"got {self.commit!r}") from None
             self.commit.check_schedule(self.schedule)
+        self.rule.check_strategy(self)
         self.rule.check_schedule(self.schedule)
         if self.proposer is not None:
             if not hasattr(self.proposer, "later_rounds"):

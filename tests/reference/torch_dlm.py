@@ -240,6 +240,17 @@ class RefModel(nn.Module):
             return self._full(x, attention_mask, position_ids)[0]
 
     @torch.no_grad()
+    def forward_masked(self, x: Tensor, allowed: Tensor, position_ids: Tensor) -> Tensor:
+        """Raw logits [B, T, V] where query i may attend key j iff allowed[b, i, j] ([B, T, T] bool; keep each
+        row non-empty), at the given rotary positions [B, T] (WINO's shadow block)."""
+        with one_thread():
+            h = F.embedding(x, self.params["embed"])
+            for i in range(self.config.n_layers):
+                q, k, v = self._qkv(i, h, position_ids)
+                h = self._attend_and_mlp(i, h, q, k, v, allowed)
+            return self._head(h)
+
+    @torch.no_grad()
     def forward_full_with_cache(self, x: Tensor, attention_mask: Optional[Tensor] = None,
                                 position_ids: Optional[Tensor] = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Full forward that also returns, per layer, (k, v) of every position: k after RoPE, [B, K, T, D] each."""
