@@ -84,7 +84,9 @@ class FreeCache(RefreshingCache):
             return seq.window(tokens, kv, L - size, size, block_start, write_from=jnp.where(decoding, P, L))
         unit = self.unit_for(W, L - P)
         sizes = window_blocks((L - P) // unit, self.windows)
-        lowest = jnp.where(decoding, clean, L).min()  # the earliest boundary of a row that decodes
+        # The window reaches back to the earliest boundary of a row that decodes, and to the block (whose logits
+        # it returns) when a boundary lies inside it.
+        lowest = jnp.minimum(jnp.where(decoding, clean, L).min(), block_start)
         needed = (L - lowest + unit - 1) // unit
         choice = jnp.minimum(jnp.searchsorted(jnp.asarray(sizes), needed), len(sizes) - 1)
         write = jnp.where(decoding, clean, L)
