@@ -210,7 +210,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     proposal, confidence = rule.propose(logits, temperature, k_propose)
     candidates = masked & active[:, None]
     confidence = jnp.where(candidates, confidence, -jnp.inf)
-    at = jnp.minimum(state.step_in_block, sched.table_length - 1)
+    # With a guide a counted block may need more steps than its counts: the last count is reused.
+    at = jnp.minimum(state.step_in_block, (tables.steps_in_block if strategy.guide else sched.table_length) - 1)
     budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
     memory = state.memory
     if rule.attention_layers:

@@ -16,10 +16,12 @@ cache bookkeeping of jdlm is checked, not copied.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tests.reference.torch_dlm import RefConfig, RefModel
 from tests.reference.samplers import (
     count_schedule,
     shift_logits,
@@ -184,3 +186,28 @@ def flashdlm_generate(model, prompt: Tensor, *, gen_length: int, block_length: i
             if rule == "counts" and guide is None and i >= len(counts):
                 break
     return x, nfe, guide_nfe
+
+
+def ref_model_from_params(params) -> RefModel:
+    """A RefModel holding the weights of a jdlm LLaDA-layout `Params` (no biases, untied), e.g. `tiny` / `tiny-ar`."""
+    c = params.config
+    if c.qkv_bias or c.tie_embeddings or c.head_dim * c.n_heads != c.d_model:
+        raise ValueError("ref_model_from_params reads untied LLaDA-layout weights with head_dim = d_model / n_heads")
+    w = params.weights
+
+    def t(a):
+        return torch.tensor(np.asarray(a, np.float32))
+
+    D = c.d_model
+    p = {"embed": t(w["embed"]), "final_norm": t(w["final_norm"]), "head": t(w["lm_head"]).T.contiguous()}
+    for i, layer in enumerate(w["layers"]):
+        p.update({f"{i}.attn_norm": t(layer["attn_norm"]), f"{i}.mlp_norm": t(layer["mlp_norm"]),
+                  f"{i}.q": t(layer["q"]).reshape(D, -1).T.contiguous(),
+                  f"{i}.k": t(layer["k"]).reshape(D, -1).T.contiguous(),
+                  f"{i}.v": t(layer["v"]).reshape(D, -1).T.contiguous(),
+                  f"{i}.o": t(layer["o"]).reshape(-1, D).T.contiguous(), f"{i}.gate": t(layer["gate"]).T.contiguous(),
+                  f"{i}.up": t(layer["up"]).T.contiguous(), f"{i}.down": t(layer["down"]).T.contiguous()})
+    config = RefConfig(family="llada", d_model=D, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, n_layers=c.n_layers,
+                       mlp_hidden=c.mlp_hidden, vocab=c.vocab_size, rope_theta=c.rope_theta, eps=c.norm_eps,
+                       mask_id=c.mask_id, tied=False, qkv_bias=False)
+    return RefModel(config, p)
