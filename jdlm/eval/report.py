@@ -43,6 +43,7 @@ class EvalReport:
       records: one Record per example, in input order.
       strategy_config: the whole strategy that ran (`jdlm.Strategy.to_dict()`; `Strategy.from_dict` rebuilds it),
         so the result can be re-run; None in files written before it was recorded.
+      mean_guide_nfe: forward passes of the AR guide per example (its prompt prefill included); None unguided.
     """
 
     task: str
@@ -65,6 +66,7 @@ class EvalReport:
     device: str
     records: tuple[Record, ...] = ()
     strategy_config: dict | None = None
+    mean_guide_nfe: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"records": [dataclasses.asdict(r) for r in self.records]}
