@@ -20,7 +20,8 @@ RULES = {
     "dawn": S.Dawn(sure=0.8),
     "axon": S.Axon(selector="cover", exit_confidence=0.8),
 }
-CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(refresh_every=3, windows=3), "dual": S.DualCache(refresh_every=2)}
+CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(refresh_every=3, windows=3), "dual": S.DualCache(refresh_every=2),
+          "freecache": S.FreeCache(policy="window", window=64, refresh_every=3)}
 
 
 def test_every_name_is_covered_here_and_points_at_its_class():

@@ -83,7 +83,8 @@ class FreeCache(RefreshingCache):
             size = L - P + shift
             return seq.window(tokens, kv, L - size, size, block_start, write_from=jnp.where(decoding, P, L))
         unit = self.unit_for(W, L - P)
-        sizes = window_blocks((L - P) // unit, self.windows)
+        # Sizes that cannot hold the block never serve (the bucket reaches back to the block at least).
+        sizes = tuple(n for n in window_blocks((L - P) // unit, self.windows) if n * unit >= W)
         # The window reaches back to the earliest boundary of a row that decodes, and to the block (whose logits
         # it returns) when a boundary lies inside it.
         lowest = jnp.minimum(jnp.where(decoding, clean, L).min(), block_start)
