@@ -47,6 +47,10 @@ def strategies(gen_length: int, block_length: int) -> dict[str, S.Strategy]:
         "ar-guided + freecache:boundary": spec(f"threshold:0.000001 guide freecache:policy=boundary,unit="
                                               f"{block_length}", block=G),
         "ar-guided blocks + freecache": spec("threshold:0.000001 guide freecache"),
+        # The guide's token written at each rejection (upstream's first speculative decoder).
+        "ar-guided correct": spec("threshold:0.000001 guide correct=true", block=G),
+        "ar-guided correct + freecache:boundary": spec(f"threshold:0.000001 guide correct=true "
+                                                      f"freecache:policy=boundary,unit={block_length}", block=G),
     }
 
 

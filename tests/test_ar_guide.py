@@ -37,16 +37,19 @@ def _bigram_guide(successor):
 GUIDE = _bigram_guide([(t + 1) % 15 for t in range(16)])  # predicts t + 1
 
 
-def _verify(block_tokens, proposal, reveal, chunk=4):
-    """Runs ARGuide.verify on rows [2, 3 | block of 8] (block at 2); returns (kept [B, 8] bool, guide forwards)."""
+def _verify(block_tokens, proposal, reveal, chunk=4, correct=False):
+    """Runs ARGuide.verify on rows [2, 3 | block of 8] (block at 2); returns (kept [B, 8] bool, guide forwards), and
+    the proposal as verify leaves it when `correct`."""
     block = np.asarray(block_tokens)
     B = block.shape[0]
     tokens = np.concatenate([np.tile([[2, 3]], (B, 1)), block], axis=1).astype(np.int32)
     positions = np.tile(np.arange(10, dtype=np.int32), (B, 1))
-    guide = S.ARGuide(chunk=chunk)
+    guide = S.ARGuide(chunk=chunk, correct=correct)
     state = guide.init(GUIDE, jnp.asarray(tokens[:, :2]), positions, None, 10)
-    kept, state = guide.verify(GUIDE, state, jnp.asarray(tokens), positions, None, jnp.asarray(proposal, jnp.int32),
-                               jnp.asarray(reveal), 2, M)
+    kept, written, state = guide.verify(GUIDE, state, jnp.asarray(tokens), positions, None,
+                                        jnp.asarray(proposal, jnp.int32), jnp.asarray(reveal), 2, M)
+    if correct:
+        return np.asarray(kept), np.asarray(written)
     return np.asarray(kept), np.asarray(state.nfe) - 1
 
 
@@ -57,6 +60,16 @@ def test_cut_at_the_first_rejection():
     kept, calls = _verify(all_masked, drafts, np.ones((2, 8), bool))
     assert kept.tolist() == [[True] * 3 + [False] * 5, [True] + [False] * 7]  # row 1: the first draft anyway
     assert calls.tolist() == [1, 1]
+
+
+def test_correction_writes_the_guides_token_at_the_rejection():
+    drafts = [[4, 5, 6, 9, 10, 11, 12, 13], [7, 8, 9, 10, 11, 12, 13, 14], [4, 5, 6, 9, 10, 11, 12, 13]]
+    picks = np.ones((3, 8), bool)
+    picks[2, 1] = False  # a gap before the rejection: no correction, the cut as without it
+    kept, written = _verify([[M] * 8] * 3, drafts, picks, correct=True)
+    assert kept.tolist() == [[True] * 4 + [False] * 4, [True] + [False] * 7, [True, False, True] + [False] * 5]
+    assert written[0].tolist() == [4, 5, 6, 7, 10, 11, 12, 13]  # 7 follows 6, where the draft said 9
+    assert written[1, 0] == 4 and written[2].tolist() == drafts[2]
 
 
 def test_only_the_rules_picks_before_the_rejection():
@@ -107,12 +120,14 @@ def pair():
 
 
 CASES = {  # (schedule, rule, reference rule arguments, guide)
-    "authors_one_block": (dict(gen_length=32, block_length=32, steps=32), S.Threshold(threshold=1e-6),
-                          dict(rule="threshold", threshold=1e-6), S.ARGuide(chunk=8)),
-    "threshold_blocks": (dict(gen_length=32, block_length=8, steps=32), S.Threshold(threshold=0.6),
-                         dict(rule="threshold", threshold=0.6), S.ARGuide(chunk=4, accept="top2")),
-    "counts": (dict(gen_length=32, block_length=16, steps=8), S.LowConfidence(),
-               dict(rule="counts", steps=8), S.ARGuide(chunk=8, accept="threshold", min_prob=0.2)),
+    "authors_one_block": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
+                          {"rule": "threshold", "threshold": 1e-6}, S.ARGuide(chunk=8)),
+    "threshold_blocks": ({"gen_length": 32, "block_length": 8, "steps": 32}, S.Threshold(threshold=0.6),
+                         {"rule": "threshold", "threshold": 0.6}, S.ARGuide(chunk=4, accept="top2")),
+    "counts": ({"gen_length": 32, "block_length": 16, "steps": 8}, S.LowConfidence(),
+               {"rule": "counts", "steps": 8}, S.ARGuide(chunk=8, accept="threshold", min_prob=0.2)),
+    "corrected": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
+                  {"rule": "threshold", "threshold": 1e-6}, S.ARGuide(chunk=8, correct=True)),
 }
 
 
@@ -125,14 +140,14 @@ def test_matches_reference(pair, case):
         MaskExcluded(ref_model_from_params(params)), torch.tensor(prompt, dtype=torch.long),
         gen_length=schedule["gen_length"], block_length=schedule["block_length"], mask_id=params.config.mask_id,
         guide=ref_model_from_params(guide), chunk=part.chunk, accept=part.accept, ratio=part.ratio,
-        min_prob=part.min_prob, **ref_rule)
+        min_prob=part.min_prob, correct=part.correct, **ref_rule)
     strategy = jdlm.Strategy(schedule=jdlm.Schedule(**schedule), rule=rule, guide=part)
     result = jdlm.decode(params, prompt, strategy, guide=guide)
     np.testing.assert_array_equal(np.asarray(result.tokens), x[:, prompt.shape[1]:].numpy())
     assert (int(result.nfe[0]), int(result.guide_nfe[0])) == (nfe, guide_nfe)
     unguided = jdlm.decode(params, prompt, dataclasses.replace(strategy, guide=None))
     # The guide matters here: it cuts some steps, and still accepts several drafts in some.
-    assert int(result.nfe[0]) != int(unguided.nfe[0]) or case == "authors_one_block"
+    assert int(result.nfe[0]) != int(unguided.nfe[0]) or case in ("authors_one_block", "corrected")
     assert int(result.nfe[0]) < schedule["gen_length"]
 
 

@@ -62,12 +62,17 @@ class ARGuide:
       "top2": d is in the guide's top 2 and p(d) >= ratio * p(top 1) (the authors' "topk_relative");
       "threshold": p(d) > min_prob (the authors' "dynamic_threshold" without its resampling).
     ratio, min_prob: the knobs of "top2" and "threshold" (traced).
+    correct: also write the guide's argmax at the rejected position when every masked position before it is
+      revealed (static). Upstream's assisted decoder (the default, False) writes only drafts; its first speculative
+      decoder (`diff_spec_utils_shifted.py`) writes the correction. With a rule that drafts every position this
+      makes the guide's greedy output the target: each step commits the agreeing drafts and one guide token.
     """
 
     chunk: int = 32
     accept: str = "argmax"
     ratio: float = knob(0.5)
     min_prob: float = knob(0.1)
+    correct: bool = False
 
     def __post_init__(self):
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
@@ -107,7 +112,7 @@ class ARGuide:
           tokens: [B, L] before this step's reveals; positions [B, L]; key_mask [B, L] or None.
           proposal: [B, W] the rule's drafts for the block; reveal: [B, W] bool, the rule's picks.
         Returns:
-          (reveal [B, W], GuideState).
+          (reveal [B, W], proposal [B, W] with the corrections written when `correct`, GuideState).
         """
         B, L = tokens.shape
         W = proposal.shape[1]
@@ -132,7 +137,7 @@ class ARGuide:
             return out.logits[0].astype(jnp.float32), jax.tree.map(lambda a: a[0], out.cache)
 
         def chunk(carry):
-            w, kv, reject, going, nfe, fed_end, accepted = carry
+            w, kv, reject, fix, going, nfe, fed_end, accepted = carry
             start = jnp.minimum(w, L - C)  # a window must fit; positions before w keep their keys/values
             logits, kv = jax.vmap(row_forward, in_axes=(0, 0, None if key_mask is None else 0, 0, 0, 0))(
                 fed, positions, key_mask, kv, start, jnp.where(going, w, L))
@@ -146,19 +151,29 @@ class ARGuide:
             first_fail = jnp.where(failed.any(-1), jnp.take_along_axis(target, jnp.argmax(failed, -1)[:, None],
                                                                        axis=1)[:, 0], L)
             passed = (checked & ok & (target < first_fail[:, None])).sum(-1)
-            return (start + C, kv, jnp.where(going, jnp.minimum(reject, first_fail), reject),
+            guess = jnp.argmax(logits.at[..., mask_id].set(-jnp.inf), axis=-1).astype(jnp.int32)  # [B, C]
+            fix = jnp.where(going & failed.any(-1), guess[jnp.arange(B), jnp.argmax(failed, -1)], fix)
+            return (start + C, kv, jnp.where(going, jnp.minimum(reject, first_fail), reject), fix,
                     going & ~failed.any(-1) & (start + C < block_end - 1), nfe + going,
                     jnp.where(going, start + C, fed_end), accepted + passed)
 
         w0 = jnp.minimum(state.valid, first_mask - 1)
-        carry = (w0, state.kv, jnp.full((B,), L), verifying, state.nfe, state.valid, state.accepted)
-        _, kv, reject, _, nfe, fed_end, accepted = jax.lax.while_loop(lambda c: c[3].any(), chunk, carry)
+        carry = (w0, state.kv, jnp.full((B,), L), jnp.zeros((B,), jnp.int32), verifying, state.nfe, state.valid,
+                 state.accepted)
+        _, kv, reject, fix, _, nfe, fed_end, accepted = jax.lax.while_loop(lambda c: c[4].any(), chunk, carry)
 
         at = block_start + jnp.arange(W)  # [W] absolute positions of the block
         kept = reveal & (at[None, :] < reject[:, None])
         first = block_masked & (at[None, :] == first_mask[:, None])
+        if self.correct:  # the guide's token at the rejection, once everything before it is revealed
+            at_reject = block_masked & (at[None, :] == reject[:, None])  # [B, W]
+            gap = (block_masked & ~kept & (at[None, :] < reject[:, None])).any(-1)
+            write = verifying & at_reject.any(-1) & ~gap
+            proposal = jnp.where(write[:, None] & at_reject, fix[:, None], proposal)
+            kept = kept | (write[:, None] & at_reject)
+            fed_end = jnp.where(write, jnp.minimum(fed_end, reject), fed_end)  # its keys/values came from the draft
         kept = jnp.where((verifying & ~kept.any(-1))[:, None], first, kept)
-        return kept, GuideState(kv=kv, valid=state.valid, fed_end=fed_end, nfe=nfe, accepted=accepted)
+        return kept, proposal, GuideState(kv=kv, valid=state.valid, fed_end=fed_end, nfe=nfe, accepted=accepted)
 
     def settle(self, state: GuideState, tokens, mask_id: int) -> GuideState:
         """After the step's writes: the cache is right up to the first mask and never past what was fed."""

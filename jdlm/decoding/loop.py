@@ -226,9 +226,9 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     guide = state.guide
     if strategy.guide:  # the guide cuts the rule's reveals at its first rejected draft
         B, seq = state.tokens.shape[0], inputs.seq  # seq's rows are doubled with guidance: the first B are ours
-        reveal, guide = strategy.guide.verify(inputs.guide, guide, state.tokens, seq.positions[:B],
-                                              None if seq.key_mask is None else seq.key_mask[:B], proposal, reveal,
-                                              block_start, cfg.mask_id)
+        reveal, proposal, guide = strategy.guide.verify(inputs.guide, guide, state.tokens, seq.positions[:B],
+                                                        None if seq.key_mask is None else seq.key_mask[:B],
+                                                        proposal, reveal, block_start, cfg.mask_id)
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)

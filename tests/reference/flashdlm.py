@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tests.reference.torch_dlm import RefConfig, RefModel
 from tests.reference.samplers import (
     count_schedule,
     shift_logits,
     threshold_select,
     topk_stable,
 )
+from tests.reference.torch_dlm import RefConfig, RefModel
 
 
 def frozen_forward(model, x: Tensor, kv: list, feed_start: int, clean: int, end: int) -> tuple[Tensor, list]:
@@ -76,9 +76,11 @@ def freecache_bounds(policy: str, x: Tensor, P: int, block_start: int, block_len
 
 
 def guide_cut(guide, x: Tensor, drafts: Tensor, chosen: Tensor, block_start: int, block_end: int, *, chunk: int,
-              accept: str, ratio: float, min_prob: float, mask_id: int) -> tuple[Tensor, int, int]:
+              accept: str, ratio: float, min_prob: float, mask_id: int,
+              correct: bool = False) -> tuple[Tensor, int, int, dict]:
     """Cuts `chosen` ([L] bool, the rule's picks) at the guide's first rejection; returns (chosen, guide forwards,
-    drafts accepted).
+    drafts accepted, {position: the guide's token} for a correction, written when `correct` and every masked
+    position before the rejection is chosen).
 
     Chunks as upstream: the first feeds [s - 1, s - 1 + chunk) with s the first mask, each predicting the next
     position; the next chunk starts where the previous ended; stop at the first rejected draft or once the block's
@@ -86,7 +88,7 @@ def guide_cut(guide, x: Tensor, drafts: Tensor, chosen: Tensor, block_start: int
     L = x.shape[1]
     filled = torch.where(x[0] == mask_id, drafts, x[0])  # [L]
     s = int((x[0] == mask_id).nonzero()[0])
-    reject, calls, accepted, q0 = L, 0, 0, s - 1
+    reject, calls, accepted, q0, guess = L, 0, 0, s - 1, None
     while True:
         logits = causal_logits(guide, filled[None, :])[0].clone()  # recomputed in full: no cache to get wrong
         logits[:, mask_id] = float("-inf")
@@ -107,7 +109,7 @@ def guide_cut(guide, x: Tensor, drafts: Tensor, chosen: Tensor, block_start: int
                 top = torch.topk(probs[q], 2)
                 ok = d in top.indices.tolist() and bool(probs[q, d] >= ratio * top.values[0])
             if not ok:
-                reject = t
+                reject, guess = t, int(torch.argmax(logits[q]))
                 break
             accepted += 1
         q0 += chunk
@@ -115,17 +117,21 @@ def guide_cut(guide, x: Tensor, drafts: Tensor, chosen: Tensor, block_start: int
             break
     kept = chosen.clone()
     kept[reject:] = False
+    fixes = {}
+    masked = x[0] == mask_id
+    if correct and chosen.any() and reject < L and not (masked[:reject] & ~kept[:reject]).any():
+        kept[reject], fixes = True, {reject: guess}
     if chosen.any() and not kept.any():
         kept[s] = True
-    return kept, calls, accepted
+    return kept, calls, accepted, fixes
 
 
 @torch.no_grad()
 def flashdlm_generate(model, prompt: Tensor, *, gen_length: int, block_length: int, mask_id: int, rule: str,
                       threshold: float | None = None, steps: int | None = None, shift: bool = False,
                       cache: str | None = None, unit: int | None = None, window: int = 128, guide=None,
-                      chunk: int = 32, accept: str = "argmax", ratio: float = 0.5,
-                      min_prob: float = 0.1) -> tuple[Tensor, int, int]:
+                      chunk: int = 32, accept: str = "argmax", ratio: float = 0.5, min_prob: float = 0.1,
+                      correct: bool = False) -> tuple[Tensor, int, int]:
     """Greedy block decoding with an optional FreeCache policy (`cache`) and an optional AR guide.
 
     rule "threshold" (every masked position of the block with float64 confidence >= threshold, at least the best)
@@ -178,9 +184,12 @@ def flashdlm_generate(model, prompt: Tensor, *, gen_length: int, block_length: i
             if guide is not None:
                 drafts = torch.zeros(L, dtype=torch.long)
                 drafts[start:end] = x0
-                chosen, calls, _ = guide_cut(guide, x, drafts, chosen, start, end, chunk=chunk, accept=accept,
-                                             ratio=ratio, min_prob=min_prob, mask_id=mask_id)
+                chosen, calls, _, fixes = guide_cut(guide, x, drafts, chosen, start, end, chunk=chunk,
+                                                    accept=accept, ratio=ratio, min_prob=min_prob, mask_id=mask_id,
+                                                    correct=correct)
                 guide_nfe += calls
+                for pos, token in fixes.items():
+                    x0[pos - start] = token
             x[0, start:end] = torch.where(chosen[start:end], x0, x[0, start:end])
             i += 1
             if rule == "counts" and guide is None and i >= len(counts):
