@@ -196,3 +196,22 @@ def test_spec_and_errors(pair):
         S.llada(gen_length=32, steps=32).replace(guide=S.ARGuide())
     with pytest.raises(StrategyError, match="accept must be one of"):
         S.ARGuide(accept="maybe")
+
+
+def test_the_guide_catches_up_on_positions_it_has_not_read(pair):
+    """Six positions decoded without the guide reading them (its cache holds the prompt only): it must feed them
+    before judging the drafts after them. Drafts that are the guide's own greedy continuation all pass."""
+    _, guide, prompts = pair
+    prompt = np.asarray([prompts[0]], np.int32)
+    P, G, mask_id = prompt.shape[1], 16, guide.config.mask_id
+    own = np.asarray(jdlm.decode_causal(guide, prompt, G).tokens)[0]
+    assert not np.isin(own[:G - 1], guide.config.end_ids).any(), "pick a prompt with a longer answer"
+    tokens = np.concatenate([prompt[0], own[:6], np.full(G - 6, mask_id)])[None].astype(np.int32)
+    positions = np.arange(P + G, dtype=np.int32)[None]
+    part = S.ARGuide(chunk=8)
+    state = part.init(guide, jnp.asarray(prompt), positions, None, P + G)
+    masked = tokens[:, P:] == mask_id
+    kept, _, after = part.verify(guide, state, jnp.asarray(tokens), positions, None, jnp.asarray(own[None]),
+                                 jnp.asarray(masked), P, mask_id)
+    np.testing.assert_array_equal(np.asarray(kept), masked)
+    assert int(after.accepted[0]) == G - 6 and int(after.nfe[0]) - int(state.nfe[0]) == 2  # from P: 2 chunks of 8
