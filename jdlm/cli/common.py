@@ -78,6 +78,8 @@ def describe(strategy) -> str:
            f"blocks of {s.block_length}"
     if strategy.guidance:
         text += f", cfg {strategy.guidance.cfg_scale:g}"
+    if strategy.guide:
+        text += f", AR guide ({strategy.guide.accept}, chunks of {strategy.guide.chunk})"
     return text
 
 
