@@ -82,14 +82,15 @@ class ARGuide:
 
     @staticmethod
     def check_pair(params: Params, guide: Params) -> None:
-        """The guide must be a causal model that shares the diffusion model's token ids."""
+        """The guide must be a causal model that shares the diffusion model's token ids: the same mask id, an end
+        token the model also ends at (Qwen2.5-Instruct's is Dream's end of turn), no larger vocabulary."""
         g, d = guide.config, params.config
         if not g.causal:
             raise StrategyError("the guide must be a causal (autoregressive) model, e.g. tiny-ar; this one is "
                                 "bidirectional")
         if d.causal:
             raise StrategyError("the guided model must be a masked-diffusion model, not a causal one")
-        if (g.eos_id, g.mask_id) != (d.eos_id, d.mask_id) or g.vocab_size > d.vocab_size:
+        if g.mask_id != d.mask_id or g.eos_id not in d.end_ids or g.vocab_size > d.vocab_size:
             raise StrategyError(f"the guide does not share the model's tokenizer: eos/mask ids {g.eos_id}/"
                                 f"{g.mask_id} vs {d.eos_id}/{d.mask_id}, vocabulary {g.vocab_size} vs {d.vocab_size}")
 
