@@ -19,7 +19,6 @@ def add_parser(sub) -> None:
                  f"""
                  jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded
                  jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded
-                 jdlm convert qwen2 ~/hf/Qwen2.5-0.5B-Instruct ~/jdlm/qwen2.5-0.5b   a causal guide for Dream (--guide)
                  """)
     p.add_argument("family", choices=["llada", "dream", "qwen2"],
                    help="model family of the source checkpoint (qwen2: a causal Qwen2.5, e.g. a guide for Dream)")
