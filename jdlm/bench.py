@@ -63,10 +63,11 @@ class BenchResult:
 
 
 def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int = 1, prompt_len: int = 64,
-                   repeats: int = 3, seed: int = 0) -> BenchResult:
+                   repeats: int = 3, seed: int = 0, guide: Params | None = None) -> BenchResult:
     """Times one strategy: the first call (compile + run), then the median of `repeats` runs.
 
-    Tokens/s counts every generated position (batch * gen_length) per second of decode.
+    Tokens/s counts every generated position (batch * gen_length) per second of decode. `guide`: the AR guide's
+    weights for a strategy with an ARGuide.
     """
     cfg = params.config
     mesh = sharding.mesh_of(params)
@@ -74,13 +75,13 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
     vocab_hi = min(cfg.vocab_size, cfg.mask_id)
     prompt = rng.integers(0, vocab_hi, size=(batch, prompt_len)).astype(np.int32)
     t0 = time.perf_counter()
-    result = decode(params, prompt, strategy)
+    result = decode(params, prompt, strategy, guide=guide)
     jax.block_until_ready(result.tokens)
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        result = decode(params, prompt, strategy)
+        result = decode(params, prompt, strategy, guide=guide)
         jax.block_until_ready(result.tokens)
         times.append(time.perf_counter() - t0)
     run = statistics.median(times)
@@ -93,10 +94,11 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
 
 
 def run(params: Params, strategies: dict[str, Strategy], *, batch: int = 1, prompt_len: int = 64,
-        repeats: int = 3, progress=print) -> list[BenchResult]:
+        repeats: int = 3, progress=print, guide: Params | None = None) -> list[BenchResult]:
     out = []
     for name, strategy in strategies.items():
-        r = bench_strategy(params, name, strategy, batch=batch, prompt_len=prompt_len, repeats=repeats)
+        r = bench_strategy(params, name, strategy, batch=batch, prompt_len=prompt_len, repeats=repeats,
+                           guide=guide if strategy.guide is not None else None)
         if progress:
             progress(f"{name:>22}: {r.tokens_per_s:9.1f} tok/s  NFE {r.nfe:6.1f}  run {r.run_s:.3f}s  "
                      f"compile {r.compile_s:.1f}s")

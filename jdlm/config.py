@@ -186,10 +186,24 @@ def from_hf_dream(hf: dict, source: str = "config.json") -> ModelConfig:
         eot_id=151645 if vocab > 151645 else None)
 
 
+def from_hf_qwen2(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Reads a Qwen2 / Qwen2.5 causal config.json (model_type "qwen2"): Dream's layout, causal, not shifted. Qwen has
+    no mask token; its id is `mask_token_id` when the file has one, else Dream's 151666, so that the model can guide
+    Dream (`ARGuide`): an unused embedding row it never generates."""
+    _refuse_unsupported(hf, {"use_sliding_window": (False, None), **_DREAM_FIXED}, "Qwen2", source)
+    vocab = _require(hf, "vocab_size", source)
+    mask_id = hf.get("mask_token_id")
+    if mask_id is None and vocab <= 151666:
+        raise ConfigError(f"{source}: no mask_token_id and no row 151666 (Dream's mask id): add the diffusion "
+                          "model's mask_token_id to config.json")
+    return dataclasses.replace(from_hf_dream({**hf, "mask_token_id": 151666 if mask_id is None else mask_id}, source),
+                               causal=True, logits_shift=False)
+
+
 def from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Reads a Hugging Face config.json of either family, chosen by its `model_type`."""
     model_type = str(hf.get("model_type", "")).lower()
-    readers = {"llada": from_hf_llada, "dream": from_hf_dream}
+    readers = {"llada": from_hf_llada, "dream": from_hf_dream, "qwen2": from_hf_qwen2}
     if model_type in readers:
         try:
             return readers[model_type](hf, source)
@@ -199,7 +213,7 @@ def from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
             raise ConfigError(f"{source}: a value has the wrong type ({e}); compare it with the published "
                               "config.json of the model") from None
     raise ConfigError(f"{source}: model_type {hf.get('model_type')!r} is not supported; jdlm converts 'llada' "
-                      "(LLaDA-8B, LLaDA-1.5) and 'Dream' (Dream-v0-7B) checkpoints")
+                      "(LLaDA-8B, LLaDA-1.5), 'Dream' (Dream-v0-7B) and 'qwen2' (Qwen2.5, causal guides) checkpoints")
 
 
 def read_config_json(path: str | Path) -> dict:

@@ -198,7 +198,8 @@ def forward(
         it), or None; e.g. WINO's shadow block (jdlm/decoding/shadow.py). Keep each query's own position allowed.
       cache: KVCache over S positions, or None.
       window_start: where `tokens` starts in the cached sequence (traced scalar is fine).
-      write_from: absolute position from which the window's fresh keys/values are kept (>= window_start).
+      write_from: absolute position from which the window's fresh keys/values are kept (>= window_start); a
+        scalar, or [B] for one position per row.
       extra_embed: [B, T, D] added to the input embeddings (ASRD-style guidance), or None.
       logits_slice: (start, length): compute logits only for window positions [start, start + length)
         (`start` may be traced, `length` is static). Saves the output projection over the rest.
@@ -233,8 +234,9 @@ def forward(
         before = (jnp.arange(S)[None, :] <= query_abs[:, None])[None, None]  # [1, 1, T, S]
         mask = before if mask is None else mask & before
     if cache is not None:
-        write_from = window_start if write_from is None else write_from
-        keep_fresh = (query_abs >= write_from)[None, :, None, None]  # [1, T, 1, 1]
+        write_from = jnp.asarray(window_start if write_from is None else write_from)
+        keep_fresh = (query_abs >= write_from[..., None])[..., None, None]  # [T, 1, 1] or [B, T, 1, 1]
+        keep_fresh = keep_fresh if keep_fresh.ndim == 4 else keep_fresh[None]
 
     # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
     # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).

@@ -22,7 +22,8 @@ RULES = {
     "wino": S.Wino(threshold=0.5, max_revocations=3),
     "asrd": S.Asrd(threshold=0.7, anchor_window=4, perturbation=0.2),
 }
-CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(refresh_every=3, windows=3), "dual": S.DualCache(refresh_every=2)}
+CACHES = {"none": S.NoCache(), "prefix": S.PrefixCache(refresh_every=3, windows=3), "dual": S.DualCache(refresh_every=2),
+          "freecache": S.FreeCache(policy="window", window=64, refresh_every=3)}
 
 
 def test_every_name_is_covered_here_and_points_at_its_class():

@@ -33,6 +33,14 @@ exit codes:
 PACKAGED_MODELS = ("tiny", "tiny-ar")
 DEFAULT_MODEL = "tiny"
 CACHES = tuple(names.CACHES)
+
+
+def cache_choice(text: str) -> str:
+    """--cache: a cache name, optionally with options (`freecache:window`, `freecache:policy=boundary,unit=16`)."""
+    name = text.partition(":")[0].strip().lower()
+    if name not in CACHES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, CACHES))})")
+    return text.strip()
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 STRATEGY_HELP = ("strategy spec: RULE[:VALUE] [CACHE] [COMMIT] [field=value ...] (default low_confidence), e.g.\n"
@@ -140,6 +148,13 @@ def model_args(p: Parser) -> None:
                         "stored dtype elsewhere")
 
 
+def guide_arg(p: Parser) -> None:
+    p.add_argument("--guide", metavar="PATH_OR_NAME", default=None,
+                   help="a causal model on the model's tokenizer (tiny-ar, or a converted checkpoint) that verifies "
+                        "each step's drafts left to right and cuts the reveals at its first disagreement (FlashDLM "
+                        "AR-guided diffusion); adds the spec word 'guide' when the strategy has none")
+
+
 def mesh_args(p: Parser, default: str = "every device, data parallel") -> None:
     p.add_argument("--mesh", metavar="data=N,model=M", default=None,
                    help="spread the work over the visible devices as a data x model mesh: data splits the batch, "
@@ -154,8 +169,9 @@ def strategy_args(p: Parser, *, repeatable: bool = False, gen_length: int = 64) 
                        help=STRATEGY_HELP + "\nrepeat to compare several")
     else:
         p.add_argument("--strategy", "-s", default="low_confidence", metavar="SPEC", help=STRATEGY_HELP)
-    p.add_argument("--cache", "-c", choices=CACHES, default="none",
+    p.add_argument("--cache", "-c", type=cache_choice, default="none", metavar="CACHE",
                    help="KV cache (default none): " + "; ".join(f"{n.name} ({n.help})" for n in names.CACHES.values()))
+    guide_arg(p)
     p.add_argument("--gen-length", "-n", type=positive_int, default=gen_length, metavar="N",
                    help=f"tokens to generate (default {gen_length})")
     p.add_argument("--block-length", "-b", type=positive_int, default=None, metavar="N",

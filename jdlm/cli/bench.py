@@ -8,6 +8,7 @@ from jdlm.cli.common import (
     check_fits,
     check_steps,
     device_mesh,
+    load_guide,
     load_model,
     note,
     stderr_console,
@@ -86,6 +87,7 @@ def run(args) -> int:
     if mesh is not None:
         source += f", {sharding.describe(mesh)}"
     check_fits(args.prompt_length, G, params.config.max_seq_len)
+    guide = load_guide(args, params)
 
     results = []
     batches = args.batch_size or [1]
@@ -95,7 +97,7 @@ def run(args) -> int:
             for name, strategy in strategies.items():
                 bar.update(task, description=f"{name}, batch {batch}")
                 results += jbench.run(params, {name: strategy}, batch=batch, prompt_len=args.prompt_length,
-                                      repeats=args.repeats, progress=None)
+                                      repeats=args.repeats, progress=None, guide=guide)
                 bar.advance(task)
     _print_bench(results, source)
     if args.json_out:

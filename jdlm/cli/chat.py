@@ -19,6 +19,7 @@ from jdlm.cli.common import (
     check_utf8,
     decoding_label,
     encode,
+    load_guide,
     load_model,
     note,
     prompt_mesh,
@@ -65,6 +66,7 @@ def run(args) -> int:
         strategy = build_strategy(args, steps=args.steps)
     console = stderr_console()
     params, tokenizer, loaded = load_model(args, prompt_mesh(args))
+    guide = None if strategy is None else load_guide(args, params)
     if not args.quiet:
         note(console, loaded)
     if not tokenizer.chat_template:
@@ -103,7 +105,7 @@ def run(args) -> int:
             check_utf8(message, "the message")
             kept, ids = fit(tokenizer, history, user, args.gen_length, params.config.max_seq_len)
             timed = run_decode(params, tokenizer, ids, strategy, gen_length=args.gen_length, seed=args.seed,
-                               bucket=True, console=None if args.quiet else console, live=live)
+                               bucket=True, console=None if args.quiet else console, live=live, guide=guide)
         except UserError as e:
             note(console, f"error: {' '.join(str(e).split())}", "red")
             continue

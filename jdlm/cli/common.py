@@ -59,7 +59,10 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
     spec = spec or args.strategy
     rule, _, options = spec.strip().partition(" ")
     try:  # the spec's own cache, if it names one, wins over --cache
-        return S.parse_strategy(f"{rule} cache={args.cache} {options}", base)
+        strategy = S.parse_strategy(f"{rule} cache={args.cache} {options}", base)
+        if getattr(args, "guide", None) and strategy.guide is None:
+            strategy = strategy.replace(guide=S.ARGuide())
+        return strategy
     except S.StrategyError as e:
         raise UsageError(str(e) if str(e).startswith("unknown strategy") else f"--strategy {spec}: {e}") from None
 
@@ -75,6 +78,8 @@ def describe(strategy) -> str:
            f"blocks of {s.block_length}"
     if strategy.guidance:
         text += f", cfg {strategy.guidance.cfg_scale:g}"
+    if strategy.guide:
+        text += f", AR guide ({strategy.guide.accept}, chunks of {strategy.guide.chunk})"
     return text
 
 
@@ -155,6 +160,22 @@ def load_model(args, mesh=None):
     if args.model in PACKAGED_MODELS and Path(args.model).is_dir():  # the name wins: say so, once
         loaded += f" (the packaged model; for the folder ./{args.model} pass --model ./{args.model})"
     return params, tokenizer, loaded
+
+
+def load_guide(args, params):
+    """The weights of --guide (a causal model on the same tokenizer) in the dtype of `params`, or None."""
+    if not getattr(args, "guide", None):
+        return None
+    import jdlm
+    from jdlm.decoding.ar_guide import ARGuide
+
+    check_checkpoint_memory(model_dir(args.guide), None, f"--guide {args.guide}")
+    guide, _ = jdlm.load(args.guide, dtype=params.dtype)
+    try:
+        ARGuide.check_pair(params, guide)
+    except jdlm.StrategyError as e:
+        raise UsageError(f"--guide {args.guide}: {e}") from None
+    return guide
 
 
 def encode(tokenizer, messages: list[dict[str, str]], *, chat: bool) -> list[int]:
@@ -250,12 +271,14 @@ class Timed:
 
     def summary(self) -> str:
         nfe = int(self.result.nfe[0])
+        guide_nfe = getattr(self.result, "guide_nfe", None)
+        nfe = f"{nfe}, guide NFE {int(guide_nfe[0])}" if guide_nfe is not None else nfe
         text = f"decoded {len(self.answer_ids)} tokens in {self.run_s:.2f} s ({self.tokens_per_s:.0f} tok/s, NFE {nfe})"
         return f"compiled in {self.compile_s:.2f} s, {text}" if self.compile_s >= 0.01 else text
 
 
 def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, gen_length: int, seed: int,
-               bucket: bool = False, console=None, live=None) -> Timed:
+               bucket: bool = False, console=None, live=None, guide=None) -> Timed:
     """Decodes one prompt: with `strategy`, or greedily with `jdlm.decode_causal` when it is None (a causal
     model); `bucket` pads the prompt to a standard length (when that still fits) so that prompts of similar
     length share one compilation.
@@ -278,7 +301,7 @@ def run_decode(params, tokenizer, prompt_ids: list[int], strategy, *, gen_length
         if padded.shape[1] + G <= params.config.max_seq_len:
             ids, mask = padded, padded_mask
     prompt, prompt_mask = jnp.asarray(ids, jnp.int32), None if mask is None else jnp.asarray(mask)
-    kwargs = dict(key=jax.random.key(seed), prompt_mask=prompt_mask)
+    kwargs = {"key": jax.random.key(seed), "prompt_mask": prompt_mask, "guide": guide}
     spinner = console.status("decoding (the first call of a shape also compiles) ...") \
         if console is not None and console.is_interactive and live is None else None
     if spinner:

@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                  jdlm convert llada ~/hf/LLaDA-8B-Instruct ~/jdlm/llada-8b-instruct   {NEEDS_8B}, downloaded
                  jdlm convert dream ~/hf/Dream-v0-Instruct-7B ~/jdlm/dream-7b --dtype bfloat16   {NEEDS_8B}, downloaded
                  """)
-    p.add_argument("family", choices=["llada", "dream"], help="model family of the source checkpoint")
+    p.add_argument("family", choices=["llada", "dream", "qwen2"],
+                   help="model family of the source checkpoint (qwen2: a causal Qwen2.5, e.g. a guide for Dream)")
     p.add_argument("src", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("dst", help="jdlm checkpoint directory to create")
     p.add_argument("--dtype", default=None, help="cast weights: bfloat16, float32 or float16 (default: keep the "

@@ -5,15 +5,17 @@ from __future__ import annotations
 from jdlm.cli.args import (
     CACHES,
     STRATEGY_HELP,
+    cache_choice,
     command,
     did_you_mean,
     force_arg,
+    guide_arg,
     mesh_args,
     model_args,
     non_negative_float,
     positive_int,
 )
-from jdlm.cli.common import device_mesh, load_model, note, stderr_console
+from jdlm.cli.common import device_mesh, load_guide, load_model, note, stderr_console
 from jdlm.cli.models import check_model, is_causal
 from jdlm.cli.outputs import check_output, write_atomically
 from jdlm.errors import UsageError
@@ -57,7 +59,10 @@ def add_parser(sub) -> None:
                         "final '#### N'). Countdown, sudoku and GSM8K files imply their task. See docs/eval/data.md")
     p.add_argument("--strategy", "-s", action="append", metavar="SPEC",
                    help=STRATEGY_HELP + "\nrepeat to compare several")
-    p.add_argument("--cache", "-c", choices=CACHES, default="none", help="KV cache for every strategy (default none)")
+    p.add_argument("--cache", "-c", type=cache_choice, default="none", metavar="CACHE",
+                   help="KV cache for every strategy (default none): " + ", ".join(CACHES)
+                        + "; freecache takes options, e.g. freecache:window")
+    guide_arg(p)
     p.add_argument("--tokens-per-step", "-k", type=positive_int, default=1, metavar="K",
                    help="tokens revealed per step by counted rules (low_confidence, random, maskgit_plus, margin, "
                         "entropy); must divide the block length; threshold and factor decide their own (default 1)")
@@ -129,6 +134,7 @@ def run(args) -> int:
             raise UsageError(f"--strategy {text}: {e}") from None
 
     params, tokenizer, loaded = load_model(args, device_mesh(args))
+    guide = load_guide(args, params)
     # Every (task, strategy) pair is checked before anything is decoded, so a bad combination fails at once.
     settings = {}
     for task in tasks:
@@ -150,7 +156,7 @@ def run(args) -> int:
                 reports.append(jeval.evaluate(params, tokenizer, task, spec, data=data, limit=args.limit,
                                               batch_size=args.batch_size, progress=not args.quiet,
                                               key=jax.random.key(args.seed), settings=settings[task],
-                                              allow_code_execution=run_code))
+                                              allow_code_execution=run_code, guide=guide))
     except KeyboardInterrupt:  # keep what is finished: the table so far, then exit as interrupted
         if reports:
             print(jeval.format_table(reports), flush=True)

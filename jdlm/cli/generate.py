@@ -21,6 +21,7 @@ from jdlm.cli.common import (
     check_utf8,
     decoding_label,
     encode,
+    load_guide,
     load_model,
     note,
     prompt_mesh,
@@ -126,6 +127,7 @@ def run(args) -> int:
     console = stderr_console()
     mesh = prompt_mesh(args)
     params, tokenizer, loaded = load_model(args, mesh)
+    guide = None if causal else load_guide(args, params)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
     from jdlm.cli import viz
 
@@ -134,7 +136,7 @@ def run(args) -> int:
         def live(partials):
             return viz.show_live(partials, tokenizer, console, title=f"{args.strategy}: ")
     timed = run_decode(params, tokenizer, prompt_ids, strategy, gen_length=args.gen_length, seed=args.seed,
-                       console=None if args.quiet else console, live=live)
+                       console=None if args.quiet else console, live=live, guide=guide)
     result = timed.result
     text = tokenizer.decode(timed.answer_ids)
     if not args.quiet:
@@ -152,6 +154,7 @@ def run(args) -> int:
         steps = [s + 1 if s >= 0 else None for s in map(int, result.trace.step[0][: len(timed.answer_ids)])]
         print(json.dumps({
             "text": text, "token_ids": timed.answer_ids, "reveal_step": steps, "nfe": int(result.nfe[0]),
+            "guide_nfe": None if getattr(result, "guide_nfe", None) is None else int(result.guide_nfe[0]),
             "forwards": int(result.forwards), "compile_s": round(timed.compile_s, 4), "run_s": round(timed.run_s, 4),
             "tokens_per_s": round(timed.tokens_per_s, 2), "prompt_tokens": len(prompt_ids),
             "gen_length": args.gen_length, "model": args.model, "strategy": name,

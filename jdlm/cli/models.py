@@ -41,7 +41,7 @@ def is_causal(directory: Path) -> bool:
 
 
 # Flags that only a masked-diffusion decode reads, with their defaults.
-DIFFUSION_FLAGS = {"strategy": "low_confidence", "cache": "none", "steps": None, "block_length": None,
+DIFFUSION_FLAGS = {"strategy": "low_confidence", "cache": "none", "guide": None, "steps": None, "block_length": None,
                    "temperature": 0.0, "cfg": 0.0, "no_eos_stop": False, "mesh": None}
 
 

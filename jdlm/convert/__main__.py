@@ -1,4 +1,4 @@
-"""`python -m jdlm.convert llada|dream SRC DST [--dtype bfloat16] [--overwrite]`: the same command as
+"""`python -m jdlm.convert llada|dream|qwen2 SRC DST [--dtype bfloat16] [--overwrite]`: the same command as
 `jdlm convert` (one parser, and the same errors: one `error:` line and exit 2 for anything the user can fix)."""
 
 from __future__ import annotations

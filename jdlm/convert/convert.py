@@ -84,7 +84,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
     checks it. The result is written to a temporary directory and renamed into place at the end.
 
     Args:
-      family: "llada" or "dream"; must agree with config.json's model_type.
+      family: "llada", "dream" or "qwen2" (a causal Qwen2 / Qwen2.5, e.g. a guide for Dream); must agree with
+        config.json's model_type.
       src: directory with config.json, safetensors weights and tokenizer files.
       dst: the jdlm checkpoint directory to create.
       dtype: "bfloat16" / "float32" / "float16"; default: keep the source dtype (float32 for mixed sources).
@@ -110,10 +111,11 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         config = from_hf(hf, str(config_path))
     except ConfigError as e:
         raise ConversionError(str(e)) from None
-    if config.family != family:
-        raise ConversionError(f"{config_path} describes a {config.family!r} model (model_type "
+    described = "qwen2" if config.causal and config.family == "dream" else config.family
+    if described != family:
+        raise ConversionError(f"{config_path} describes a {described!r} model (model_type "
                               f"{hf.get('model_type')!r}), but '{family}' was requested; use "
-                              f"`convert {config.family} ...`")
+                              f"`convert {described} ...`")
     if not (src / "tokenizer.json").exists():
         raise ConversionError(f"{src} has no tokenizer.json; copy the model's tokenizer files next to its weights")
     try:

@@ -68,7 +68,7 @@ DREAM = Layout(
            "mlp.up_proj.weight": ("up", "mlp_in"), "mlp.down_proj.weight": ("down", "mlp_out")},
 )
 
-LAYOUTS = {"llada": LLADA, "dream": DREAM}
+LAYOUTS = {"llada": LLADA, "dream": DREAM, "qwen2": DREAM}  # Qwen2 (causal): Dream's names, Dream is a Qwen2
 
 
 def entries(family: str, c: ModelConfig) -> list[Entry]:

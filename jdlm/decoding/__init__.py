@@ -22,7 +22,7 @@ _EXPORTS = {
     "InputError": "inputs", "StrategyError": "schedule",
 }
 # Every named part, from the one name table: `jdlm.strategies.Threshold`, `.DualCache`, `.Prophet`, ...
-for _entry in (*names.RULES.values(), *names.CACHES.values(), *names.COMMITS.values()):
+for _entry in (*names.RULES.values(), *names.CACHES.values(), *names.COMMITS.values(), *names.GUIDES.values()):
     _module, _, _cls = _entry.target.partition(":")
     _EXPORTS[_cls] = _module.rpartition(".")[2]
 __all__ = list(_EXPORTS)

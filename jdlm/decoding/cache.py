@@ -65,16 +65,19 @@ class SequenceInputs:
         # Padding queries say nothing about which keys are sinks: their rows are left out of the column means.
         return self._view(out, jnp.ones((length,), bool), 0, self.key_mask, block_start), out.cache
 
-    def window(self, tokens, kv: KVCache, start, size: int, block_start):
-        """Forward over tokens[:, start:start + size] against `kv`; fresh keys/values kept from `block_start` on."""
+    def window(self, tokens, kv: KVCache, start, size: int, block_start, *, write_from=None, key_mask=None):
+        """Forward over tokens[:, start:start + size] against `kv`; fresh keys/values kept from `write_from` on
+        (scalar or [B]; default `block_start`). key_mask: [B, L] to use instead of `self.key_mask` (FreeCache's
+        sliding window drops the positions after it)."""
         window = jax.lax.dynamic_slice_in_dim(tokens, start, size, axis=1)
         positions = jax.lax.dynamic_slice_in_dim(self.positions, start, size, axis=1)
         L = tokens.shape[1]
         shift = int(self.params.config.logits_shift)
         # Beyond the block: every window position but the Dream slot before the block (at P - 1 or later).
         span = (block_start - start, self.block_length) if self.span == "block" else (shift, size - shift)
-        out = forward(self.params, window, positions=positions, key_mask=self.key_mask, cache=kv,
-                      window_start=start, write_from=block_start, logits_slice=span,
+        out = forward(self.params, window, positions=positions,
+                      key_mask=self.key_mask if key_mask is None else key_mask, cache=kv, window_start=start,
+                      write_from=block_start if write_from is None else write_from, logits_slice=span,
                       probs_layers=self.probs_layers, return_hidden=self.hidden)
         if self.span == "block":
             return self._view(out, jnp.ones((self.block_length,), bool), start, None, block_start), out.cache

@@ -31,11 +31,12 @@ from jdlm.decoding.rule import Budget, Context
 from jdlm.decoding.schedule import StepTables
 from jdlm.decoding.state import DecodeInputs, DecodeResult, DecodeState, Trace
 from jdlm.decoding.strategy import Strategy
+from jdlm.errors import StrategyError
 from jdlm.model import Params
 
 
 def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
-           prompt_mask=None) -> DecodeResult:
+           prompt_mask=None, guide: Params | None = None) -> DecodeResult:
     """Generates `strategy.schedule.gen_length` tokens after each prompt.
 
     Compiled once per (params structure, batch, prompt length, strategy structure); later calls with the same
@@ -50,33 +51,37 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
         row b takes `jax.random.fold_in(key, b)`, or one key per row ([B]). Row b of a batch decodes exactly as
         its prompt alone with that row's key.
       prompt_mask: [B, P], True (or 1) at real tokens and False (or 0) at left padding; None when nothing is padded.
+      guide: the weights of the causal model that verifies the drafts, when the strategy has an ARGuide
+        (`strategy.guide`); a traced argument like `params`, so another guide of the same shapes reuses the compile.
 
     Returns:
-      DecodeResult with tokens [B, G], nfe [B], forwards [] and the unmasking trace.
+      DecodeResult with tokens [B, G], nfe [B], forwards [], the unmasking trace, and guide_nfe [B] with a guide.
 
     Params placed on a mesh (`jdlm.sharding`) decode there: the batch split over its data axis, the weights as
     placed; the same tokens and NFE as on one device.
     """
-    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask,
+                                                                     guide)
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables), rows)
+        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide), rows)
 
 
 def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
-                 prompt_mask=None) -> Iterator[DecodeResult]:
+                 prompt_mask=None, guide: Params | None = None) -> Iterator[DecodeResult]:
     """Decodes as `decode` does, one forward pass per compiled call, yielding the result so far after each.
 
     The last result yielded equals `decode(...)`'s. Slower than `decode` (one host round-trip per step); meant for
     live views (`jdlm generate --show`), streaming, and stopping promptly on Ctrl-C. Arguments as for `decode`;
     positions not revealed yet hold the mask id.
     """
-    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask)
+    params, prompt, prompt_mask, keys, strategy, tables = _arguments(params, prompt, strategy, key, prompt_mask,
+                                                                     guide)
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables)
+        inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables, guide)
     going = True
     while going:
         with sharding.active(mesh):
@@ -85,10 +90,11 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
         going = bool(going)
 
 
-def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask):
+def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, guide=None):
     """Checks everything on the host and builds the arguments of the compiled functions."""
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a jdlm.Strategy, got {type(strategy).__name__}")
+    check_guide(params, strategy, guide)
     if not jnp.issubdtype(params.dtype, jnp.floating):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
@@ -100,6 +106,18 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask):
     strategy = strategy.for_model(params.config)
     tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
     return params, jnp.asarray(prompt, jnp.int32), mask, keys, strategy, tables
+
+
+def check_guide(params: Params, strategy: Strategy, guide: Params | None) -> None:
+    """An ARGuide in the strategy needs the guide's weights, and weights need the part (StrategyError)."""
+    if strategy.guide is not None and guide is None:
+        raise StrategyError("the strategy has an AR guide: pass the causal model's weights, decode(..., guide=params) "
+                            "(CLI: --guide PATH_OR_NAME)")
+    if guide is not None and strategy.guide is None:
+        raise StrategyError("guide weights were given but the strategy has no ARGuide: add it, "
+                            "strategy.replace(guide=ARGuide()) (spec word: guide)")
+    if guide is not None:
+        strategy.guide.check_pair(params, guide)
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -117,9 +135,10 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
 
 
 def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None, keys: jax.Array,
-               strategy: Strategy, tables: StepTables) -> tuple[DecodeInputs, DecodeState]:
+               strategy: Strategy, tables: StepTables, guide: Params | None = None) -> tuple[DecodeInputs, DecodeState]:
     """The fixed inputs and the first state of a decode: prompt [B, P] int32, prompt_mask [B, P] bool (True at real
-    tokens) or None (no padding), keys [B] PRNG keys, tables from `strategy.schedule.tables()`."""
+    tokens) or None (no padding), keys [B] PRNG keys, tables from `strategy.schedule.tables()`, the guide's weights
+    (with an ARGuide; its prompt prefill runs here)."""
     cfg = params.config
     sched = strategy.schedule
     B, P = prompt.shape
@@ -147,8 +166,10 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
         latest=Latest.empty(B, G) if strategy.commit else None,
-        memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B)))
-    return DecodeInputs(seq=seq, tables=tables), state
+        memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B),
+        guide=strategy.guide.init(guide, prompt, positions[:B], None if valid is None else valid[:B], L)
+        if strategy.guide else None))
+    return DecodeInputs(seq=seq, tables=tables, guide=guide), state
 
 
 def block_logits(inputs: DecodeInputs, state: DecodeState, strategy: Strategy, block_start):
@@ -194,7 +215,8 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     proposal, confidence = rule.propose(logits, temperature, k_propose)
     candidates = masked & active[:, None]
     confidence = jnp.where(candidates, confidence, -jnp.inf)
-    at = jnp.minimum(state.step_in_block, sched.table_length - 1)
+    # With a guide a counted block may need more steps than its counts: the last count is reused.
+    at = jnp.minimum(state.step_in_block, (tables.steps_in_block if strategy.guide else sched.table_length) - 1)
     budget = Budget(count=tables.counts[at], fraction=tables.fraction[at])
     # A joint sampler reveals the step's budget in rounds: the rule's reveal below is its first round.
     first_round = strategy.proposer.round_budget(rule, budget, 0) if strategy.proposer is not None else budget
@@ -208,6 +230,12 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
         reveal &= candidates
     else:
         reveal = rule.select(confidence, candidates, first_round, k_select) & candidates  # [B, W]
+    guide = state.guide
+    if strategy.guide:  # the guide cuts the rule's reveals at its first rejected draft
+        B, seq = state.tokens.shape[0], inputs.seq  # seq's rows are doubled with guidance: the first B are ours
+        reveal, proposal, guide = strategy.guide.verify(inputs.guide, guide, state.tokens, seq.positions[:B],
+                                                        None if seq.key_mask is None else seq.key_mask[:B],
+                                                        proposal, reveal, block_start, cfg.mask_id)
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
@@ -236,11 +264,14 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
         tokens, done, revealed_at = _stop_at_end(tokens, done, revealed_at, state.forwards, P, cfg)
     if commits is not None:
         done |= commits
+    if strategy.guide:
+        guide = strategy.guide.settle(guide, tokens, cfg.mask_id)
 
     left = jax.lax.dynamic_slice_in_dim(tokens, block_start, W, axis=1) == cfg.mask_id
     any_left = (left.any(-1) & ~done).any()
     taken = state.step_in_block + 1
-    steps_in_block = tables.steps_in_block if rule.counted else W  # an uncounted rule reveals >= 1 a step
+    # An uncounted rule reveals >= 1 a step; so does a guided one, whose counts the guide may cut.
+    steps_in_block = tables.steps_in_block if rule.counted and not strategy.guide else W
     block_over = taken >= steps_in_block
     if not sched.keep_idle_steps:
         block_over |= ~any_left
@@ -248,9 +279,11 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     periodic = (taken % every == 0) if every else False
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
-        forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over | periodic, key=key,
+        forwards=state.forwards + 1, nfe=state.nfe + active, done=done, key=key,
+        refresh=(block_over & getattr(strategy.cache, "refresh_at_block_start", True)) | periodic,
         kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest,
-        memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory))
+        memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory),
+        guide=guide)
 
 
 def running(state: DecodeState, strategy: Strategy) -> jax.Array:
@@ -262,15 +295,16 @@ def result(state: DecodeState, prompt_len: int) -> DecodeResult:
     """The generation part of a state (whole on every device of a mesh: small, and every host reads it)."""
     return sharding.replicate(DecodeResult(tokens=state.tokens[:, prompt_len:], nfe=state.nfe,
                                            forwards=state.forwards,
-                                           trace=Trace(step=state.revealed_at, confidence=state.revealed_conf)))
+                                           trace=Trace(step=state.revealed_at, confidence=state.revealed_conf),
+                                           guide_nfe=None if state.guide is None else state.guide.nfe))
 
 
 # ---------------------------------------------------------------- compiled entry points
 
 
 @jax.jit
-def _decode_loop(params, prompt, prompt_mask, keys, strategy, tables) -> DecodeResult:
-    inputs, state = init_state(params, prompt, prompt_mask, keys, strategy, tables)
+def _decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide=None) -> DecodeResult:
+    inputs, state = init_state(params, prompt, prompt_mask, keys, strategy, tables, guide)
     final = jax.lax.while_loop(lambda s: running(s, strategy), lambda s: step(inputs, s, strategy), state)
     return result(final, prompt.shape[1])
 

@@ -67,6 +67,15 @@ CACHES = {n.name: n for n in (
     Name("prefix", "jdlm.decoding.prefix_cache:PrefixCache",
          "reuse keys/values left of the block, recompute the block and what follows"),
     Name("dual", "jdlm.decoding.dual_cache:DualCache", "reuse the whole sequence, recompute only the block"),
+    Name("freecache", "jdlm.decoding.freecache:FreeCache",
+         "never recompute a frozen prefix (FlashDLM); P: prompt, block (default), boundary or window, e.g. "
+         "freecache:window or freecache:policy=window,window=64", "policy"),
+)}
+
+GUIDES = {n.name: n for n in (
+    Name("ar", "jdlm.decoding.ar_guide:ARGuide",
+         "a causal model on the same tokenizer verifies the drafts left to right and cuts the reveals at its first "
+         "disagreement (FlashDLM); its weights are passed to decode(guide=...) / --guide"),
 )}
 
 COMMITS = {n.name: n for n in (

@@ -81,9 +81,10 @@ class Revocable(Rule):
                                 "first_token_at_block_start must be off")
 
     def check_strategy(self, strategy):
-        if strategy.guidance is not None or strategy.commit is not None or \
-                getattr(strategy, "proposer", None) is not None:
-            raise StrategyError("revocable rules (wino, asrd) run without cfg_scale, a commit part or a proposer")
+        if (strategy.guidance is not None or strategy.commit is not None or strategy.proposer is not None
+                or strategy.guide is not None):
+            raise StrategyError("revocable rules (wino, asrd) run without cfg_scale, a commit part, a joint sampler "
+                                "or an AR guide")
         if type(strategy.cache).__name__ != "NoCache":
             raise StrategyError("revocable rules (wino, asrd) need the full sequence every step: use cache none")
 

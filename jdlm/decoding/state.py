@@ -17,6 +17,7 @@ class DecodeInputs:
 
     seq: SequenceInputs
     tables: StepTables
+    guide: object = None  # the ARGuide's weights (Params), or None
 
 
 @flax.struct.dataclass
@@ -37,6 +38,7 @@ class DecodeState:
     latest:        Latest ([B, G] each), what the last forward computing each generated position said; None unless
                    the strategy has a commit part.
     memory:        what a rule that reads attention carries between steps (`Rule.init_memory`), or None.
+    guide:         the ARGuide's GuideState (its KV cache [B, L, K, H], forwards per row), or None.
     """
 
     tokens: jax.Array
@@ -52,6 +54,7 @@ class DecodeState:
     revealed_conf: jax.Array
     latest: Latest | None = None
     memory: object = None
+    guide: object = None
 
 
 @flax.struct.dataclass
@@ -66,9 +69,11 @@ class Trace:
 @flax.struct.dataclass
 class DecodeResult:
     """tokens: [B, G] generated ids (mask id where not revealed yet); nfe: [B] forward passes per row; forwards: []
-    forward passes run for the batch; trace: the unmasking order."""
+    forward passes run for the batch; trace: the unmasking order; guide_nfe: [B] forward passes of the AR guide per
+    row (its prompt prefill included), None without a guide."""
 
     tokens: jax.Array
     nfe: jax.Array
     forwards: jax.Array
     trace: Trace
+    guide_nfe: jax.Array | None = None

@@ -35,6 +35,7 @@ class Strategy:
     guidance: Guidance | None = child(None)
     commit: Commit | None = child(None)
     proposer: object | None = child(None)
+    guide: object = child(None)  # an ARGuide (its weights go to decode(guide=...)), or None
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
@@ -54,13 +55,20 @@ class Strategy:
                 raise StrategyError(f"commit must be None or one of {', '.join(names.COMMITS)}, "
                                     f"got {self.commit!r}") from None
             self.commit.check_schedule(self.schedule)
+        if self.guide is not None:
+            try:
+                names.name_of(self.guide, names.GUIDES)
+            except KeyError:
+                raise StrategyError(f"guide must be None or an ARGuide, got {self.guide!r}") from None
+            if self.schedule.keep_idle_steps:
+                raise StrategyError("an AR guide ends a block when it is full: set keep_idle_steps=false")
         self.rule.check_strategy(self)
         self.rule.check_schedule(self.schedule)
         if self.proposer is not None:
             if not hasattr(self.proposer, "later_rounds"):
                 raise StrategyError(f"proposer must be a jdlm.joint.JointSampler or None, got {self.proposer!r}")
-            if self.guidance is not None or self.commit is not None:
-                raise StrategyError("a joint sampler runs without guidance (cfg_scale) and without a commit part")
+            if self.guidance is not None or self.commit is not None or self.guide is not None:
+                raise StrategyError("a joint sampler runs without guidance (cfg_scale), a commit part or an AR guide")
 
     def replace(self, **changes) -> "Strategy":
         """A copy with some parts replaced; schedule fields may be given directly (`steps=64`)."""
@@ -86,8 +94,11 @@ class Strategy:
         words = rule_spec(self.rule).split()
         head = [n for n in (names.name_of(self.cache, names.CACHES),
                             self.commit and names.name_of(self.commit, names.COMMITS)) if n and n != "none"]
+        if self.guide is not None:
+            head.append("guide")
         words[1:1] = head
-        fields = {**_changed(self.schedule), **_changed(self.cache), **(_changed(self.commit) if self.commit else {})}
+        fields = {**_changed(self.schedule), **_changed(self.cache), **(_changed(self.commit) if self.commit else {}),
+                  **(_changed(self.guide) if self.guide else {})}
         if self.guidance is not None:
             fields["cfg_scale"] = self.guidance.cfg_scale
         proposer = [f"joint:{self.proposer.k}"] if self.proposer is not None else []
@@ -103,7 +114,9 @@ class Strategy:
                 "schedule": fields(self.schedule),
                 "guidance": None if self.guidance is None else fields(self.guidance),
                 "commit": None if self.commit is None else
-                {"name": names.name_of(self.commit, names.COMMITS), **fields(self.commit)}} | \
+                {"name": names.name_of(self.commit, names.COMMITS), **fields(self.commit)},
+                "guide": None if self.guide is None else
+                {"name": names.name_of(self.guide, names.GUIDES), **fields(self.guide)}} | \
             ({} if self.proposer is None else {"proposer": {"name": "joint", "k": self.proposer.k}})
 
     @classmethod
@@ -117,9 +130,10 @@ class Strategy:
             schedule = _make(Schedule, d["schedule"], "schedule")
             guidance = None if d.get("guidance") is None else _make(Guidance, d["guidance"], "guidance")
             commit = None if d.get("commit") is None else _build(names.COMMITS, dict(d["commit"]), "commit")
+            guide = None if d.get("guide") is None else _build(names.GUIDES, dict(d["guide"]), "guide")
         except (KeyError, TypeError) as e:
             raise StrategyError(f"not a strategy in JSON form (Strategy.to_dict): missing or bad {e}") from None
-        return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance, commit=commit)
+        return cls(schedule=schedule, rule=rule, cache=cache, guidance=guidance, commit=commit, guide=guide)
 
 
 _NEEDS_HEAD = ("a joint sampler needs its trained head, which a strategy's text or JSON form does not hold: build "
@@ -144,9 +158,15 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
     rule_name = rule_fields.pop("name")
     rule_cls = names.RULES[rule_name].load()
     cache_name, commit_name, part_fields, sched_fields, guidance = "none", None, {}, {}, base.guidance
+    guide_name = None
     for word in words[1:]:
         if word.lower().startswith("joint"):
             raise StrategyError(_NEEDS_HEAD)
+        if word.lower() == "guide" or word.lower().startswith("guide="):
+            guide_name = _guide_word(word)
+            continue
+        word, options = _cache_word(word)
+        part_fields.update(options)
         key, eq, value = word.partition("=")
         if not eq:
             key, value = ("commit" if word.lower() in names.COMMITS else "cache"), word
@@ -172,12 +192,15 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
             part_fields[key] = _value(value, key)  # the cache's or the commit part's, once both are known
     cache_cls = names.CACHES[cache_name].load()
     commit_cls = names.COMMITS[commit_name].load() if commit_name else None
+    guide_cls = names.GUIDES[guide_name].load() if guide_name else None
     commit_fields = {k: v for k, v in part_fields.items() if commit_cls and k in _init_fields(commit_cls)}
-    cache_fields = {k: v for k, v in part_fields.items() if k not in commit_fields}
+    guide_fields = {k: v for k, v in part_fields.items() if guide_cls and k in _init_fields(guide_cls)}
+    cache_fields = {k: v for k, v in part_fields.items() if k not in commit_fields and k not in guide_fields}
     unknown = [k for k in cache_fields if k not in _init_fields(cache_cls)]
     if unknown:
         allowed = sorted(_init_fields(rule_cls) | _init_fields(Schedule) | _init_fields(cache_cls) | {"cfg_scale"} |
-                         (_init_fields(commit_cls) if commit_cls else set()))
+                         (_init_fields(commit_cls) if commit_cls else set()) |
+                         (_init_fields(guide_cls) if guide_cls else set()))
         owner = [n.name for n in names.COMMITS.values() if unknown[0] in _init_fields(n.load())]
         hint = f" ({unknown[0]} belongs to the commit part {owner[0]}: add the word {owner[0]})" if owner else ""
         raise StrategyError(f"unknown field {unknown[0]!r} in strategy {spec!r} (with rule {rule_name} and cache "
@@ -185,7 +208,8 @@ def parse_strategy(spec: str, base: Strategy | None = None) -> Strategy:
     schedule = dataclasses.replace(base.schedule, **sched_fields) if sched_fields else base.schedule
     return Strategy(schedule=schedule, rule=_make(rule_cls, rule_fields, rule_name),
                     cache=_make(cache_cls, cache_fields, cache_name), guidance=guidance,
-                    commit=_make(commit_cls, commit_fields, commit_name) if commit_cls else None)
+                    commit=_make(commit_cls, commit_fields, commit_name) if commit_cls else None,
+                    guide=_make(guide_cls, guide_fields, guide_name) if guide_cls else None)
 
 
 def rule_spec(rule: Rule) -> str:
@@ -215,11 +239,12 @@ def parse_rule(text: str) -> Rule:
 
 
 def parse_cache(name: str):
-    """"none", "prefix" or "dual" -> a cache part."""
-    key = (name or "none").strip().lower()
+    """"none", "prefix", "dual", "freecache", "freecache:window", "freecache:policy=boundary,unit=16" -> a cache."""
+    word, fields = _cache_word((name or "none").strip())
+    key = word.lower()
     if key not in names.CACHES:
         raise StrategyError(f"unknown cache {name!r}; choose one of {', '.join(names.CACHES)}")
-    return names.CACHES[key].load()()
+    return _make(names.CACHES[key].load(), fields, key)
 
 
 # ---------------------------------------------------------------- presets mirroring the references
@@ -320,6 +345,33 @@ def _value(text: str, field: str):
     if not math.isfinite(number):
         raise StrategyError(f"{field}={text}: give a finite number")
     return number
+
+
+def _cache_word(word: str) -> tuple[str, dict]:
+    """"freecache:window" -> ("freecache", {"policy": "window"}); "cache=freecache:policy=window,window=64" ->
+    ("cache=freecache", {...}); any other word unchanged, with no fields."""
+    head, colon, options = word.partition(":")
+    name = head.partition("=")[2] if head.lower().startswith("cache=") else head
+    entry = names.CACHES.get(name.lower())
+    if not colon or entry is None:
+        return word, {}
+    fields = {}
+    for option in options.split(","):
+        key, eq, value = option.partition("=")
+        if not eq:
+            if entry.value is None:
+                raise StrategyError(f"cache {name!r} takes no value (got {word!r})")
+            key, value = entry.value, option
+        fields[key] = _value(value, key)
+    return head, fields
+
+
+def _guide_word(word: str) -> str:
+    """"guide" or "guide=ar" -> the guide's table name."""
+    name = word.partition("=")[2].lower() or "ar"
+    if name not in names.GUIDES:
+        raise StrategyError(f"unknown guide {name!r}; choose one of {', '.join(names.GUIDES)}")
+    return name
 
 
 def _rule_word(word: str) -> dict:

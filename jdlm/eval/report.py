@@ -48,6 +48,7 @@ class EvalReport:
         so the result can be re-run; None in files written before it was recorded.
       data: {"path", "format"} of the --data file evaluated (`jdlm.eval.formats`), None for the task's own
         examples.
+      mean_guide_nfe: forward passes of the AR guide per example (its prompt prefill included); None unguided.
     """
 
     task: str
@@ -71,6 +72,7 @@ class EvalReport:
     records: tuple[Record, ...] = ()
     strategy_config: dict | None = None
     data: dict | None = None
+    mean_guide_nfe: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"records": [dataclasses.asdict(r) for r in self.records]}

@@ -43,6 +43,7 @@ class Generation:
     decode_s: float
     compile_s: float
     timed_tokens: int
+    guide_nfe: np.ndarray | None = None  # [N] forward passes of the AR guide, None unguided
 
     @property
     def tokens_per_s(self) -> float:
@@ -62,7 +63,7 @@ def row_bucket(rows: int, batch_size: int) -> int:
 
 def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strategy, *, batch_size: int = 16,
              prompt_length: int | None = None, key: jax.Array | None = None,
-             advance: Callable[[int], None] | None = None) -> Generation:
+             advance: Callable[[int], None] | None = None, guide: Params | None = None) -> Generation:
     """Decodes N token prompts in batches of `batch_size` rows, padding a short batch only to a bucket of rows.
 
     Each batch is left-padded to `prompt_length` (None: the bucket of its longest prompt, see `pad_prompts`). When
@@ -83,6 +84,7 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
       prompt_length: fixed padded prompt length P, or None for per-batch buckets.
       key: base PRNG key (default `jax.random.key(0)`).
       advance: called with the number of real examples after each batch (progress bars).
+      guide: the AR guide's weights, for a strategy with an ARGuide.
     Returns:
       Generation with tokens [N, G], nfe [N], lengths [N] and the timings.
     """
@@ -92,7 +94,7 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
         raise ValueError("no prompts to decode")
     key = jax.random.key(0) if key is None else key
     cfg = params.config
-    tokens, nfe, lengths = [], [], []
+    tokens, nfe, lengths, guide_nfe = [], [], [], []
     seen, decode_s, compile_s, timed_tokens = set(), 0.0, 0.0, 0
     last = None
     # One batch: a small bucket of rows. Several: every batch full, the last one padded, so one shape compiles.
@@ -105,7 +107,7 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
         mask = np.ones(ids.shape, bool) if mask is None else mask  # always a mask: one trace for every batch
         row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(start, start + len(chunk)))
         t0 = time.perf_counter()
-        result = jax.block_until_ready(decode(params, ids, strategy, key=row_keys, prompt_mask=mask))
+        result = jax.block_until_ready(decode(params, ids, strategy, key=row_keys, prompt_mask=mask, guide=guide))
         elapsed = time.perf_counter() - t0
         rows = np.asarray(result.tokens)[:real]
         n_tokens = answer_lengths(rows, cfg)
@@ -118,16 +120,19 @@ def generate(params: Params, prompts: Sequence[Sequence[int]], strategy: Strateg
         last = (ids, mask, row_keys, int(n_tokens.sum()))
         tokens.append(rows)
         nfe.append(np.asarray(result.nfe)[:real])
+        if result.guide_nfe is not None:
+            guide_nfe.append(np.asarray(result.guide_nfe)[:real])
         lengths.append(n_tokens)
         if advance is not None:
             advance(real)
     if decode_s == 0.0:  # nothing was timed compiled: rerun the last batch
         ids, mask, row_keys, n = last
         t0 = time.perf_counter()
-        jax.block_until_ready(decode(params, ids, strategy, key=row_keys, prompt_mask=mask))
+        jax.block_until_ready(decode(params, ids, strategy, key=row_keys, prompt_mask=mask, guide=guide))
         decode_s, timed_tokens = time.perf_counter() - t0, n
     return Generation(tokens=np.concatenate(tokens), nfe=np.concatenate(nfe), lengths=np.concatenate(lengths),
-                      decode_s=decode_s, compile_s=compile_s, timed_tokens=timed_tokens)
+                      decode_s=decode_s, compile_s=compile_s, timed_tokens=timed_tokens,
+                      guide_nfe=np.concatenate(guide_nfe) if guide_nfe else None)
 
 
 @contextlib.contextmanager
@@ -200,7 +205,8 @@ def make_report(*, task: str, spec: EvalSpec, settings: TaskSettings, records: S
         gen_length=settings.gen_length, block_length=settings.block_length, prompt_length=prompt_length,
         batch_size=batch_size, device=jax.devices()[0].device_kind, records=tuple(records),
         strategy_config=None if strategy is None else strategy.to_dict(),
-        data=None if data is None else {"path": data.path, "format": data.format})
+        data=None if data is None else {"path": data.path, "format": data.format},
+        mean_guide_nfe=None if generation.guide_nfe is None else float(np.mean(generation.guide_nfe)))
 
 
 def plan(spec: EvalSpec | Strategy | str, settings: TaskSettings) -> tuple[EvalSpec, str, Strategy, TaskSettings]:
@@ -241,7 +247,7 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
              examples: Sequence[Example] | None = None, limit: int | None = None, batch_size: int = 16,
              data: str | Path | DataFile | None = None, progress: bool = True, key: jax.Array | None = None,
              settings: TaskSettings | None = None, allow_code_execution: bool | None = None,
-             scorer: Scorer | None = None) -> EvalReport:
+             scorer: Scorer | None = None, guide: Params | None = None) -> EvalReport:
     """Decodes and scores one task with one strategy.
 
     Args:
@@ -261,20 +267,27 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
       allow_code_execution: the code task runs model-written programs (in `jdlm.sandbox`): only when this is True,
         or None and JDLM_RUN_UNSAFE_CODE=1; otherwise it raises UsageError before decoding.
       scorer: (example, generated text) -> correct, instead of the task's scorer (and the data file's).
+      guide: a causal model's weights on the same tokenizer (`jdlm.load("tiny-ar")`): the strategy is verified by it
+        (an ARGuide is added when it has none, and " +guide" ends the name).
     Returns:
-      EvalReport with accuracy, mean NFE, tokens/s and one Record per example (its generated answer and its
-      reference).
+      EvalReport with accuracy, mean NFE (and the guide's), tokens/s and one Record per example (its generated
+      answer and its reference).
     """
     task = get_task(task) if isinstance(task, str) else task
     check_code_allowed(task, allow_code_execution)
     spec, name, strategy, settings = plan(spec, settings or task_settings(task, tokenizer))
     data = read_data(data) if isinstance(data, (str, Path)) else data
+    if guide is not None and strategy.guide is None:
+        from jdlm.decoding.ar_guide import ARGuide
+
+        strategy, name = strategy.replace(guide=ARGuide()), f"{name} +guide"
     examples = _examples(task, examples, data, limit)
     scorer = scorer or (data.scorer if data is not None else None)
     prompts = [encode_prompt(tokenizer, task.prompt(ex.input)) for ex in examples]
     P = prompt_bucket(settings, max(map(len, prompts)))
     with progress_bar(progress, len(examples), f"{task.name} {name}") as advance:
-        gen = generate(params, prompts, strategy, batch_size=batch_size, prompt_length=P, key=key, advance=advance)
+        gen = generate(params, prompts, strategy, batch_size=batch_size, prompt_length=P, key=key, advance=advance,
+                       guide=guide)
     records = score_tokens(task, examples, tokenizer, gen.tokens, gen.nfe, gen.lengths, scorer)
     return make_report(task=task.name, spec=spec, settings=settings, records=records, generation=gen,
                        prompt_length=P, batch_size=batch_size, name=name, strategy=strategy, data=data)
@@ -283,12 +296,12 @@ def evaluate(params: Params, tokenizer, task: Task | str, spec: EvalSpec | Strat
 def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequence[EvalSpec | Strategy | str], *,
           limit: int | None = None, batch_size: int = 16, progress: bool = True, key: jax.Array | None = None,
           examples: dict[str, Sequence[Example]] | None = None,
-          allow_code_execution: bool | None = None) -> list[EvalReport]:
+          allow_code_execution: bool | None = None, guide: Params | None = None) -> list[EvalReport]:
     """Every spec on every task (task-major order); each task's examples are drawn once and shared by all specs.
 
     Every (task, spec) pair is checked before anything is decoded, so a spec that does not fit a task's block
     length fails at once, and so is consent for tasks that run code (`allow_code_execution`, as in `evaluate`).
-    `examples` optionally maps task names to their examples.
+    `examples` optionally maps task names to their examples; `guide` as in `evaluate`.
     """
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     for t in tasks:
@@ -304,5 +317,5 @@ def sweep(params: Params, tokenizer, tasks: Sequence[Task | str], specs: Sequenc
         for s in specs:
             reports.append(evaluate(params, tokenizer, t, s, examples=exs, batch_size=batch_size,
                                     progress=progress, key=key, settings=settings[t.name],
-                                    allow_code_execution=allow_code_execution))
+                                    allow_code_execution=allow_code_execution, guide=guide))
     return reports

@@ -19,7 +19,7 @@ class EvalSpec:
     Attributes:
       rule: any jdlm Rule, or its name as `jdlm.strategies.parse_rule` reads it ("low_confidence",
         "threshold:0.9", "entropy", ...); a name is parsed on construction.
-      cache: "none", "prefix" or "dual".
+      cache: "none", "prefix", "dual", "freecache" or "freecache:POLICY" (`jdlm.strategies.parse_cache`).
       tokens_per_step: for rules that reveal a fixed count (counted rules), tokens revealed per step, so that
         steps = gen_length / tokens_per_step; must divide every task's block length. Rules that decide their own
         count (threshold, factor) take only 1.
@@ -111,7 +111,7 @@ def parse_spec(text: str) -> EvalSpec:
                 fields["tokens_per_step"] = int(value)
             elif eq and key == "T":
                 fields["temperature"] = float(value)
-            elif not eq and word.lower() in names.CACHES:
+            elif word.lower().partition(":")[0] in names.CACHES:  # "dual", "freecache:policy=window,window=64"
                 fields["cache"] = word.lower()
             elif eq:
                 rule_words.append(word)
