@@ -33,6 +33,7 @@ import optax
 from jdlm.joint.config import SamplerTrainConfig
 from jdlm.joint.head import SamplerHead, head_hidden, init_head, save_head
 from jdlm.model import Params, forward, lm_head
+from jdlm.training.trainer import warmup_cosine_adamw
 
 
 @flax.struct.dataclass
@@ -159,10 +160,8 @@ class SamplerState:
 
 
 def optimizer(config: SamplerTrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, max(config.steps, config.warmup + 1),
-                                                  end_value=config.lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                       optax.adamw(schedule, weight_decay=config.weight_decay))
+    return warmup_cosine_adamw(config.lr, config.warmup, config.steps, grad_clip=config.grad_clip,
+                               weight_decay=config.weight_decay, end_fraction=0.1)
 
 
 def make_step(config: SamplerTrainConfig, base: Params):

@@ -86,11 +86,17 @@ class TrainState:
     opt_state: optax.OptState
 
 
+def warmup_cosine_adamw(lr: float, warmup: int, steps: int, *, grad_clip: float, weight_decay: float,
+                        end_fraction: float, b2: float = 0.999) -> optax.GradientTransformation:
+    """AdamW behind global-norm clipping; the rate warms up linearly over `warmup` steps, then decays on a cosine
+    to `end_fraction * lr` at `steps`."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * end_fraction)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
+
+
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup, max(config.steps, config.warmup + 1),
-                                                  end_value=config.lr * 0.05)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=config.weight_decay))
+    return warmup_cosine_adamw(config.lr, config.warmup, config.steps, grad_clip=config.grad_clip,
+                               weight_decay=config.weight_decay, end_fraction=0.05, b2=0.98)
 
 
 def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientTransformation):
