@@ -33,7 +33,12 @@ import optax
 from jdlm.joint.config import SamplerTrainConfig
 from jdlm.joint.head import SamplerHead, head_hidden, init_head, save_head
 from jdlm.model import Params, forward, lm_head
-from jdlm.training.trainer import warmup_cosine_adamw
+from jdlm.training.trainer import (
+    TrainState,
+    claim_run_dir,
+    gradient_step,
+    warmup_cosine_adamw,
+)
 
 
 @flax.struct.dataclass
@@ -152,11 +157,7 @@ def sampler_loss(head: SamplerHead, base: Params, prompt, prompt_mask, tokens, o
     return loss, {"marginal_kl": kl(marginal)}
 
 
-@flax.struct.dataclass
-class SamplerState:
-    step: jax.Array
-    weights: dict
-    opt_state: optax.OptState
+SamplerState = TrainState  # step, weights, opt_state: the model trainer's state serves the head too
 
 
 def optimizer(config: SamplerTrainConfig) -> optax.GradientTransformation:
@@ -185,11 +186,7 @@ def _compiled_step(config_json: str, head_config):
             return sampler_loss(head, base, prompt, prompt_mask, tokens, order, t, n, config.max_unroll,
                                 config.block_length)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
-        updates, opt_state = tx.update(grads, state.opt_state, state.weights)
-        weights = optax.apply_updates(state.weights, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-        return SamplerState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
+        return gradient_step(state, loss_fn, tx)
 
     return train_step
 
@@ -206,13 +203,7 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
 
     from jdlm.training.trainer import _drop_metrics_after, _restore
 
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "sampler_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(config.to_json()):
-        raise ValueError(f"{run_dir} holds a run with a different configuration ({saved}); use a new run directory "
-                         "or the same settings to resume")
-    saved.write_text(config.to_json() + "\n")
+    run_dir = claim_run_dir(run_dir, "sampler_config.json", config.to_json())
     if base is None:
         import jdlm
 

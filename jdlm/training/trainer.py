@@ -111,13 +111,31 @@ def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientT
             params = Params(config=model, weights=cast)
             return objective(params, tokens, prompt_len, answer_len, key)
 
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
-        updates, opt_state = tx.update(grads, state.opt_state, state.weights)
-        weights = optax.apply_updates(state.weights, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-        return TrainState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
+        return gradient_step(state, loss_fn, tx)
 
     return train_step
+
+
+def gradient_step(state: TrainState, loss_fn, tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimiser step on `loss_fn(weights) -> (loss, metrics)`; the metrics gain `loss` and `grad_norm`."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.weights)
+    updates, opt_state = tx.update(grads, state.opt_state, state.weights)
+    weights = optax.apply_updates(state.weights, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    return TrainState(step=state.step + 1, weights=weights, opt_state=opt_state), metrics
+
+
+def claim_run_dir(run_dir: str | Path, config_file: str, config_json: str) -> Path:
+    """`run_dir` (resolved, created) with `config_json` saved in it as `config_file`; ValueError if it holds a run
+    with another configuration (the same one resumes)."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / config_file
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(config_json):
+        raise ValueError(f"{run_dir} holds a run with a different configuration ({saved}); use a new run directory "
+                         "or the same settings to resume")
+    saved.write_text(config_json + "\n")
+    return run_dir
 
 
 def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
@@ -169,13 +187,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
 
     from jdlm.tokenizer import Tokenizer
 
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "train_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(config.to_json()):
-        raise ValueError(f"{run_dir} holds a run with a different configuration ({saved}); use a new run directory "
-                         "or the same settings to resume")
-    saved.write_text(config.to_json() + "\n")
+    run_dir = claim_run_dir(run_dir, "train_config.json", config.to_json())
     model = config.model_config()
     tok_dir = run_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
