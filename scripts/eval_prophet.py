@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--strategy", "-s", action="append",
                    help="spec to evaluate (repeat); default: the baselines and methods above")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--out", default=None, help="folder for table.md, reports.json and pareto.png")
+    p.add_argument("--out", default=None, help="folder for TASK.md, TASK.json and TASK.png")
     args = p.parse_args(argv)
     params, tok = jdlm.load(args.model, dtype=jnp.float32)
     task = TASKS[args.task]
@@ -60,10 +60,9 @@ def main(argv=None) -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        E.write_json(reports, out / "reports.json")
-        (out / "table.md").write_text(f"Model `{args.model}`, task {args.task}, {args.limit} held-out examples, "
-                                      f"CPU float32.\n\n{E.format_table(reports)}\n")
-        E.plot_pareto(reports, out / "pareto.png", title=f"{args.model} on {args.task}: accuracy vs NFE")
+        E.write_tables(reports, out, args.task,
+                       f"Model `{args.model}`, task {args.task}, {args.limit} held-out examples, CPU float32.")
+        E.plot_pareto(reports, out / f"{args.task}.png", title=f"{args.model} on {args.task}: accuracy vs NFE")
         print(f"wrote {out}", flush=True)
 
 

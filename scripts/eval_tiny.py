@@ -19,7 +19,6 @@ import jdlm
 from jdlm import eval as E
 from jdlm.tasks import TASKS
 
-
 BASELINE_VARIANTS = (  # (label, task, difficulty)
     ("sudoku", "sudoku", {}), ("sudoku9", "sudoku9", {}), ("countdown-3", "countdown", {"n_sources": 3}),
     ("countdown-4", "countdown", {"n_sources": 4}), ("countdown-5", "countdown", {"n_sources": 5}),
@@ -85,15 +84,12 @@ def main(argv=None) -> None:
     device = jax.devices()[0].device_kind
     only = None if args.tasks is None else set(args.tasks.split(","))
     base = baseline(params, tok, args.limit, args.batch_size, args.confirm_run_unsafe_code, only)
-    E.write_json(base, out / "baseline.json")
-    (out / "baseline.md").write_text(f"Model `{args.model}` on {device}, one token per step, low confidence, "
-                                     f"held-out eval split.\n\n{E.format_table(base)}\n")
+    E.write_tables(base, out, "baseline", f"Model `{args.model}` on {device}, one token per step, low confidence, "
+                   "held-out eval split.")
     if args.sweep_limit:
         tasks = [t for t in SWEEP_TASKS if only is None or t in only]
         reports = sweep(params, tok, args.sweep_limit, args.batch_size, tasks, run_code=args.confirm_run_unsafe_code)
-        E.write_json(reports, out / "sweep.json")
-        (out / "sweep.md").write_text(f"Model `{args.model}` on {device}: accuracy against NFE.\n\n"
-                                      f"{E.format_table(reports)}\n")
+        E.write_tables(reports, out, "sweep", f"Model `{args.model}` on {device}: accuracy against NFE.")
         E.plot_pareto(reports, out / "pareto.png", title=f"{args.model}: accuracy vs NFE")
     print(f"wrote {out}", flush=True)
 

@@ -16,7 +16,7 @@ needs lm-eval).
 from jdlm.eval.formats import DataFile, read_data
 from jdlm.eval.humaneval import check_completions, evaluate_humaneval, load_problems
 from jdlm.eval.plot import pareto_front, plot_pareto
-from jdlm.eval.report import EvalReport, Record, format_table, read_json, write_json
+from jdlm.eval.report import EvalReport, Record, format_table, read_json, write_json, write_tables
 from jdlm.eval.runner import DEFAULT_EXAMPLES, encode_prompt, evaluate, generate, score_tokens, sweep
 from jdlm.eval.settings import TASK_SETTINGS, TaskSettings, is_task_tokenizer, task_settings
 from jdlm.eval.spec import EvalSpec, describe_strategy, parse_spec
@@ -31,5 +31,5 @@ __all__ = [
     "evaluate", "sweep", "evaluate_humaneval", "generate", "encode_prompt", "score_tokens", "DEFAULT_EXAMPLES",
     "load_problems", "check_completions",
     # results
-    "EvalReport", "Record", "write_json", "read_json", "format_table", "plot_pareto", "pareto_front",
+    "EvalReport", "Record", "write_json", "write_tables", "read_json", "format_table", "plot_pareto", "pareto_front",
 ]

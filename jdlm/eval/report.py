@@ -116,3 +116,10 @@ def format_table(reports: Sequence[EvalReport]) -> str:
     rule = "|" + "|".join((":" + "-" * (w + 1)) if is_left else ("-" * (w + 1) + ":")
                           for w, is_left in zip(widths, left)) + "|"
     return "\n".join([line(COLUMNS), rule] + [line(row) for row in rows])
+
+
+def write_tables(reports: Sequence[EvalReport], out: str | Path, stem: str, heading: str) -> None:
+    """`out/stem.json` (`write_json`) and `out/stem.md`: `heading`, then `format_table`."""
+    out = Path(out)
+    write_json(reports, out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(f"{heading}\n\n{format_table(reports)}\n", encoding="utf-8")
