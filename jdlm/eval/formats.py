@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import re
+from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from collections.abc import Callable, Iterator
 
 from jdlm.errors import UsageError
-from jdlm.tasks.base import Example
+from jdlm.tasks.base import Example, json_records
 
 ACCEPTED = ('jsonl {"input", "output"} (with --task; output optional); jsonl {"nums", "target"} (countdown); '
             'jsonl {"puzzle", "solution"} or CSV with columns quizzes,solutions or puzzle,solution (sudoku: 81 cells '
@@ -113,19 +112,11 @@ def _read_jsonl(path: Path) -> DataFile:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; UsageError naming a line that is not a JSON object."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"--data {path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object a "
-                                 "line") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"--data {path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+    """`json_records` with its errors as UsageError naming --data."""
+    try:
+        yield from json_records(path)
+    except ValueError as e:
+        raise UsageError(f"--data {e}") from None
 
 
 def _plain(record: dict) -> tuple[Example, None]:

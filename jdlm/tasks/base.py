@@ -10,7 +10,7 @@ import json
 import random
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -188,6 +188,19 @@ def load_jsonl(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise FileNotFoundError(f"no jsonl file at {path}")
     examples = []
+    for lineno, record in json_records(path):
+        for key in ("input", "output"):
+            if not isinstance(record.get(key), str):
+                problem = "missing" if key not in record else "not a string"
+                raise ValueError(f"{path}:{lineno}: key {key!r} is {problem}; each line needs string "
+                                 '"input" and "output"')
+        examples.append(Example(input=record["input"], output=record["output"]))
+    return examples
+
+
+def json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a jsonl file; ValueError naming a line that is not a JSON
+    object."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -198,13 +211,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            for key in ("input", "output"):
-                if not isinstance(record.get(key), str):
-                    problem = "missing" if key not in record else "not a string"
-                    raise ValueError(f"{path}:{lineno}: key {key!r} is {problem}; each line needs string "
-                                     '"input" and "output"')
-            examples.append(Example(input=record["input"], output=record["output"]))
-    return examples
+            yield lineno, record
 
 
 def save_jsonl(path: str | Path, examples: Iterable[Example]) -> None:
