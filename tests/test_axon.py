@@ -128,7 +128,7 @@ class _Given(Rule):
 def _axon_step(axon, confidence, base_reveal, attention, column_mean=None, step=0, memory=None):
     """Axon.select_attending on one row, over a base rule that reveals `base_reveal`."""
     rule = S.Axon(base=_Given(reveal=tuple(base_reveal)), **axon)
-    memory = rule.init_memory(1) if memory is None else memory
+    memory = rule.init_memory(1, len(CANDIDATES[0])) if memory is None else memory
     return rule.select_attending(confidence, CANDIDATES, Budget(count=jnp.int32(1), fraction=jnp.float32(1)), None,
                                  _context(attention, column_mean=column_mean, step=step), memory)
 

@@ -88,8 +88,8 @@ class Axon(Rule):
     def propose(self, logits, temperature, key):
         return self.base.propose(logits, temperature, key)
 
-    def init_memory(self, batch):
-        return jnp.full((batch,), -1.0, jnp.float32), self.base.init_memory(batch)  # last step's r, the base's
+    def init_memory(self, batch, length):
+        return jnp.full((batch,), -1.0, jnp.float32), self.base.init_memory(batch, length)  # last step's r, the base's
 
     def select_attending(self, confidence, candidates, budget, key, context, memory):
         last_rate, base_memory = memory

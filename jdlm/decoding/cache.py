@@ -153,6 +153,7 @@ class NoCache:
     """Every step runs the model over the whole sequence (exact; the reference behaviour)."""
 
     refresh_every = None
+    refresh_at_block_start = True  # the loop's refresh flag after a block ends (a cache part may keep it off)
 
     def init(self, params: Params, batch: int, length: int) -> None:
         return None
@@ -171,6 +172,7 @@ class RefreshingCache:
     """
 
     refresh_every: int | None = None
+    refresh_at_block_start = True  # rebuilt at every block start; FreeCache keeps its frozen prefix instead
 
     def __post_init__(self):
         if self.refresh_every is not None and (not isinstance(self.refresh_every, int) or self.refresh_every <= 0):

@@ -166,7 +166,7 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
         latest=Latest.empty(B, G) if strategy.commit else None,
-        memory=strategy.rule.init_memory(B, G) if strategy.rule.revocable else strategy.rule.init_memory(B),
+        memory=strategy.rule.init_memory(B, G),
         guide=strategy.guide.init(guide, prompt, positions[:B], None if valid is None else valid[:B], L)
         if strategy.guide else None))
     return DecodeInputs(seq=seq, tables=tables, guide=guide), state
@@ -280,7 +280,7 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
         forwards=state.forwards + 1, nfe=state.nfe + active, done=done, key=key,
-        refresh=(block_over & getattr(strategy.cache, "refresh_at_block_start", True)) | periodic,
+        refresh=(block_over & strategy.cache.refresh_at_block_start) | periodic,
         kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest,
         memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory),
         guide=guide)

@@ -90,8 +90,9 @@ class Rule:
         """
         return top_count(confidence, candidates, budget.count)
 
-    def init_memory(self, batch: int):
-        """What a rule that reads attention carries from step to step (a pytree of [B, ...] arrays), or None."""
+    def init_memory(self, batch: int, length: int):
+        """What a rule carries from step to step (a pytree of [B, ...] arrays), or None; `length` is the generation
+        length G, for rules that keep something per generated position (the revocable ones)."""
         return None
 
     def select_attending(self, confidence: jax.Array, candidates: jax.Array, budget: Budget, key: jax.Array,
