@@ -195,6 +195,18 @@ def test_training_script_exports_to_its_run_folder_without_matplotlib(tmp_path, 
     assert params.config.d_model == SMALL["d_model"]
 
 
+def test_a_run_stopped_by_its_time_limit_exports_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = TRAIN_FLAGS + ["--steps", "6", "--time-limit-minutes", "0"]  # stops at the first checkpoint: 2 steps on
+    run_script(monkeypatch, "train_mdm.py", *flags)
+    assert "stopped at step 2 of 6" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "model").exists()
+    run_script(monkeypatch, "train_mdm.py", *flags, "--export-unfinished")
+    assert "exported run/model (unfinished: step 4)" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
+    assert manifest["steps"] == 4 and manifest["unfinished"] is True
+
+
 @pytest.mark.parametrize("script", ["train_mdm.py", "train_ar.py"])
 def test_writing_over_a_shipped_model_needs_ship(script, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -56,6 +56,9 @@ def main(objective: str, model: str, argv=None) -> None:
     p.add_argument("--init-from", default=None, help="start from this jdlm checkpoint's weights (fine-tuning)")
     p.add_argument("--time-limit-minutes", type=float, default=None,
                    help="stop at the first checkpoint after this long (rerun the same command to go on)")
+    p.add_argument("--export-unfinished", action="store_true",
+                   help="when --time-limit-minutes stops the run, export its weights as they stand (the manifest "
+                   "records the step reached; the learning-rate schedule has not finished)")
     p.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["bfloat16", "float32"])
     args = p.parse_args(argv)
     dst = shipped if args.ship else Path(args.export or Path(args.run_dir) / "model")
@@ -70,10 +73,13 @@ def main(objective: str, model: str, argv=None) -> None:
         difficulty=json.loads(args.difficulty), init_from=args.init_from)
     time_limit = None if args.time_limit_minutes is None else args.time_limit_minutes * 60
     state = train(config, args.run_dir, time_limit_s=time_limit)
-    if int(state.step) < config.steps:
+    finished = int(state.step) >= config.steps
+    if not finished:
         print(f"stopped at step {int(state.step)} of {config.steps}: rerun the same command to resume", flush=True)
-        return
-    print(f"exported {export(config, state, args.run_dir, dst)}", flush=True)
+        if not args.export_unfinished:
+            return
+    path = export(config, state, args.run_dir, dst, extra=None if finished else {"unfinished": True})
+    print(f"exported {path}" + ("" if finished else f" (unfinished: step {int(state.step)})"), flush=True)
     try:
         plot_loss(args.run_dir, Path(args.run_dir) / "loss.png")
     except PlotUnavailable as e:
