@@ -16,7 +16,7 @@ import pytest
 import jdlm
 from jdlm.errors import CheckpointError
 from jdlm.training import data, trainer
-from jdlm.training.objectives import ar_loss, mdm_loss
+from jdlm.training.objectives import ar_loss, mdm_loss, mdm_noise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,52 @@ def test_mdm_loss_never_masks_the_prompt():
     assert float(loss) == 0.0
     loss, _ = ar_loss(params, tokens, jnp.full((4,), 4, jnp.int32), jnp.full((4,), 12, jnp.int32), jax.random.key(0))
     assert float(loss) > 0.0
+
+
+def test_mdm_noise_ragged_ends_hide_what_lies_past_a_rows_end():
+    B, T = 256, 40
+    prompt_len, answer_len = jnp.full((B,), 10, jnp.int32), jnp.full((B,), 6, jnp.int32)
+    masked, _, real = mdm_noise(jax.random.key(1), prompt_len, answer_len, T, ragged_ends=True)
+    masked, real = np.asarray(masked), np.asarray(real)
+    ends = real.sum(axis=1)
+    assert (ends >= 16).all() and (ends <= T).all() and ends.min() < 20 and ends.max() > 30
+    assert (real == (np.arange(T)[None] < ends[:, None])).all()  # a prefix of each row
+    assert not (masked & ~real).any() and not masked[:, :10].any()
+    assert (np.median(ends) - 16) < (T - 16) / 2  # biased towards short rows
+    _, _, full = mdm_noise(jax.random.key(1), prompt_len, answer_len, T)
+    assert np.asarray(full).all()
+
+
+def test_mdm_noise_suffix_rows_mask_everything_after_their_cut():
+    B, T = 2048, 32
+    prompt_len, answer_len = jnp.full((B,), 8, jnp.int32), jnp.full((B,), 24, jnp.int32)
+
+    def noise(share):
+        masked, weight, _ = mdm_noise(jax.random.key(2), prompt_len, answer_len, T, suffix_share=share)
+        return np.asarray(masked), np.asarray(weight)
+
+    masked, weight = noise(1.0)  # every row: a masked run from its cut to the end, each surely masked (weight 1)
+    assert masked[:, -1].all() and (weight[:, -1] == 1.0).all() and not masked[:, :8].any()
+    first_suffix = T - np.argmin(masked[:, ::-1], axis=1)
+    assert 8 <= first_suffix.min() and np.median(first_suffix) < 24  # cuts spread over the answer
+    masked, weight = noise(0.0)  # independent masking alone: the last position masked with probability E[t] = 1/2
+    assert 0.45 < masked[:, -1].mean() < 0.55 and (weight[masked] > 1.0).all()
+    masked, _ = noise(0.5)
+    assert 0.7 < masked[:, -1].mean() < 0.8
+
+
+def test_mdm_loss_ignores_tokens_past_a_rows_end():
+    model = dataclasses.replace(jdlm.training.presets.tiny_mdm_config(), **SMALL)
+    params = jdlm.init_params(model, jax.random.key(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(5, 200, size=(4, 24)), jnp.int32)
+    prompt_len, answer_len = jnp.full((4,), 6, jnp.int32), jnp.full((4,), 4, jnp.int32)
+    key = jax.random.key(3)
+    _, _, real = mdm_noise(key, prompt_len, answer_len, 24, ragged_ends=True)
+    changed = jnp.where(real, tokens, 7)
+    a, _ = mdm_loss(params, tokens, prompt_len, answer_len, key, ragged_ends=True)
+    b, _ = mdm_loss(params, changed, prompt_len, answer_len, key, ragged_ends=True)
+    c, _ = mdm_loss(params, changed, prompt_len, answer_len, key)
+    assert not bool(real.all()) and float(a) == pytest.approx(float(b), rel=1e-6) and float(c) != float(a)
 
 
 @pytest.fixture(scope="module")

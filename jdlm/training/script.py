@@ -53,6 +53,10 @@ def main(objective: str, model: str, argv=None) -> None:
     p.add_argument("--difficulty", default=json.dumps(defaults.difficulty),
                    help='JSON: per-task generator settings, e.g. \'{"countdown": {"n_sources": [3, 4]}}\' '
                    "(default: %(default)s)")
+    p.add_argument("--ragged-ends", action=argparse.BooleanOptionalAction, default=defaults.ragged_ends,
+                   help="masked diffusion: rows end at random lengths after their answer (default: %(default)s)")
+    p.add_argument("--suffix-share", type=float, default=defaults.suffix_share,
+                   help="masked diffusion: share of rows masked from a random cut on (default: %(default)s)")
     p.add_argument("--init-from", default=None, help="start from this jdlm checkpoint's weights (fine-tuning)")
     p.add_argument("--time-limit-minutes", type=float, default=None,
                    help="stop at the first checkpoint after this long (rerun the same command to go on)")
@@ -70,7 +74,8 @@ def main(objective: str, model: str, argv=None) -> None:
         seq_len=args.seq_len, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         examples=_pairs(args.examples, int), weights=_pairs(args.weights, float),
         model_overrides=json.loads(args.model_overrides), compute_dtype=args.compute_dtype,
-        difficulty=json.loads(args.difficulty), init_from=args.init_from)
+        difficulty=json.loads(args.difficulty), init_from=args.init_from, ragged_ends=args.ragged_ends,
+        suffix_share=args.suffix_share)
     time_limit = None if args.time_limit_minutes is None else args.time_limit_minutes * 60
     state = train(config, args.run_dir, time_limit_s=time_limit)
     finished = int(state.step) >= config.steps

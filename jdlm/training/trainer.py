@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -59,6 +60,10 @@ class TrainConfig:
     difficulty: dict = dataclasses.field(default_factory=lambda: {
         "countdown": {"formats": ["csv", "arrow", "words", "sentence", "reach"], "solutions": 3},
         "sudoku9": {"formats": ["line", "dots", "grid"], "variants": 8}})
+    # The masked-diffusion objective's masks (jdlm.training.objectives.mdm_noise): rows that end soon after their
+    # answer, and rows masked from a random cut on as a semi-autoregressive decode leaves them. Not used by "ar".
+    ragged_ends: bool = True
+    suffix_share: float = 0.3
     init_from: str | None = None
     save_every: int = 1000
     log_every: int = 100
@@ -101,6 +106,8 @@ def optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 def make_train_step(config: TrainConfig, model: ModelConfig, tx: optax.GradientTransformation):
     objective = OBJECTIVES[config.objective]
+    if config.objective == "mdm":
+        objective = functools.partial(objective, ragged_ends=config.ragged_ends, suffix_share=config.suffix_share)
     dtype = jnp.dtype(config.compute_dtype)
 
     @jax.jit
