@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from jdlm.cli.args import command, force_arg, mesh_args, model_args, positive_int, strategy_args
+from jdlm.cli.args import (
+    command,
+    force_arg,
+    mesh_args,
+    model_args,
+    non_negative_float,
+    positive_int,
+    strategy_args,
+)
 from jdlm.cli.common import (
     build_strategy,
     check_fits,
     check_steps,
     device_mesh,
+    enable_compilation_cache,
     load_guide,
     load_model,
     note,
@@ -20,112 +29,194 @@ from jdlm.errors import UsageError
 
 
 def add_parser(sub) -> None:
-    p = command(sub, "bench", "decode throughput: tokens/s and NFE per strategy and batch size",
+    p = command(sub, "bench", "decode throughput: tokens/s and NFE per strategy and batch size, against the floors",
                  "Benchmark decode throughput on random prompts: tokens/s (every generated position), NFE, and\n"
                  "compile time kept apart from run time (the median of --repeats runs after the compiling one).\n"
+                 "Every time is also given as a ratio to its floor, measured in the same run: the device's matmul\n"
+                 "rate and copy bandwidth, and the least time the decode's full forwards and cached steps could\n"
+                 "take at those rates (1.0 is the device's limit; docs/performance.md).\n"
                  "Without --strategy it runs the reference set (LLaDA one token per step; Fast-dLLM threshold 0.9\n"
                  "with no, prefix and dual cache; 4 tokens per step with the dual cache). --random benchmarks\n"
-                 "random weights at a published model's shapes, so no download is needed.",
+                 "random weights at a published model's shapes, so no download is needed. --suite runs a grid.",
                  f"""
                  jdlm bench --gen-length 32 --prompt-length 16 --repeats 1
                  jdlm bench --strategy low_confidence --strategy threshold:0.9 --cache dual -n 32 --json b.json
+                 jdlm bench --suite smoke --json smoke.json                  # the grid at tiny shapes, on a CPU
                  jdlm bench --random llada-8b --batch-size 1 --batch-size 8 --gen-length 256   {NEEDS_8B} and a GPU
+                 jdlm bench --suite full --random llada-8b --json llada.json   {NEEDS_8B} and a GPU
                  jdlm bench --random llada-8b --mesh model=2 --batch-size 8   {NEEDS_8B} and 2 GPUs
                  """)
     model_args(p)
     mesh_args(p)
-    p.add_argument("--random", metavar="SHAPE", choices=["llada-8b", "dream-7b", "test"],
-                   help="random weights at these shapes instead of --model: llada-8b, dream-7b or test (2 layers)")
+    p.add_argument("--random", metavar="SHAPE", choices=list(RANDOM_SHAPES),
+                   help="random weights at these shapes instead of --model: llada-8b, dream-7b, test (2 layers) or "
+                        "test-dream")
+    p.add_argument("--suite", choices=["full", "smoke"],
+                   help="the benchmark grid: full (LLaDA-8B and Dream-7B shapes, batch 1, 8, 32, prompts 256 and "
+                        "2048, 256 tokens, one and four per step with the dual cache) or smoke (the same at tiny "
+                        "shapes, seconds on a CPU); --random, --batch-size, --prompt-length, --strategy, "
+                        "--gen-length and --block-length narrow or change it")
     strategy_args(p, repeatable=True, gen_length=128)
+    p.set_defaults(gen_length=None)  # 128, or the suite's
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="forward passes for counted rules (default --gen-length)")
-    p.add_argument("--prompt-length", type=positive_int, default=64, metavar="P",
-                   help="prompt tokens (random ids, default 64)")
+    p.add_argument("--prompt-length", type=positive_int, action="append", metavar="P",
+                   help="prompt tokens (random ids); repeat for several (default 64)")
     p.add_argument("--batch-size", type=positive_int, action="append", metavar="B",
                    help="rows per decode; repeat for several (default 1)")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="R",
                    help="timed runs after the compiling one (default 3)")
-    p.add_argument("--json", dest="json_out", metavar="OUT.json", help="also write the results as JSON")
+    p.add_argument("--budget", type=non_negative_float, default=None, metavar="SECONDS",
+                   help="start no new model or batch/prompt cell after this many seconds; the JSON lists what was "
+                        "skipped")
+    p.add_argument("--json", dest="json_out", metavar="OUT.json",
+                   help="also write the results as JSON (rewritten after every cell, so a run cut short keeps them)")
     force_arg(p, "the --json file")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+RANDOM_SHAPES = ("llada-8b", "dream-7b", "test", "test-dream")
+
+
 def run(args) -> int:
-    """`jdlm bench`: jdlm.bench.run for every strategy and batch size; a table on stdout, optional JSON."""
+    """`jdlm bench`: jdlm.bench.bench_strategy for every model, batch size, prompt length and strategy (the floors
+    measured first); a table on stdout, optional JSON."""
     check_output(args.json_out, "--json", (".json",), force=args.force)
-    if not args.random and is_causal(check_model(args.model)):  # before JAX is imported: a typo fails at once
+    if not (args.random or args.suite) and is_causal(check_model(args.model)):  # before JAX: a typo fails at once
         raise UsageError(f"jdlm bench times masked-diffusion strategies and {args.model} is a causal model; "
                          "benchmark a diffusion model (tiny, a converted checkpoint, or --random SHAPE)")
+    grid = _grid(args)
+    args.gen_length = grid.gen_length
+    args.block_length = args.block_length or grid.block_length
     check_steps(args)
     import jax
     import jax.numpy as jnp
     from rich.progress import Progress
 
     import jdlm.bench as jbench
-    from jdlm import sharding
+    from jdlm import roofline, sharding
+    from jdlm.bench_suite import (
+        cell_order,
+        describe_environment,
+        run_grid,
+        suite_strategies,
+    )
 
     G = args.gen_length
     if args.strategy:
         strategies = {spec: build_strategy(args, spec, steps=args.steps) for spec in args.strategy}
     else:
         block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
-        strategies = jbench.default_strategies(G, block)
+        strategies = suite_strategies(G, block) if args.suite else jbench.default_strategies(G, block)
     console = stderr_console()
     mesh = device_mesh(args)
-    if args.random:
-        dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
-        _check_random_fits(args, dtype, jbench.RANDOM_MODELS[args.random](), strategies)
-        params = jbench.random_params(args.random, jnp.dtype(dtype))
-        if mesh is not None:
-            params = sharding.shard_params(params, mesh)
-        source = f"random {args.random}"
+    enable_compilation_cache()
+    guides = {}  # model -> the --guide weights checked against it, or None
+    dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
+    if grid.models:
+        for name in grid.models:
+            config = jbench.RANDOM_MODELS[name]()
+            _check_random_fits(args, dtype, name, config, strategies, grid)
+            for prompt in grid.prompts:
+                check_fits(prompt, G, config.max_seq_len)
+
+        def random_weights(name):
+            params = jbench.random_params(name, jnp.dtype(dtype))
+            params = params if mesh is None else sharding.shard_params(params, mesh)
+            guides[name] = load_guide(args, params)
+            return params
+
+        models = {name: (lambda name=name: random_weights(name)) for name in grid.models}
+        source = "random " + ", ".join(grid.models)
     else:
         params, _, loaded = load_model(args, mesh)
-        source = args.model
+        for prompt in grid.prompts:
+            check_fits(prompt, G, params.config.max_seq_len)
+        guides[args.model] = load_guide(args, params)
+        models, source = {args.model: lambda: params}, args.model
         if not args.quiet:
             note(console, loaded)
+        dtype = str(params.dtype)
     if mesh is not None:
         source += f", {sharding.describe(mesh)}"
-    check_fits(args.prompt_length, G, params.config.max_seq_len)
-    guide = load_guide(args, params)
+    floors = roofline.measure_floors(dtype, quick=jax.default_backend() == "cpu")
+    environment = describe_environment()
+
+    def cells(params):
+        return cell_order(params.config, grid.batches, grid.prompts, G, args.block_length, str(params.dtype))
+
+    def write(results, skipped=()):
+        if args.json_out:
+            text = jbench.to_json(results, floors, skipped, environment) + "\n"
+            write_atomically(args.json_out, lambda tmp: tmp.write_text(text))
 
     results = []
-    batches = args.batch_size or [1]
     with Progress(console=console, transient=True, disable=args.quiet or not console.is_interactive) as bar:
-        task = bar.add_task("benchmarking", total=len(strategies) * len(batches))
-        for batch in batches:
-            for name, strategy in strategies.items():
-                bar.update(task, description=f"{name}, batch {batch}")
-                results += jbench.run(params, {name: strategy}, batch=batch, prompt_len=args.prompt_length,
-                                      repeats=args.repeats, progress=None, guide=guide)
-                bar.advance(task)
-    _print_bench(results, source)
+        task = bar.add_task("benchmarking", total=len(grid.models or [1]) * len(grid.batches) * len(grid.prompts)
+                            * len(strategies))
+
+        def run_cell(params, model, batch, prompt, name, strategy):
+            r = jbench.bench_strategy(params, name, strategy, batch=batch, prompt_len=prompt, repeats=args.repeats,
+                                      guide=guides[model] if strategy.guide is not None else None, floors=floors,
+                                      model=model)
+            results.append(r)
+            write(results)
+            bar.advance(task)
+            return r
+
+        results, skipped = run_grid(models, cells, strategies, run_cell=run_cell, budget_s=args.budget,
+                                    progress=lambda text: bar.update(task, description=text))
+    _print_bench(results, source, floors)
+    write(results, skipped)
+    if skipped and not args.quiet:
+        note(console, f"skipped {len(skipped)} runs past the --budget of {args.budget:g} s")
     if args.json_out:
-        write_atomically(args.json_out, lambda tmp: tmp.write_text(jbench.to_json(results) + "\n"))
         note(console, f"wrote {args.json_out}")
     return 0
 
 
-def _check_random_fits(args, dtype: str, config, strategies) -> None:
+def _grid(args):
+    """The models, batch sizes, prompt lengths and lengths to run: the suite's, narrowed by the flags given."""
+    from jdlm.bench_suite import SUITES, Grid
+
+    if args.suite:
+        suite = SUITES[args.suite]
+        return Grid(models=(args.random,) if args.random else suite.models,
+                    batches=tuple(args.batch_size or suite.batches), prompts=tuple(args.prompt_length or suite.prompts),
+                    gen_length=args.gen_length or suite.gen_length,
+                    block_length=args.block_length or suite.block_length)
+    return Grid(models=(args.random,) if args.random else (), batches=tuple(args.batch_size or [1]),
+                prompts=tuple(args.prompt_length or [64]), gen_length=args.gen_length or 128,
+                block_length=args.block_length)
+
+
+def _check_random_fits(args, dtype: str, name: str, config, strategies, grid) -> None:
     """--random allocates a published model's weights: refuse at once if they, the KV cache and the activations of
-    the largest batch cannot fit, instead of failing inside XLA."""
+    the largest batch and prompt cannot fit, instead of failing inside XLA."""
     from jdlm.cli.memory import check_fits_memory
 
     guided = any(s.guidance for s in strategies.values())
-    rows = max(args.batch_size or [1]) * (2 if guided else 1)
-    check_fits_memory(config, dtype, f"--random {args.random}", rows=rows,
-                      seq_len=args.prompt_length + args.gen_length)
+    rows = max(grid.batches) * (2 if guided else 1)
+    check_fits_memory(config, dtype, f"--random {name}", rows=rows, seq_len=max(grid.prompts) + args.gen_length)
 
 
-def _print_bench(results, source: str) -> None:
+def _print_bench(results, source: str, floors) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"decode throughput: {source} on {results[0].device if results else '?'}",
-                  title_justify="left")
-    for column in ("strategy", "batch", "tokens/s", "NFE", "run s", "compile s"):
+    device = results[0].device if results else "?"
+    rates = "" if floors is None else f" (floors: {floors.matmul_tflops:,.1f} TFLOP/s, {floors.copy_gbps:,.0f} GB/s)"
+    table = Table(title=f"decode throughput: {source} on {device}{rates}", title_justify="left")
+    for column in ("strategy", "B", "P", "tokens/s", "NFE", "run s", "x floor", "cached step ms", "x its floor",
+                   "compile s"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for r in results:
-        table.add_row(r.strategy, str(r.batch), f"{r.tokens_per_s:,.1f}", f"{r.nfe:.1f}", f"{r.run_s:.3f}",
+        table.add_row(r.strategy, str(r.batch), str(r.prompt_len), f"{r.tokens_per_s:,.1f}", f"{r.nfe:.1f}",
+                      f"{r.run_s:.3f}", _ratio(r.floor_ratio),
+                      "-" if r.cached_step_ms is None else f"{r.cached_step_ms:.2f}", _ratio(r.cached_step_ratio),
                       f"{r.compile_s:.1f}")
     Console(highlight=False).print(table)
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
