@@ -147,7 +147,7 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
     against = {} if floors is None or mesh is not None else _against_floors(
         params, strategy, batch, prompt_len, run, full, forwards - full, floors, repeats)
     return BenchResult(strategy=name, batch=batch, prompt_len=prompt_len, gen_length=G,
-                       compile_s=round(max(first - run, 0.0), 3), run_s=round(run, 4),
+                       compile_s=round(max(first - run, 0.0), 3), run_s=_round(run),
                        tokens_per_s=round(batch * G / run, 2), nfe=float(np.mean(np.asarray(result.nfe))),
                        device=jax.devices()[0].device_kind, strategy_config=strategy.to_dict(),
                        mesh=None if mesh is None else dict(mesh.shape), devices=1 if mesh is None else mesh.size,
