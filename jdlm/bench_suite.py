@@ -102,7 +102,8 @@ def run_grid(models: dict[str, Callable], cells: Callable, strategies: dict, *, 
 
 def describe_environment() -> dict:
     """Where a bench ran: the device, the versions of jax, jaxlib, flax and jdlm (and its git commit when run
-    from a checkout), CUDA and cuDNN where the backend is CUDA, the command line and the UTC date."""
+    from a checkout), CUDA and cuDNN where the backend is CUDA, the persistent compilation cache in use (None: every
+    compile_s is a cold compile), the command line and the UTC date."""
     import flax
     import jaxlib
 
@@ -110,6 +111,7 @@ def describe_environment() -> dict:
     env = {"device": device.device_kind, "platform": device.platform, "device_count": jax.device_count(),
            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "jdlm": _jdlm_version(),
            "jdlm_commit": _git_commit(), "python": platform.python_version(), "cuda": None, "cudnn": None,
+           "compilation_cache": jax.config.jax_compilation_cache_dir or None,
            "command": " ".join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if device.platform == "gpu":

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module", params=["llada", "dream"])
 def wide(request):
     """Small enough for a CPU, wide enough that matmuls are most of the FLOPs."""
-    extra = {} if request.param == "llada" else dict(family="dream", qkv_bias=True, logits_shift=True)
+    extra = {} if request.param == "llada" else {"family": "dream", "qkv_bias": True, "logits_shift": True}
     cfg = tiny(d_model=256, n_heads=4, n_kv_heads=2, head_dim=64, mlp_hidden=1024, vocab_size=512, mask_id=500,
                **extra)
     return init_params(cfg, jax.random.key(0))

@@ -103,10 +103,10 @@ def run(args) -> int:
     )
 
     G = args.gen_length
+    block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
     if args.strategy:
         strategies = {spec: build_strategy(args, spec, steps=args.steps) for spec in args.strategy}
     else:
-        block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
         strategies = suite_strategies(G, block) if args.suite else jbench.default_strategies(G, block)
     console = stderr_console()
     mesh = device_mesh(args)
@@ -143,7 +143,7 @@ def run(args) -> int:
     environment = describe_environment()
 
     def cells(params):
-        return cell_order(params.config, grid.batches, grid.prompts, G, args.block_length, str(params.dtype))
+        return cell_order(params.config, grid.batches, grid.prompts, G, block, str(params.dtype))
 
     def write(results, skipped=()):
         if args.json_out:
@@ -201,17 +201,20 @@ def _check_random_fits(args, dtype: str, name: str, config, strategies, grid) ->
 
 
 def _print_bench(results, source: str, floors) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     device = results[0].device if results else "?"
-    rates = "" if floors is None else f" (floors: {floors.matmul_tflops:,.1f} TFLOP/s, {floors.copy_gbps:,.0f} GB/s)"
-    table = Table(title=f"decode throughput: {source} on {device}{rates}", title_justify="left")
-    for column in ("strategy", "B", "P", "tokens/s", "NFE", "run s", "x floor", "cached step ms", "x its floor",
-                   "compile s"):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+    rates = "" if floors is None else f" (floors: {floors.matmul_tflops:,.3g} TFLOP/s, {floors.copy_gbps:,.3g} GB/s)"
+    table = Table(title=f"decode throughput: {source} on {device}{rates}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, caption="/floor: time over the least time at the measured rates (docs/performance.md); step: "
+                          "a cached step, ms", caption_justify="left")
+    table.add_column("strategy", min_width=14, overflow="fold")
+    for column in ("B", "P", "tok/s", "NFE", "run s", "/floor", "step", "/floor", "compile"):
+        table.add_column(column, justify="right")
     for r in results:
-        table.add_row(r.strategy, str(r.batch), str(r.prompt_len), f"{r.tokens_per_s:,.1f}", f"{r.nfe:.1f}",
+        table.add_row(r.strategy, str(r.batch), str(r.prompt_len), f"{r.tokens_per_s:,.0f}", f"{r.nfe:.0f}",
                       f"{r.run_s:.3f}", _ratio(r.floor_ratio),
                       "-" if r.cached_step_ms is None else f"{r.cached_step_ms:.2f}", _ratio(r.cached_step_ratio),
                       f"{r.compile_s:.1f}")
