@@ -36,6 +36,7 @@ def child(args) -> None:
 
     from jdlm import bench
     from jdlm import strategies as S
+    from jdlm.bench_suite import describe_environment
     from jdlm.cli.common import enable_compilation_cache
     from jdlm.decoding import decode, decode_steps
 
@@ -56,7 +57,8 @@ def child(args) -> None:
     result = decode(params, prompt, strategy)
     jax.block_until_ready(result.tokens)
     marks["decoded"] = time.time()
-    print(json.dumps({"marks": marks, "device": device.device_kind, "cache": None if cache is None else str(cache),
+    print(json.dumps({"marks": marks, "device": device.device_kind, "environment": describe_environment(),
+                      "cache": None if cache is None else str(cache),
                       "revealed_first_step": int((first.tokens != params.config.mask_id).sum()),
                       "nfe": int(result.nfe[0])}), flush=True)
 
@@ -115,9 +117,13 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     seconds = second.get("since_launch", {}).get("first_tokens_s")
+    environment = second.pop("environment", None) or first.get("environment")
+    first.pop("environment", None)
     report = {"model": args.model, "dtype": args.dtype, "prompt_length": args.prompt_length,
               "gen_length": args.gen_length, "block_length": args.block_length, "strategy": args.strategy,
-              "device": second.get("device", first.get("device")), "target_s": TARGET_S,
+              "device": second.get("device", first.get("device")),
+              "environment": environment,
+              "target_s": TARGET_S,
               "second_first_tokens_s": seconds, "second_under_target": None if seconds is None else seconds < TARGET_S,
               "cache_files": cache_files, "cache_bytes": cache_bytes,
               "first_process": first, "second_process": second}
