@@ -43,24 +43,16 @@ def random_params(name: str, dtype=jnp.bfloat16, seed: int = 0) -> Params:
     """Random weights at a published model's shapes (no download), created on the default device: normal with
     std 0.02 (norms at 1), as `init_params`, but not the same values.
 
-    One small compiled generator per distinct tensor shape (a handful per model), drawing each tensor directly in
-    `dtype` from `fold_in(key, index)`: seconds at 8B shapes on a GPU, and no float32 copy of any tensor. (One jitted
-    initialiser for the whole model took XLA 3 minutes to compile at 8B shapes.)"""
+    One small compiled generator per distinct tensor shape (7 for LLaDA-8B, 10 for Dream-7B), drawing each tensor
+    directly in `dtype` from `fold_in(key, index)`, with no float32 copy of any tensor; the generators come from the
+    persistent compilation cache in a later process (scripts/bench_startup.py times it). One jitted initialiser for
+    the whole model took XLA 3 minutes to compile at 8B shapes; eager ops, three compiles per shape."""
     config = RANDOM_MODELS[name]()
-    shapes = param_shapes(config, dtype)
     key = jax.random.key(seed)
-    leaves, treedef = jax.tree.flatten(shapes.weights)
-    arrays = [_ones(leaf.shape, leaf.dtype) if _is_norm(path) else _normal(key, i, leaf.shape, leaf.dtype)
-              for i, (path, leaf) in enumerate(zip(_paths(shapes.weights), leaves))]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(config, dtype).weights)
+    arrays = [_ones(leaf.shape, leaf.dtype) if "norm" in jax.tree_util.keystr(path)
+              else _normal(key, i, leaf.shape, leaf.dtype) for i, (path, leaf) in enumerate(leaves)]
     return Params(config=config, weights=jax.tree.unflatten(treedef, arrays))
-
-
-def _paths(tree) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _is_norm(path: str) -> bool:
-    return "norm" in path
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
