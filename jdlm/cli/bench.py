@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from jdlm.cli.args import (
     command,
     force_arg,
@@ -214,11 +216,11 @@ def _print_bench(results, source: str, floors) -> None:
     for column in ("B", "P", "tok/s", "NFE", "run s", "/floor", "step", "/floor", "compile"):
         table.add_column(column, justify="right")
     for r in results:
-        table.add_row(r.strategy, str(r.batch), str(r.prompt_len), f"{r.tokens_per_s:,.0f}", f"{r.nfe:.0f}",
+        table.add_row(r.strategy, str(r.batch), str(r.prompt_len), f"{r.tokens_per_s:.0f}", f"{r.nfe:.0f}",
                       f"{r.run_s:.3f}", _ratio(r.floor_ratio),
                       "-" if r.cached_step_ms is None else f"{r.cached_step_ms:.2f}", _ratio(r.cached_step_ratio),
                       f"{r.compile_s:.1f}")
-    Console(highlight=False).print(table)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 120).print(table)  # a file: no cropping
 
 
 def _ratio(value) -> str:
