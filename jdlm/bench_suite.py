@@ -51,19 +51,25 @@ def suite_strategies(gen_length: int, block_length: int) -> dict[str, S.Strategy
     return {spec: S.parse_strategy(spec, base) for spec in specs}
 
 
-def cell_order(config, batches, prompts, gen_length: int, block_length: int, dtype: str) -> list[tuple[int, int]]:
-    """(batch, prompt length) pairs, least memory first (`jdlm.memory.decode_memory` with the dual cache): the
-    device's peak so far is then each cell's own, and a cell that does not fit comes last."""
+def cell_bytes(config, batch: int, prompt: int, gen_length: int, block_length: int, dtype: str) -> int:
+    """Estimated bytes of one cell's decode with the dual cache (`jdlm.memory.decode_memory`, within a few percent
+    of XLA's account at 8B shapes), with the attention the device will run (fused on a GPU in half precision)."""
+    import jax.numpy as jnp
+
     from jdlm.memory import DTYPE_BYTES, decode_memory
+    from jdlm.model import default_attention_impl
 
+    flash = default_attention_impl(jnp.dtype(dtype)) == "cudnn"
     dtype = dtype if dtype in DTYPE_BYTES else "float32"
+    return decode_memory(config, batch=batch, prompt_len=prompt, gen_length=gen_length, block_length=block_length,
+                         cache="dual", dtype=dtype, flash_attention=flash).total
 
-    def need(cell):
-        batch, prompt = cell
-        return decode_memory(config, batch=batch, prompt_len=prompt, gen_length=gen_length,
-                             block_length=block_length, cache="dual", dtype=dtype, flash_attention=True).total
 
-    return sorted(((b, p) for b in batches for p in prompts), key=need)
+def cell_order(config, batches, prompts, gen_length: int, block_length: int, dtype: str) -> list[tuple[int, int]]:
+    """(batch, prompt length) pairs, least memory first (`cell_bytes`): the device's peak so far is then each
+    cell's own, and the cells that may not fit come last."""
+    return sorted(((b, p) for b in batches for p in prompts),
+                  key=lambda cell: cell_bytes(config, *cell, gen_length, block_length, dtype))
 
 
 def run_grid(models: dict[str, Callable], cells: Callable, strategies: dict, *, run_cell: Callable,
@@ -71,7 +77,7 @@ def run_grid(models: dict[str, Callable], cells: Callable, strategies: dict, *, 
     """Runs `run_cell(params, model, batch, prompt, name, strategy)` over every model, cell and strategy.
 
     models: name -> a function returning its weights (called when its turn comes; the weights are dropped after).
-    cells: a function of the weights returning its (batch, prompt) pairs, in order (`cell_order`).
+    cells: a function of the model's name and weights returning its (batch, prompt) pairs, in order (`cell_order`).
     budget_s: no new model or cell starts once this many seconds have passed; what did not run is returned as
       skipped ({"model", "batch", "prompt_len", "strategy", "reason"}).
     Returns (results, skipped).
@@ -88,7 +94,7 @@ def run_grid(models: dict[str, Callable], cells: Callable, strategies: dict, *, 
                             "reason": "time budget"})
             continue
         params = make()
-        for batch, prompt in cells(params):
+        for batch, prompt in cells(model, params):
             for name, strategy in strategies.items():
                 if over():
                     skipped.append({"model": model, "batch": batch, "prompt_len": prompt, "strategy": name,

@@ -174,3 +174,11 @@ def test_startup_script_fills_the_cache_for_the_second_process(tmp_path):
         marks = run["since_launch"]
         assert marks["imported_s"] <= marks["weights_s"] <= marks["first_tokens_s"] <= marks["decoded_s"]
     assert report["second_first_tokens_s"] == report["second_process"]["since_launch"]["first_tokens_s"]
+
+
+def test_a_cell_that_cannot_fit_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    record = _bench(tmp_path, monkeypatch, "--random", "test", "--batch-size", "1", "--batch-size", "10000000",
+                    "--prompt-length", "8", "--budget", "0")
+    memory, budget = record["skipped"]
+    assert (memory["batch"], memory["prompt_len"]) == (10000000, 8) and "needs about" in memory["reason"]
+    assert budget == {"model": "test", "batch": None, "prompt_len": None, "strategy": None, "reason": "time budget"}

@@ -115,12 +115,17 @@ def run(args) -> int:
     enable_compilation_cache()
     guides = {}  # model -> the --guide weights checked against it, or None
     dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
+    plan, skipped_for_memory = {}, []  # random shapes: model -> the cells that fit, in order; those that do not
     if grid.models:
+        rows = 2 if any(s.guidance for s in strategies.values()) else 1
         for name in grid.models:
             config = jbench.RANDOM_MODELS[name]()
-            _check_random_fits(args, dtype, name, config, strategies, grid)
             for prompt in grid.prompts:
                 check_fits(prompt, G, config.max_seq_len)
+            plan[name], misfits = _cells_that_fit(name, config, grid, G, block, dtype, rows)
+            skipped_for_memory += misfits
+        if not any(plan.values()):
+            raise UsageError(skipped_for_memory[0]["reason"])
 
         def random_weights(name):
             params = jbench.random_params(name, jnp.dtype(dtype))
@@ -144,7 +149,9 @@ def run(args) -> int:
     floors = roofline.measure_floors(dtype, quick=jax.default_backend() == "cpu")
     environment = describe_environment()
 
-    def cells(params):
+    def cells(model, params):
+        if model in plan:
+            return plan[model]
         return cell_order(params.config, grid.batches, grid.prompts, G, block, str(params.dtype))
 
     def write(results, skipped=()):
@@ -168,10 +175,11 @@ def run(args) -> int:
 
         results, skipped = run_grid(models, cells, strategies, run_cell=run_cell, budget_s=args.budget,
                                     progress=lambda text: bar.update(task, description=text))
+    skipped = skipped_for_memory + skipped
     _print_bench(results, source, floors)
     write(results, skipped)
     if skipped and not args.quiet:
-        note(console, f"skipped {len(skipped)} runs past the --budget of {args.budget:g} s")
+        note(console, f"skipped {len(skipped)} runs or cells (the JSON's \"skipped\" says why)")
     if args.json_out:
         note(console, f"wrote {args.json_out}")
     return 0
@@ -192,14 +200,24 @@ def _grid(args):
                 block_length=args.block_length)
 
 
-def _check_random_fits(args, dtype: str, name: str, config, strategies, grid) -> None:
-    """--random allocates a published model's weights: refuse at once if they, the KV cache and the activations of
-    the largest batch and prompt cannot fit, instead of failing inside XLA."""
-    from jdlm.cli.memory import check_fits_memory
+def _cells_that_fit(name: str, config, grid, gen_length: int, block_length: int, dtype: str, rows: int):
+    """--random allocates a published model's weights: (the (batch, prompt) cells whose decode fits the device,
+    least memory first; the others as skipped records), instead of failing inside XLA."""
+    from jdlm.bench_suite import cell_bytes, cell_order
+    from jdlm.cli.memory import GB, available_bytes
 
-    guided = any(s.guidance for s in strategies.values())
-    rows = max(grid.batches) * (2 if guided else 1)
-    check_fits_memory(config, dtype, f"--random {name}", rows=rows, seq_len=max(grid.prompts) + args.gen_length)
+    have, where = available_bytes()
+    fit, misfits = [], []
+    for batch, prompt in cell_order(config, grid.batches, grid.prompts, gen_length, block_length, dtype):
+        need = cell_bytes(config, rows * batch, prompt, gen_length, block_length, dtype)
+        if have is None or need <= have:
+            fit.append((batch, prompt))
+            continue
+        reason = (f"--random {name} at batch {batch} with a {prompt}-token prompt in {dtype} needs about "
+                  f"{need / GB:.1f} GB (weights, KV cache, activations) but {where} has {have / GB:.1f} GB; use a "
+                  "smaller --batch-size or --prompt-length")
+        misfits.append({"model": name, "batch": batch, "prompt_len": prompt, "strategy": None, "reason": reason})
+    return fit, misfits
 
 
 def _print_bench(results, source: str, floors) -> None:
