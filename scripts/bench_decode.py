@@ -1,4 +1,5 @@
-"""Decode throughput per strategy (tokens/s, NFE, compile time) as JSON; CPU or GPU.
+"""Decode throughput per strategy (tokens/s, NFE, compile time, ratios to the floors) as JSON; CPU or GPU.
+`jdlm bench` does the same with more options (--suite, several batch sizes and prompt lengths).
 
     python scripts/bench_decode.py --model tiny --gen-length 64 --block-length 16
     python scripts/bench_decode.py --model random:llada-8b --prompt-len 256 --gen-length 256 --json out.json
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 
 def main(argv=None) -> int:
-    from jdlm import bench
+    from jdlm import bench, roofline
     from jdlm.checkpoint import load_params
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,13 +40,14 @@ def main(argv=None) -> int:
         strategies = {k: v for k, v in strategies.items() if k in args.only.split(",")}
     print(f"{args.model} on {jax.devices()[0].device_kind}: batch {args.batch}, prompt {args.prompt_len}, "
           f"gen {args.gen_length}, block {args.block_length}, {dtype}", file=sys.stderr)
+    floors = roofline.measure_floors(params.dtype, quick=jax.default_backend() == "cpu")
     results = bench.run(params, strategies, batch=args.batch, prompt_len=args.prompt_len, repeats=args.repeats,
-                        progress=lambda line: print(line, file=sys.stderr))
-    text = bench.to_json(results)
+                        progress=lambda line: print(line, file=sys.stderr), floors=floors, model=args.model)
+    text = bench.to_json(results, floors)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
-    print(json.dumps([r.as_dict() for r in results]))
+    print(json.dumps(json.loads(text)))
     return 0
 
 

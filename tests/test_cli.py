@@ -159,7 +159,7 @@ def test_eval_and_bench_smoke(model, tmp_path):
     out = jdlm("bench", "--model", str(model), "--strategy", "low_confidence", "--gen-length", "16",
                "--prompt-length", "16", "--repeats", "1")
     assert out.returncode == 0, out.stderr
-    assert "low_confidence" in out.stdout and "tokens/s" in out.stdout
+    assert "low_confidence" in out.stdout and "tok/s" in out.stdout and "/floor" in out.stdout
 
 
 # ---------------------------------------------------------------- bad inputs: exit 2, one line

@@ -65,7 +65,7 @@ def test_chat_on_a_mesh_answers_as_one_device(worker):
 def test_bench_json_records_the_mesh(worker):
     bench = worker["bench"]
     assert bench["code"] == 0, bench["stderr"]
-    row, = bench["json"]
+    row, = bench["json"]["results"]
     assert row["mesh"] == {"data": 2, "model": 4} and row["devices"] == 8 and row["batch"] == 2
 
 

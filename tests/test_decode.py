@@ -122,15 +122,16 @@ def test_batch_with_padding_equals_each_prompt_alone(params, name):
 
 
 class _ForwardCounter:
-    """Counts forward passes that really run on the device (a host callback inside the compiled loop)."""
+    """Counts forward passes that really run on the device (a host callback inside the compiled loop): all of
+    them, and the full ones (over the whole sequence, without a KV cache to attend to)."""
 
     def __enter__(self):
-        self.calls = 0
+        self.calls = self.full = 0
         self._patch = pytest.MonkeyPatch()
         real = cache_module.forward
 
         def counted(*args, **kwargs):
-            jax.debug.callback(self._tick)
+            jax.debug.callback(self._tick_full if kwargs.get("cache") is None else self._tick)
             return real(*args, **kwargs)
 
         self._patch.setattr(cache_module, "forward", counted)
@@ -144,6 +145,10 @@ class _ForwardCounter:
     def _tick(self):
         self.calls += 1
 
+    def _tick_full(self):
+        self.calls += 1
+        self.full += 1
+
 
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
@@ -153,7 +158,8 @@ def test_invariants_under_random_strategies(params, data):
     G = n_blocks * block
     rule = data.draw(st.sampled_from([S.LowConfidence(), S.RandomOrder(), S.Margin(), S.Threshold(threshold=0.6),
                                       S.Factor(factor=2.0), S.Entropy(top_p=0.9)]), "rule")
-    cache = data.draw(st.sampled_from([S.NoCache(), S.PrefixCache(), S.DualCache()]), "cache")
+    cache = data.draw(st.sampled_from([S.NoCache(), S.PrefixCache(), S.DualCache(), S.DualCache(refresh_every=2)]),
+                      "cache")
     steps = n_blocks * data.draw(st.sampled_from([1, 2, block]), "steps_per_block")
     temperature = data.draw(st.sampled_from([0.0, 0.7]), "temperature")
     schedule = jdlm.Schedule(gen_length=G, block_length=block, steps=steps, temperature=temperature,
@@ -168,6 +174,7 @@ def test_invariants_under_random_strategies(params, data):
     assert tokens.shape == (B, G)
     assert not (tokens == MASK).any(), "a mask token was left in the output"
     assert counter.calls == int(result.forwards), "forwards must count the forward passes that ran"
+    assert counter.full == int(result.full_forwards), "full_forwards must count those over the whole sequence"
     assert (np.asarray(result.nfe) <= int(result.forwards)).all()
     trace = np.asarray(result.trace.step)
     assert (trace >= 0).all() and (trace < int(result.forwards)).all()

@@ -103,7 +103,7 @@ def enable_compilation_cache() -> Path | None:
     except OSError:
         return None  # a read-only home: run without the cache rather than fail
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # every program: small ones add up at start-up
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
 

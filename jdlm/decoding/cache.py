@@ -154,6 +154,7 @@ class NoCache:
 
     refresh_every = None
     refresh_at_block_start = True  # the loop's refresh flag after a block ends (a cache part may keep it off)
+    reuses_keys = False  # every forward is full: the refresh flag says nothing (DecodeState.full_forwards)
 
     def init(self, params: Params, batch: int, length: int) -> None:
         return None
@@ -173,6 +174,7 @@ class RefreshingCache:
 
     refresh_every: int | None = None
     refresh_at_block_start = True  # rebuilt at every block start; FreeCache keeps its frozen prefix instead
+    reuses_keys = True  # a forward is full exactly when the loop's refresh flag is set, a window otherwise
 
     def __post_init__(self):
         if self.refresh_every is not None and (not isinstance(self.refresh_every, int) or self.refresh_every <= 0):

@@ -161,7 +161,7 @@ def init_state(params: Params, prompt: jax.Array, prompt_mask: jax.Array | None,
                          hidden=strategy.proposer is not None)
     state = sharding.constrain_state(DecodeState(
         tokens=jnp.concatenate([prompt, jnp.full((B, G), cfg.mask_id, jnp.int32)], axis=1),
-        block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0),
+        block_index=jnp.int32(0), step_in_block=jnp.int32(0), forwards=jnp.int32(0), full_forwards=jnp.int32(0),
         nfe=jnp.zeros((B,), jnp.int32), done=jnp.zeros((B,), bool), refresh=jnp.bool_(True), key=keys,
         kv=strategy.cache.init(params, rows, L),
         revealed_at=jnp.full((B, G), -1, jnp.int32), revealed_conf=jnp.zeros((B, G), jnp.float32),
@@ -279,11 +279,17 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
     periodic = (taken % every == 0) if every else False
     return DecodeState(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
-        forwards=state.forwards + 1, nfe=state.nfe + active, done=done, key=key,
+        forwards=state.forwards + 1, full_forwards=state.full_forwards + is_full_forward(state, strategy),
+        nfe=state.nfe + active, done=done, key=key,
         refresh=(block_over & strategy.cache.refresh_at_block_start) | periodic,
         kv=kv, revealed_at=revealed_at, revealed_conf=revealed_conf, latest=latest,
         memory=jax.tree.map(lambda new, old: jnp.where(_rows(active, new), new, old), memory, state.memory),
         guide=guide)
+
+
+def is_full_forward(state: DecodeState, strategy: Strategy) -> jax.Array:
+    """[] bool: this step's forward runs over the whole sequence (every step without a cache; a cache's refresh)."""
+    return state.refresh if strategy.cache.reuses_keys else jnp.bool_(True)
 
 
 def running(state: DecodeState, strategy: Strategy) -> jax.Array:
@@ -294,7 +300,7 @@ def running(state: DecodeState, strategy: Strategy) -> jax.Array:
 def result(state: DecodeState, prompt_len: int) -> DecodeResult:
     """The generation part of a state (whole on every device of a mesh: small, and every host reads it)."""
     return sharding.replicate(DecodeResult(tokens=state.tokens[:, prompt_len:], nfe=state.nfe,
-                                           forwards=state.forwards,
+                                           forwards=state.forwards, full_forwards=state.full_forwards,
                                            trace=Trace(step=state.revealed_at, confidence=state.revealed_conf),
                                            guide_nfe=None if state.guide is None else state.guide.nfe))
 

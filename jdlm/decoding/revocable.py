@@ -202,5 +202,6 @@ def revocable_step(inputs: DecodeInputs, state: DecodeState, strategy) -> Decode
     block_over = ~(left.any(-1) & ~done).any() | (taken >= W * (rule.max_revocations + 1))
     return state.replace(
         tokens=tokens, block_index=state.block_index + block_over, step_in_block=jnp.where(block_over, 0, taken),
-        forwards=state.forwards + 1, nfe=state.nfe + active, done=done, refresh=block_over, key=key,
+        forwards=state.forwards + 1, full_forwards=state.full_forwards + loop.is_full_forward(state, strategy),
+        nfe=state.nfe + active, done=done, refresh=block_over, key=key,
         revealed_at=revealed_at, revealed_conf=revealed_conf, memory=memory)

@@ -28,6 +28,8 @@ class DecodeState:
     block_index:   [] int32        the block being decoded.
     step_in_block: [] int32        steps taken in the current block.
     forwards:      [] int32        forward passes run for the batch so far.
+    full_forwards: [] int32        those over the whole sequence: every one without a cache, a cache's refreshes
+                                   (the rest are cached steps over a window).
     nfe:           [B] int32       forward passes each row took part in (what decoding it alone would cost).
     done:          [B] bool        row finished early (Schedule.stop_at_eos).
     refresh:       [] bool         the next forward rebuilds the KV cache (first step of a block).
@@ -45,6 +47,7 @@ class DecodeState:
     block_index: jax.Array
     step_in_block: jax.Array
     forwards: jax.Array
+    full_forwards: jax.Array
     nfe: jax.Array
     done: jax.Array
     refresh: jax.Array
@@ -69,7 +72,8 @@ class Trace:
 @flax.struct.dataclass
 class DecodeResult:
     """tokens: [B, G] generated ids (mask id where not revealed yet); nfe: [B] forward passes per row; forwards: []
-    forward passes run for the batch; trace: the unmasking order; guide_nfe: [B] forward passes of the AR guide per
+    forward passes run for the batch; full_forwards: [] those over the whole sequence (the rest were cached steps
+    over a window; None for a causal decode); trace: the unmasking order; guide_nfe: [B] forward passes of the AR guide per
     row (its prompt prefill included), None without a guide."""
 
     tokens: jax.Array
@@ -77,3 +81,4 @@ class DecodeResult:
     forwards: jax.Array
     trace: Trace
     guide_nfe: jax.Array | None = None
+    full_forwards: jax.Array | None = None

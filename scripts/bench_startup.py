@@ -1,0 +1,136 @@
+"""Start-up time with the persistent compilation cache: from launching a process to its first decoded tokens.
+
+Runs the same decode in two fresh processes that share a new, empty compilation cache (JDLM_COMPILATION_CACHE):
+the first compiles and fills the cache, the second should load every compiled program from it. Each process
+creates random weights (`jdlm.bench.random_params`), then decodes one prompt one step at a time
+(`jdlm.decoding.decode_steps`, as `jdlm generate --show` does): its first tokens exist after the first step. It
+then runs the whole decode as one compiled call (`jdlm.decode`, as `jdlm generate` does). Times are wall-clock from
+the parent's launch of the process (interpreter start and imports included), with the child's breakdown.
+
+    python scripts/bench_startup.py                  # LLaDA-8B shapes, bf16, on a GPU; target: second < 3 s
+    python scripts/bench_startup.py --quick          # tiny shapes on a CPU, seconds
+
+Writes $OUT/startup.json (OUT defaults to ./results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_S = 3.0
+
+
+def child(args) -> None:
+    """One process: imports, weights, first step, whole decode; prints one JSON line of absolute times."""
+    marks = {"started": time.time()}
+    import jax
+    import jax.numpy as jnp
+
+    from jdlm import bench
+    from jdlm import strategies as S
+    from jdlm.bench_suite import describe_environment
+    from jdlm.cli.common import enable_compilation_cache
+    from jdlm.decoding import decode, decode_steps
+
+    marks["imported"] = time.time()
+    cache = enable_compilation_cache()
+    device = jax.devices()[0]
+    marks["backend"] = time.time()
+    params = bench.random_params(args.model, jnp.dtype(args.dtype))
+    jax.block_until_ready(params.weights)
+    marks["weights"] = time.time()
+    base = S.Strategy(schedule=S.Schedule(gen_length=args.gen_length, block_length=args.block_length,
+                                          steps=args.gen_length))
+    strategy = S.parse_strategy(args.strategy, base)
+    prompt = bench.random_prompt(params.config, 1, args.prompt_length)
+    first = next(decode_steps(params, prompt, strategy))
+    jax.block_until_ready(first.tokens)
+    marks["first_tokens"] = time.time()
+    result = decode(params, prompt, strategy)
+    jax.block_until_ready(result.tokens)
+    marks["decoded"] = time.time()
+    print(json.dumps({"marks": marks, "device": device.device_kind, "environment": describe_environment(),
+                      "cache": None if cache is None else str(cache),
+                      "revealed_first_step": int((first.tokens != params.config.mask_id).sum()),
+                      "nfe": int(result.nfe[0])}), flush=True)
+
+
+def launch(args, cache_dir: Path) -> dict:
+    """Runs `child` in a fresh interpreter; its times relative to the launch."""
+    env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir)}
+    command = [sys.executable, __file__, "--child", "--model", args.model, "--dtype", args.dtype,
+               "--prompt-length", str(args.prompt_length), "--gen-length", str(args.gen_length),
+               "--block-length", str(args.block_length), "--strategy", args.strategy]
+    launched = time.time()
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # the child is killed: nothing of it is left holding the device
+        return {"error": f"no result within --timeout {args.timeout:g} s"}
+    if out.returncode != 0:
+        return {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    marks = report.pop("marks")
+    since = {f"{name}_s": round(marks[name] - launched, 3) for name in marks}
+    steps = {"import_s": marks["imported"] - marks["started"], "backend_s": marks["backend"] - marks["imported"],
+             "weights_s": marks["weights"] - marks["backend"], "first_step_s": marks["first_tokens"] - marks["weights"],
+             "decode_s": marks["decoded"] - marks["first_tokens"]}
+    return {"since_launch": since, "steps": {k: round(v, 3) for k, v in steps.items()}, **report}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny shapes (random 'test' weights, float32), for a CPU")
+    p.add_argument("--model", default=None, help="random shapes: llada-8b (default), dream-7b, test")
+    p.add_argument("--dtype", default=None, help="default bfloat16 (float32 with --quick)")
+    p.add_argument("--prompt-length", type=int, default=None, help="default 256 (16 with --quick)")
+    p.add_argument("--gen-length", type=int, default=None, help="default 256 (16 with --quick)")
+    p.add_argument("--block-length", type=int, default=None, help="default 32 (8 with --quick)")
+    p.add_argument("--strategy", default="low_confidence dual")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds each process may take (default 120)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.model = args.model or ("test" if quick else "llada-8b")
+    args.dtype = args.dtype or ("float32" if quick else "bfloat16")
+    args.prompt_length = args.prompt_length or (16 if quick else 256)
+    args.gen_length = args.gen_length or (16 if quick else 256)
+    args.block_length = args.block_length or (8 if quick else 32)
+    if args.child:
+        child(args)
+        return 0
+    out_dir = Path(os.environ.get("OUT", "results"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(tempfile.mkdtemp(prefix="jdlm-startup-cache-"))
+    try:
+        first = launch(args, cache_dir)
+        entries = [e for e in cache_dir.rglob("*") if e.is_file()]
+        cache_files, cache_bytes = len(entries), sum(e.stat().st_size for e in entries)
+        second = launch(args, cache_dir) if "error" not in first else {"error": "the first process failed"}
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    seconds = second.get("since_launch", {}).get("first_tokens_s")
+    environment = second.pop("environment", None) or first.get("environment")
+    first.pop("environment", None)
+    report = {"model": args.model, "dtype": args.dtype, "prompt_length": args.prompt_length,
+              "gen_length": args.gen_length, "block_length": args.block_length, "strategy": args.strategy,
+              "device": second.get("device", first.get("device")),
+              "environment": environment,
+              "target_s": TARGET_S,
+              "second_first_tokens_s": seconds, "second_under_target": None if seconds is None else seconds < TARGET_S,
+              "cache_files": cache_files, "cache_bytes": cache_bytes,
+              "first_process": first, "second_process": second}
+    (out_dir / "startup.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    return 1 if seconds is None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
