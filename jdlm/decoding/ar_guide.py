@@ -130,11 +130,13 @@ class ARGuide:
         fed = jnp.minimum(drafts, V - 1)
 
         def row_forward(tok, pos, km, kv, start, write_from):
+            # XLA's attention: under vmap, jax's cuDNN attention batches its broadcast mask wrongly (a reshape
+            # error on GPU, jax 0.11.2), and the guide's chunks are a few queries against its cache.
             one = jax.tree.map(lambda a: a[None], kv)
             out = forward(guide, jax.lax.dynamic_slice_in_dim(tok, start, C)[None],
                           positions=jax.lax.dynamic_slice_in_dim(pos, start, C)[None],
                           key_mask=None if km is None else km[None], cache=one, window_start=start,
-                          write_from=write_from, causal=True)
+                          write_from=write_from, causal=True, attention_impl="xla")
             return out.logits[0].astype(jnp.float32), jax.tree.map(lambda a: a[0], out.cache)
 
         def chunk(carry):
