@@ -37,9 +37,9 @@ def drift(params, reference: np.ndarray, tokens) -> dict:
     """How far `params`' logits lie from `reference` [B, T, V] (float32) over `tokens`."""
     logits = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(params, tokens), np.float32)
     diff = np.abs(logits - reference)
-    return dict(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-                reference_std=float(reference.std()), relative_mean_diff=float(diff.mean() / reference.std()),
-                top1_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "reference_std": float(reference.std()), "relative_mean_diff": float(diff.mean() / reference.std()),
+            "top1_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean())}
 
 
 def step_bytes(params) -> int:
@@ -65,10 +65,10 @@ def fusion_check(params, rows: int, out_dir: Path, mode: str) -> dict:
                            for m in [re.search(r"= (\w+)\[(\d+),(\d+)\]", line)]
                            if m and {int(m.group(2)), int(m.group(3))} == {D, F}})
     compute = HLO_DTYPES.get(jnp.dtype(params.dtype).name, jnp.dtype(params.dtype).name)
-    return dict(weight_copied_in_compute_dtype=any(s.startswith(f"= {compute}[") for s in weight_sized),
-                weight_sized_arrays=weight_sized,
-                gemm_kinds=sorted(set(re.findall(r'"kind":"(\w+)"', hlo))
-                                  | set(re.findall(r'custom_call_target="([\w$]+)"', hlo))))
+    return {"weight_copied_in_compute_dtype": any(s.startswith(f"= {compute}[") for s in weight_sized),
+            "weight_sized_arrays": weight_sized,
+            "gemm_kinds": sorted(set(re.findall(r'"kind":"(\w+)"', hlo))
+                                 | set(re.findall(r'custom_call_target="([\w$]+)"', hlo)))}
 
 
 def main(argv=None) -> int:
@@ -92,10 +92,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     base = bench.random_params(shape, dtype)
     jax.block_until_ready(base.weights)
-    report = dict(shape=shape, device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                  jax=jax.__version__, compute_dtype=jnp.dtype(dtype).name, prompt_len=P, gen_length=G,
-                  block_length=block, batch=1, strategy=f"low_confidence dual steps={G}",
-                  init_s=round(time.perf_counter() - t0, 1), modes={})
+    report = {"shape": shape, "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+              "jax": jax.__version__, "compute_dtype": jnp.dtype(dtype).name, "prompt_len": P, "gen_length": G,
+              "block_length": block, "batch": 1, "strategy": f"low_confidence dual steps={G}",
+              "init_s": round(time.perf_counter() - t0, 1), "modes": {}}
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, base.config.mask_id, (1, P + G)), jnp.int32)
     reference = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(base, tokens), np.float32)
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")

@@ -44,9 +44,9 @@ def with_weights(params, mode: str):
 def drift(params, reference: np.ndarray, tokens) -> dict:
     logits = np.asarray(forward(params, tokens).logits, np.float32)
     diff = np.abs(logits - reference)
-    return dict(max_abs_diff=round(float(diff.max()), 5), mean_abs_diff=round(float(diff.mean()), 5),
-                reference_std=round(float(reference.std()), 5),
-                top1_agreement=round(float((logits.argmax(-1) == reference.argmax(-1)).mean()), 4))
+    return {"max_abs_diff": round(float(diff.max()), 5), "mean_abs_diff": round(float(diff.mean()), 5),
+            "reference_std": round(float(reference.std()), 5),
+            "top1_agreement": round(float((logits.argmax(-1) == reference.argmax(-1)).mean()), 4)}
 
 
 def drift_table(float_params, tokens) -> dict:
@@ -66,8 +66,8 @@ def main(argv=None) -> None:
     out = Path(args.out or os.environ.get("OUT") or f"runs/quant-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0].device_kind
-    result: dict = dict(device=device, jax=jax.__version__, limit=args.limit, compute_dtype="bfloat16",
-                        strategy="low_confidence, one token per step", accuracy={}, drift={})
+    result: dict = {"device": device, "jax": jax.__version__, "limit": args.limit, "compute_dtype": "bfloat16",
+                    "strategy": "low_confidence, one token per step", "accuracy": {}, "drift": {}}
 
     tiny32, tok = jdlm.load("tiny", jnp.float32)
     rng = np.random.default_rng(0)
@@ -89,8 +89,8 @@ def main(argv=None) -> None:
             report = E.evaluate(params, tok, name, spec, examples=examples, batch_size=args.batch_size,
                                 progress=False)
             reports.append(dataclasses.replace(report, task=label, strategy=f"{mode} weights"))
-            result["accuracy"].setdefault(label, {})[mode] = dict(accuracy=report.accuracy, n=report.n,
-                                                                  mean_nfe=report.mean_nfe)
+            result["accuracy"].setdefault(label, {})[mode] = {"accuracy": report.accuracy, "n": report.n,
+                                                              "mean_nfe": report.mean_nfe}
             print(E.format_table(reports[-1:]), flush=True)
     (out / "quant.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "quant.md").write_text(f"Model `tiny` on {device}, bfloat16 compute, {spec.rule} one token per step, "

@@ -32,7 +32,8 @@ def layout(params, mesh) -> dict:
     match = jax.tree.all(jax.tree.map(lambda a, s: a.sharding.is_equivalent_to(s, a.ndim), params.weights, want))
     layer = params.weights["layers"][0]
     specs = {name: str(tuple(layer[name].sharding.spec)) for name in layer if name.endswith("_scale")}
-    return dict(shardings_match=bool(match), scale_specs=specs, dtypes=sorted({str(a.dtype) for a in layer.values()}))
+    return {"shardings_match": bool(match), "scale_specs": specs,
+            "dtypes": sorted({str(a.dtype) for a in layer.values()})}
 
 
 def main(workdir: str) -> None:
@@ -48,12 +49,12 @@ def main(workdir: str) -> None:
         mesh = sharding.make_mesh(data=data, model=model)
         at_load = jdlm.load_params(float_dir, mesh=mesh, quantize="int8")
         stored = jdlm.load_params(int8_dir, mesh=mesh)
-        out["meshes"][f"{data}x{model}"] = dict(
-            at_load=layout(at_load, mesh), stored=layout(stored, mesh),
-            at_load_diff=float(np.abs(logits(at_load) - want).max()),
-            stored_diff=float(np.abs(logits(stored) - want).max()),
-            same_weights=jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
-                                                   at_load.weights, quantized.weights)))
+        out["meshes"][f"{data}x{model}"] = {
+            "at_load": layout(at_load, mesh), "stored": layout(stored, mesh),
+            "at_load_diff": float(np.abs(logits(at_load) - want).max()),
+            "stored_diff": float(np.abs(logits(stored) - want).max()),
+            "same_weights": jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                                                      at_load.weights, quantized.weights))}
     print(json.dumps(out))
 
 
