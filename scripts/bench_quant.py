@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm import bench
+from jdlm import quantize as Q
 from jdlm import strategies as S
 from jdlm.model import forward, linear
-from jdlm.quantize import MODES, QuantizationError, check_mode, quantize_params, weight_bytes
 
 
 def drift(params, reference: np.ndarray, tokens) -> dict:
@@ -46,7 +46,7 @@ def step_bytes(params) -> int:
     """Weight bytes a cached step reads: every layer and the LM head (the embedding table is only gathered)."""
     w = params.weights
     head = w["embed"] if params.config.tie_embeddings else w["lm_head"]
-    return weight_bytes(w["layers"]) + weight_bytes([head, w["final_norm"]])
+    return Q.weight_bytes(w["layers"]) + Q.weight_bytes([head, w["final_norm"]])
 
 
 HLO_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}
@@ -104,10 +104,10 @@ def main(argv=None) -> int:
         report["modes"][mode] = entry
         try:
             t0 = time.perf_counter()
-            params = base if mode == "bf16" else quantize_params(base, check_mode(mode))
+            params = base if mode == "bf16" else Q.quantize_params(base, Q.check_mode(mode))
             jax.block_until_ready(params.weights)
             entry["quantize_s"] = round(time.perf_counter() - t0, 1)
-        except QuantizationError as e:
+        except Q.QuantizationError as e:
             entry["skipped"] = str(e)
             print(f"{mode}: skipped ({e})", file=sys.stderr)
             continue
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         entry.update(tokens_per_s=r.tokens_per_s, run_s=r.run_s, compile_s=r.compile_s, nfe=r.nfe,
                      mean_step_ms=round(1e3 * step_s, 3),
                      step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1))
-        if mode in MODES:
+        if mode in Q.MODES:
             entry["fusion"] = fusion_check(params, block, out_dir, mode)
         print(f"{mode:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
               f"{entry['step_weight_GBps']:.0f} GB/s of weights  drift mean {entry['drift']['mean_abs_diff']:.4f} "
