@@ -150,6 +150,16 @@ def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
     return (y * scale).astype(x.dtype)
 
 
+def keep_in_loop(layer: dict, anchor: jax.Array) -> dict:
+    """`layer` with its quantised weights passed through an optimization barrier together with `anchor` (this
+    call's tokens, which change every decode step). Without it XLA hoists each weight's int8 -> compute-dtype
+    convert out of the decode loop as loop-invariant: a second, full-width copy of the weights, read at 2 bytes a
+    weight every step, which undoes the point of quantising. The barrier computes nothing."""
+    names = [name for name in layer if name + "_scale" in layer]
+    pinned, _ = jax.lax.optimization_barrier(([layer[name] for name in names], anchor))
+    return {**layer, **dict(zip(names, pinned))}
+
+
 def _attention_with_probs(q, k, v, mask):
     """Plain attention that also returns the head-averaged probabilities.
 
@@ -261,6 +271,8 @@ def forward(
     # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
     # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).
     x = jnp.take(w["embed"], tokens, axis=0).astype(w["final_norm"].dtype)  # [B, T, D]
+    if "q_scale" in w["layers"][0]:  # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
+        w = {**w, "layers": tuple(keep_in_loop(layer, tokens) for layer in w["layers"])}
     if extra_embed is not None:
         x = x + extra_embed.astype(x.dtype)
     new_k, new_v, probs_out = [], [], []

@@ -22,6 +22,7 @@ axes. docs/quantization.md has the measured accuracy cost and speed.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +157,36 @@ def is_quantized_leaf(name: str, dtype) -> bool:
 def weight_bytes(weights) -> int:
     """Bytes of a weights pytree (arrays or ShapeDtypeStructs)."""
     return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(weights))
+
+
+_HLO_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+_PASS_THROUGH = ("parameter(", "get-tuple-element(", "tuple(", "bitcast(")
+
+
+def dequantized_copies(hlo: str, params) -> dict[str, list[str]]:
+    """Where a compiled program (`jax.jit(...).lower(...).compile().as_text()`) materialises a quantised weight in
+    the compute dtype: {computation name: [instruction]} over the computations that are not fusion bodies (ENTRY,
+    while bodies, ...), for arrays of a quantised weight's element count in the compute dtype.
+
+    Empty when every int8/fp8 -> compute-dtype convert sits inside the fusion of its matmul (the weight is read in
+    1 byte). An entry in ENTRY means the convert was hoisted out of the decode loop (a full-width copy, read at
+    2 bytes a weight every step); an entry in a while body means it runs, unfused, every step."""
+    dtype = _HLO_DTYPES.get(jnp.dtype(params.dtype).name, jnp.dtype(params.dtype).name)
+    sizes = {int(np.prod(layer[name].shape)) for layer in params.weights["layers"] for name in INPUT_AXES
+             if scale_name(name) in layer}
+    fused = set(re.findall(r"fusion\(.*?calls=(%[\w.\-]+)", hlo))
+    found: dict[str, list[str]] = {}
+    name = None
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?(%[\w.\-]+) .*\{$", line)
+        if header:
+            name = header.group(1) if not line.startswith("ENTRY") else "ENTRY"
+            continue
+        shape = re.match(rf"\s*(?:ROOT )?%[\w.\-]+ = {dtype}\[([\d,]+)\]", line)
+        if name is None or name in fused or shape is None or any(op in line for op in _PASS_THROUGH):
+            continue
+        dims = [int(d) for d in shape.group(1).split(",")]
+        if len(dims) >= 2 and int(np.prod(dims)) in sizes:
+            found.setdefault(name, []).append(line.strip()[:160])
+    return found
+

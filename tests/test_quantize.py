@@ -118,6 +118,21 @@ def test_quantised_cached_decode_agrees_with_float(tiny):
     assert (float_tokens == int8_tokens).mean() >= 0.9
 
 
+@pytest.mark.parametrize("spec", ["low_confidence", "low_confidence dual"])
+def test_decode_loop_dequantises_inside_the_loop(spec):
+    """The compiled decode never holds a compute-dtype copy of the weights outside its loop: XLA hoisted every
+    loop-invariant int8 -> bf16 convert into ENTRY (no cache) until `keep_in_loop` pinned them to the step."""
+    from jdlm import strategies as S
+    from jdlm.decoding import loop
+
+    params = Q.quantize_params(jdlm.load_params("tiny", jnp.bfloat16), "int8")
+    strategy = S.parse_strategy(f"{spec} gen_length=16 block_length=8 steps=16")
+    args = loop._arguments(params, jnp.zeros((1, 8), jnp.int32), strategy, None, None)
+    copies = Q.dequantized_copies(loop._decode_loop.lower(*args).compile().as_text(), params)
+    assert copies and "ENTRY" not in copies  # on CPU XLA converts each step, unfused; on GPU it fuses (none)
+    assert sum(map(len, copies.values())) % (7 * params.config.n_layers) == 0
+
+
 def test_quantising_twice_and_unknown_modes(tiny):
     quantized = Q.quantize_params(tiny, "int8")
     assert Q.quantize_params(quantized, "int8") is quantized and Q.quantize_params(tiny, None) is tiny
