@@ -5,9 +5,9 @@ Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode
     the bf16 logits' std for scale, and top-1 agreement with bf16;
   speed: B=1, the dual cache, one token per step (low confidence, steps = gen length), blocks of 32: tokens/s, the
     cached step's time (run time / NFE), and the weight bytes a step reads over that time (bandwidth);
-  fusion: whether XLA keeps the int8/fp8 -> bf16 convert inside the GEMM of one MLP matmul (the ENTRY computation
-    holds no bf16 copy of the weight) - the condition for reading 1 byte per weight.
-JSON to $OUT/bench_quant.json (or --out), plus each mode's HLO of that matmul.
+  fusion: where the compiled decode materialises a bf16 copy of a quantised weight (none when XLA fuses every
+    int8/fp8 -> bf16 convert into its GEMM: the condition for reading 1 byte per weight), and the GEMM kinds.
+JSON to $OUT/bench_quant.json (or --out), plus each quantised mode's compiled decode HLO (gzip).
 
     python scripts/bench_quant.py                 # LLaDA-8B shapes, a GPU (fp8 needs compute capability 8.9+)
     python scripts/bench_quant.py --quick         # tiny shapes on CPU, seconds
@@ -16,6 +16,7 @@ JSON to $OUT/bench_quant.json (or --out), plus each mode's HLO of that matmul.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import numpy as np
 from jdlm import bench
 from jdlm import quantize as Q
 from jdlm import strategies as S
-from jdlm.model import forward, linear
+from jdlm.model import forward
 
 
 def drift(params, reference: np.ndarray, tokens) -> dict:
@@ -49,24 +50,17 @@ def step_bytes(params) -> int:
     return Q.weight_bytes(w["layers"]) + Q.weight_bytes([head, w["final_norm"]])
 
 
-HLO_DTYPES = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}
+def fusion_check(params, strategy, prompt_len: int, out_dir: Path, mode: str) -> dict:
+    """Compiles the decode and lists where it materialises a compute-dtype copy of a quantised weight
+    (`jdlm.quantize.dequantized_copies`): none when XLA fuses every convert into its GEMM; the GEMM kinds used."""
+    from jdlm.decoding import loop
 
-
-def fusion_check(params, rows: int, out_dir: Path, mode: str) -> dict:
-    """Compiles one gate matmul [1, rows, D] x [D, F] and lists the weight-sized arrays its ENTRY computation
-    materialises besides the stored weight: none when XLA fuses the convert into the GEMM."""
-    layer = params.weights["layers"][0]
-    D, F = params.config.d_model, params.config.mlp_hidden
-    x = jnp.zeros((1, rows, D), params.dtype)
-    hlo = jax.jit(lambda x, layer: linear("BTD,DF->BTF", x, layer, "gate")).lower(x, layer).compile().as_text()
-    (out_dir / f"gate_matmul_{mode}.hlo.txt").write_text(hlo)
-    entry = [line for line in hlo[hlo.rfind("\nENTRY"):].splitlines() if "parameter(" not in line]
-    weight_sized = sorted({m.group(0) for line in entry
-                           for m in [re.search(r"= (\w+)\[(\d+),(\d+)\]", line)]
-                           if m and {int(m.group(2)), int(m.group(3))} == {D, F}})
-    compute = HLO_DTYPES.get(jnp.dtype(params.dtype).name, jnp.dtype(params.dtype).name)
-    return {"weight_copied_in_compute_dtype": any(s.startswith(f"= {compute}[") for s in weight_sized),
-            "weight_sized_arrays": weight_sized,
+    args = loop._arguments(params, jnp.zeros((1, prompt_len), jnp.int32), strategy, None, None)
+    hlo = loop._decode_loop.lower(*args).compile().as_text()
+    (out_dir / f"decode_{mode}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
+    copies = Q.dequantized_copies(hlo, params)
+    return {"weight_copies": {name: len(lines) for name, lines in copies.items()},
+            "weight_copy_examples": [line for lines in copies.values() for line in lines][:4],
             "gemm_kinds": sorted(set(re.findall(r'"kind":"(\w+)"', hlo))
                                  | set(re.findall(r'custom_call_target="([\w$]+)"', hlo)))}
 
@@ -120,7 +114,7 @@ def main(argv=None) -> int:
                      mean_step_ms=round(1e3 * step_s, 3),
                      step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1))
         if mode in Q.MODES:
-            entry["fusion"] = fusion_check(params, block, out_dir, mode)
+            entry["fusion"] = fusion_check(params, strategy, P, out_dir, mode)
         print(f"{mode:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
               f"{entry['step_weight_GBps']:.0f} GB/s of weights  drift mean {entry['drift']['mean_abs_diff']:.4f} "
               f"max {entry['drift']['max_abs_diff']:.4f} top-1 {entry['drift']['top1_agreement']:.4f}",
