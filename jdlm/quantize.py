@@ -62,10 +62,13 @@ def check_mode(mode: str | None) -> str | None:
     if mode == "fp8" and jax.default_backend() != "cpu":
         device = jax.devices()[0]
         capability = _compute_capability(device)
-        if capability is None or capability < FP8_MIN_CAPABILITY:
-            have = f"compute capability {'.'.join(map(str, capability))}" if capability else device.platform
+        if capability is None:
+            raise QuantizationError(f"fp8 weights run on GPUs of compute capability 8.9 or newer (Ada, Hopper) and "
+                                    f"on CPU, not on {device.device_kind} ({jax.default_backend()}); use int8")
+        if capability < FP8_MIN_CAPABILITY:
             raise QuantizationError(f"fp8 weights need a GPU of compute capability 8.9 or newer (Ada, Hopper), but "
-                                    f"{device.device_kind} has {have}; use int8")
+                                    f"{device.device_kind} has compute capability "
+                                    f"{'.'.join(map(str, capability))}; use int8")
     return mode
 
 

@@ -150,6 +150,10 @@ def test_fp8_is_refused_where_the_gpu_lacks_it(monkeypatch):
                                                   "capability 8.0; use int8"):
         Q.check_mode("fp8")
     assert Q.check_mode("int8") == "int8"
+    tpu = SimpleNamespace(device_kind="TPU v4", platform="tpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [tpu])
+    with pytest.raises(Q.QuantizationError, match=r"and on CPU, not on TPU v4 \(gpu\); use int8"):
+        Q.check_mode("fp8")
     monkeypatch.setattr(jax, "devices", lambda *a: [SimpleNamespace(compute_capability="9.0", device_kind="H100",
                                                                     platform="gpu")])
     assert Q.check_mode("fp8") == "fp8"
