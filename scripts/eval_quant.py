@@ -1,7 +1,8 @@
 """The accuracy cost of quantised weights (jdlm/quantize.py) on the shipped `tiny` model, and the logit drift on it
 and at reduced LLaDA-8B-like random shapes: bfloat16 vs int8 vs fp8 weights, bfloat16 compute.
 
-  accuracy: scripts/eval_tiny.py's baseline (one token per step, low confidence, held-out eval split) on a few tasks;
+  accuracy: scripts/eval_tiny.py's baseline (one token per step, low confidence, held-out eval split) on a few tasks,
+    and the share of answers identical to the bf16 model's;
   drift: max and mean |logit - reference logit| (and the reference's std, for scale) and top-1 agreement, against
     the float32 model's logits; the bfloat16 row is the yardstick (what bf16 alone costs).
 Writes quant.json and quant.md to --out (default $OUT, else a new runs/quant-<time>/).
@@ -56,6 +57,14 @@ def drift_table(float_params, tokens) -> dict:
     return {mode: drift(with_weights(bf16, mode), reference, tokens) for mode in MODES}
 
 
+def same_table(accuracy: dict) -> str:
+    """Markdown: per task, the share of examples whose generated answer is identical to the bf16 model's."""
+    rows = ["| task | " + " | ".join(MODES) + " |", "| --- |" + " ---: |" * len(MODES)]
+    rows += [f"| {task} | " + " | ".join(f"{modes[m]['same_output_as_bf16']:.1%}" for m in MODES) + " |"
+             for task, modes in accuracy.items()]
+    return "Answers identical to the bf16 model's:\n\n" + "\n".join(rows)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=50, help="examples per task (default 50)")
@@ -71,7 +80,7 @@ def main(argv=None) -> None:
 
     tiny32, tok = jdlm.load("tiny", jnp.float32)
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(3, tiny32.config.mask_id if tiny32.config.mask_id > 3 else 800, (4, 128)))
+    tokens = jnp.asarray(rng.integers(3, tiny32.config.vocab_size, (4, 128)))  # past pad, eos and mask (0-2)
     result["drift"]["tiny"] = drift_table(tiny32, tokens)
     reduced = init_params(REDUCED, jax.random.key(0), jnp.float32)
     result["drift"]["reduced_llada_shapes"] = dict(config=dataclasses.asdict(REDUCED), **drift_table(
@@ -80,7 +89,7 @@ def main(argv=None) -> None:
 
     tiny16, _ = jdlm.load("tiny", jnp.bfloat16)
     spec = E.EvalSpec(rule="low_confidence", tokens_per_step=1)
-    reports = []
+    reports, outputs = [], {}
     for mode in MODES:
         params = with_weights(tiny16, mode)
         for label in args.tasks.split(","):
@@ -89,12 +98,16 @@ def main(argv=None) -> None:
             report = E.evaluate(params, tok, name, spec, examples=examples, batch_size=args.batch_size,
                                 progress=False)
             reports.append(dataclasses.replace(report, task=label, strategy=f"{mode} weights"))
+            outputs[label, mode] = [r.output for r in report.records]
+            same = np.mean([a == b for a, b in zip(outputs[label, "bf16"], outputs[label, mode])])
             result["accuracy"].setdefault(label, {})[mode] = {"accuracy": report.accuracy, "n": report.n,
-                                                              "mean_nfe": report.mean_nfe}
+                                                              "mean_nfe": report.mean_nfe,
+                                                              "same_output_as_bf16": round(float(same), 4)}
             print(E.format_table(reports[-1:]), flush=True)
     (out / "quant.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "quant.md").write_text(f"Model `tiny` on {device}, bfloat16 compute, {spec.rule} one token per step, "
-                                  f"{args.limit} held-out examples per task.\n\n" + E.format_table(reports) + "\n")
+                                  f"{args.limit} held-out examples per task.\n\n" + E.format_table(reports) + "\n\n"
+                                  + same_table(result["accuracy"]) + "\n")
     print(f"wrote {out}", flush=True)
 
 
