@@ -105,7 +105,7 @@ def main(argv=None) -> None:
                                                               "same_output_as_bf16": round(float(same), 4)}
             print(E.format_table(reports[-1:]), flush=True)
     (out / "quant.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "quant.md").write_text(f"Model `tiny` on {device}, bfloat16 compute, {spec.rule} one token per step, "
+    (out / "quant.md").write_text(f"Model `tiny` on {device}, bfloat16 compute, low confidence, one token per step, "
                                   f"{args.limit} held-out examples per task.\n\n" + E.format_table(reports) + "\n\n"
                                   + same_table(result["accuracy"]) + "\n")
     print(f"wrote {out}", flush=True)
