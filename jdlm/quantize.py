@@ -11,8 +11,9 @@ halves that read; the activations, the residual stream, attention and the KV cac
 Symmetric (no zero point) and per output channel: the scale multiplies the matmul's output, so the int8 -> bf16
 convert is the only thing between the stored weight and the GEMM, and XLA fuses it into the GEMM's operand read
 on GPU. Quantised: q, k, v, o, gate, up, down of every layer. Kept in the compute dtype: the embedding table (a
-gather, not a matmul), the norms, the q/k/v biases, and the LM head, which is 6% of LLaDA-8B's weight bytes but
-writes straight onto the logits that choose every token (tied-embedding models share it with the embedding table).
+gather, not a matmul), the norms, the q/k/v biases, and the LM head: it writes straight onto the logits that choose
+every token, a tied-embedding model shares it with the embedding table, and at LLaDA-8B it is 1.0 GB of the 8 GB
+an int8 step reads (docs/quantization.md).
 
 In `Params.weights` a quantised weight `q` keeps its name, shape and layout, in the quantised dtype, and gains a
 sibling `q_scale` with the shape of its output axes; `jdlm.sharding` splits each scale like its weight's output
