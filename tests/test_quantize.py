@@ -211,13 +211,17 @@ def test_unknown_stored_quantisation_is_refused(converted, tmp_path):
         jdlm.load_params(copy)
 
 
-def test_cli_quantize_flag_and_inspect(converted, capsys):
+def test_cli_quantize_flag_and_inspect(converted, capsys, tmp_path):
     from jdlm.cli import main as jdlm_main
 
     assert jdlm_main(["generate", "--quantize", "int8", "-n", "16", "--block-length", "8", "arithmetic:\n2+3="]) == 0
     assert "int8 linear weights" in capsys.readouterr().err
     assert jdlm_main(["inspect", str(converted[1])]) == 0
     assert "float32 (int8 linear weights)" in capsys.readouterr().out
+    out = tmp_path / "bench.json"
+    assert jdlm_main(["bench", "--random", "test", "--quantize", "fp8", "-s", "low_confidence", "-n", "8",
+                      "--prompt-length", "8", "--repeats", "1", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["quantization"] == "fp8"
 
 
 # ---------------------------------------------------------------- 8 devices
