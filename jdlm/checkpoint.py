@@ -34,8 +34,9 @@ from jdlm.model import Params, param_shapes
 from jdlm.errors import CheckpointError
 from jdlm.quantize import INPUT_AXES, MODES, check_mode, is_quantized_leaf, mode_of, quantize_params
 
-FORMAT_VERSION = 3  # 2: "files" and "bytes" cover params/ too (version 1 hashed the top-level files only)
-QUANTIZED_FORMAT_VERSION = 3  # 3: quantised weights, recorded under "quantization" (float checkpoints stay 2)
+# The newest format this jdlm reads. 2: "files" and "bytes" cover params/ too (version 1 hashed the top-level files
+# only); 3: quantised weights, recorded under "quantization". Float checkpoints are still written as version 2.
+FORMAT_VERSION = 3
 FLOAT_FORMAT_VERSION = 2
 PACKAGED_MODELS = ("tiny", "tiny-ar")
 _VERIFY_OFF = ("0", "false", "no", "off")
@@ -300,7 +301,7 @@ def write_manifest(directory: Path, dtype, weights, extra: dict) -> None:
     them by version instead of misreading them)."""
     digests, sizes = file_table(directory)
     mode = mode_of(weights)
-    manifest = {"format_version": FLOAT_FORMAT_VERSION if mode is None else QUANTIZED_FORMAT_VERSION,
+    manifest = {"format_version": FLOAT_FORMAT_VERSION if mode is None else FORMAT_VERSION,
                 "dtype": jnp.dtype(dtype).name, "params": flat_shapes(weights), "files": digests, "bytes": sizes}
     if mode is not None:
         manifest["quantization"] = {"mode": mode, "dtype": MODES[mode][0].name, "weights": list(INPUT_AXES),
