@@ -4,7 +4,9 @@ and at reduced LLaDA-8B-like random shapes: bfloat16 vs int8 vs fp8 weights, bfl
   accuracy: scripts/eval_tiny.py's baseline (one token per step, low confidence, held-out eval split) on a few tasks,
     and the share of answers identical to the bf16 model's;
   drift: max and mean |logit - reference logit| (and the reference's std, for scale) and top-1 agreement, against
-    the float32 model's logits; the bfloat16 row is the yardstick (what bf16 alone costs).
+    the float32 model's logits; the bfloat16 row is the yardstick (what bf16 alone costs). On `tiny`: at the masked
+    positions of held-out prompts followed by 128 - P masks (a decode's first step); at the reduced shapes: every
+    position of random tokens.
 Writes quant.json and quant.md to --out (default $OUT, else a new runs/quant-<time>/).
 
     python scripts/eval_quant.py --limit 50                 # CPU, minutes
@@ -42,19 +44,33 @@ def with_weights(params, mode: str):
     return params if mode == "bf16" else quantize_params(params, mode)
 
 
-def drift(params, reference: np.ndarray, tokens) -> dict:
-    logits = np.asarray(forward(params, tokens).logits, np.float32)
+def drift(params, reference: np.ndarray, tokens, where: np.ndarray) -> dict:
+    """How far `params`' logits lie from `reference` [B, T, V] at the positions `where` [B, T]."""
+    logits = np.asarray(forward(params, tokens).logits, np.float32)[where]
+    reference = reference[where]
     diff = np.abs(logits - reference)
     return {"max_abs_diff": round(float(diff.max()), 5), "mean_abs_diff": round(float(diff.mean()), 5),
             "reference_std": round(float(reference.std()), 5),
             "top1_agreement": round(float((logits.argmax(-1) == reference.argmax(-1)).mean()), 4)}
 
 
-def drift_table(float_params, tokens) -> dict:
-    """{mode: drift against the float32 logits} for bf16 params of `float_params`' values in every mode."""
+def drift_table(float_params, tokens, where) -> dict:
+    """{mode: drift against the float32 logits at `where`} for bf16 params of `float_params`' values in every
+    mode."""
     reference = np.asarray(forward(float_params, tokens).logits, np.float32)
     bf16 = float_params.replace(weights=jax.tree.map(lambda a: a.astype(jnp.bfloat16), float_params.weights))
-    return {mode: drift(with_weights(bf16, mode), reference, tokens) for mode in MODES}
+    return {mode: drift(with_weights(bf16, mode), reference, tokens, where) for mode in MODES}
+
+
+def first_steps(tok, mask_id: int, per_task: int, length: int = 128) -> np.ndarray:
+    """[n, length] token ids: held-out prompts of every task followed by masks, as a decode's first step sees them."""
+    rows = []
+    for name, difficulty in VARIANTS.values():
+        task = TASKS[name]
+        for example in task.generate("eval", per_task, seed=1, **difficulty):
+            prompt = tok.encode(task.prompt(example.input))[:length // 2]
+            rows.append(prompt + [mask_id] * (length - len(prompt)))
+    return np.asarray(rows, np.int32)
 
 
 def same_table(accuracy: dict) -> str:
@@ -79,12 +95,12 @@ def main(argv=None) -> None:
                     "strategy": "low_confidence, one token per step", "accuracy": {}, "drift": {}}
 
     tiny32, tok = jdlm.load("tiny", jnp.float32)
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(3, tiny32.config.vocab_size, (4, 128)))  # past pad, eos and mask (0-2)
-    result["drift"]["tiny"] = drift_table(tiny32, tokens)
+    tokens = first_steps(tok, tiny32.config.mask_id, per_task=8)
+    result["drift"]["tiny"] = drift_table(tiny32, jnp.asarray(tokens), tokens == tiny32.config.mask_id)
     reduced = init_params(REDUCED, jax.random.key(0), jnp.float32)
+    tokens = np.random.default_rng(0).integers(0, REDUCED.mask_id, (2, 256))
     result["drift"]["reduced_llada_shapes"] = dict(config=dataclasses.asdict(REDUCED), **drift_table(
-        reduced, jnp.asarray(rng.integers(0, 8000, (2, 256)))))
+        reduced, jnp.asarray(tokens), np.ones(tokens.shape, bool)))
     print(json.dumps(result["drift"], indent=1), flush=True)
 
     tiny16, _ = jdlm.load("tiny", jnp.bfloat16)
