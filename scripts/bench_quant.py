@@ -4,7 +4,8 @@ Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode
   drift: one full forward over random tokens (B=1, prompt + generation length): max and mean |logit - bf16 logit|,
     the bf16 logits' std for scale, and top-1 agreement with bf16;
   speed: B=1, the dual cache, one token per step (low confidence, steps = gen length), blocks of 32: tokens/s, the
-    cached step's time (run time / NFE), and the weight bytes a step reads over that time (bandwidth);
+    mean step's time (run time / NFE) and the weight bytes a step reads over it (bandwidth), and against the
+    device's measured floors (`jdlm.roofline`): the cached step alone, its floor and their ratio;
   fusion: where the compiled decode materialises a bf16 copy of a quantised weight (none when XLA fuses every
     int8/fp8 -> bf16 convert into its GEMM: the condition for reading 1 byte per weight), and the GEMM kinds.
 JSON to $OUT/bench_quant.json (or --out), plus each quantised mode's compiled decode HLO (gzip).
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdlm import bench
+from jdlm import bench, roofline
 from jdlm import quantize as Q
 from jdlm import strategies as S
 from jdlm.model import forward
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
               "jax": jax.__version__, "compute_dtype": jnp.dtype(dtype).name, "prompt_len": P, "gen_length": G,
               "block_length": block, "batch": 1, "strategy": f"low_confidence dual steps={G}",
               "init_s": round(time.perf_counter() - t0, 1), "modes": {}}
+    floors = roofline.measure_floors(dtype, quick=args.quick)  # the device's matmul and copy rates
+    report["floors"] = floors.as_dict()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, base.config.mask_id, (1, P + G)), jnp.int32)
     reference = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(base, tokens), np.float32)
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")
@@ -115,11 +118,13 @@ def main(argv=None) -> int:
         entry["step_weight_bytes"] = step_bytes(params)
         entry["drift"] = drift(params, reference, tokens)
         r = bench.bench_strategy(params, report["strategy"], strategy, batch=1, prompt_len=P,
-                                 repeats=args.repeats)
+                                 repeats=args.repeats, floors=floors)
         step_s = r.run_s / r.nfe
         entry.update(tokens_per_s=r.tokens_per_s, run_s=r.run_s, compile_s=r.compile_s, nfe=r.nfe,
                      mean_step_ms=round(1e3 * step_s, 3),
-                     step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1))
+                     step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1),
+                     **{k: getattr(r, k) for k in ("floor_ratio", "full_forward_s", "cached_step_ms",
+                                                   "cached_step_floor_ms", "cached_step_ratio", "peak_bytes")})
         if mode in Q.MODES:
             entry["fusion"] = fusion_check(params, strategy, P, out_dir, mode)
         print(f"{mode:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
