@@ -32,8 +32,12 @@ import jax.numpy as jnp
 from jdlm.config import ConfigError, load_config, read_config_json
 from jdlm.model import Params, param_shapes
 from jdlm.errors import CheckpointError
+from jdlm.quantize import INPUT_AXES, MODES, check_mode, is_quantized_leaf, mode_of, quantize_params
 
-FORMAT_VERSION = 2  # 2: "files" and "bytes" cover params/ too (version 1 hashed the top-level files only)
+# The newest format this jdlm reads. 2: "files" and "bytes" cover params/ too (version 1 hashed the top-level files
+# only); 3: quantised weights, recorded under "quantization". Float checkpoints are still written as version 2.
+FORMAT_VERSION = 3
+FLOAT_FORMAT_VERSION = 2
 PACKAGED_MODELS = ("tiny", "tiny-ar")
 _VERIFY_OFF = ("0", "false", "no", "off")
 
@@ -292,9 +296,16 @@ def file_table(directory: Path) -> tuple[dict[str, str], dict[str, int]]:
 
 
 def write_manifest(directory: Path, dtype, weights, extra: dict) -> None:
+    """manifest.json for the files under `directory`; `dtype` is the compute dtype (the embedding table's), and
+    quantised weights (jdlm/quantize.py) are recorded under "quantization" (format version 3: older jdlm refuses
+    them by version instead of misreading them)."""
     digests, sizes = file_table(directory)
-    manifest = {"format_version": FORMAT_VERSION, "dtype": jnp.dtype(dtype).name, "params": flat_shapes(weights),
-                "files": digests, "bytes": sizes}
+    mode = mode_of(weights)
+    manifest = {"format_version": FLOAT_FORMAT_VERSION if mode is None else FORMAT_VERSION,
+                "dtype": jnp.dtype(dtype).name, "params": flat_shapes(weights), "files": digests, "bytes": sizes}
+    if mode is not None:
+        manifest["quantization"] = {"mode": mode, "dtype": MODES[mode][0].name, "weights": list(INPUT_AXES),
+                                    "scales": "symmetric, one float32 scale per output channel"}
     manifest.update(extra)
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -310,13 +321,24 @@ def read_manifest(directory: Path) -> dict:
         jnp.dtype(manifest["dtype"])
         if not isinstance(manifest.get("files", {}), dict) or not isinstance(manifest.get("bytes", {}), dict):
             raise ValueError("'files' and 'bytes' must be objects")
+        if "quantization" in manifest and not isinstance(manifest["quantization"], dict):
+            raise ValueError("'quantization' must be an object")
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is corrupt ({type(e).__name__}: {e}); {fix}") from None
     version = manifest.get("format_version", 1)
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {manifest['format_version']}, newer than this jdlm reads "
                               f"({FORMAT_VERSION}); upgrade jdlm")
+    mode = manifest.get("quantization", {}).get("mode")
+    if "quantization" in manifest and mode not in MODES:
+        raise CheckpointError(f"{path} records weight quantisation {mode!r}, which this jdlm does not know (it "
+                              f"reads {', '.join(MODES)}); upgrade jdlm")
     return manifest
+
+
+def stored_quantization(manifest: dict) -> str | None:
+    """The weight quantisation a checkpoint's manifest records ("int8", "fp8"), or None for float weights."""
+    return manifest.get("quantization", {}).get("mode")
 
 
 def verify_files(directory: Path, manifest: dict, *, hashes: bool) -> None:
@@ -372,7 +394,8 @@ def resolve(path: str | Path) -> Path:
     return directory
 
 
-def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None) -> Params:
+def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None,
+                quantize: str | None = None) -> Params:
     """Restores the weights of a jdlm checkpoint directory (no tokenizer).
 
     Every file that manifest.json records (params/ and config.json included) must have its recorded size; with
@@ -385,7 +408,10 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
         opt-out for very large models on trusted disks.
       mesh: a `jax.sharding.Mesh` (`jdlm.sharding.make_mesh`): restore every weight straight into its shards by
         the partition rules of `jdlm.sharding` (each device, and each host, reads only its part).
+      quantize: "int8" or "fp8": quantise the linear weights once loaded (jdlm/quantize.py); a checkpoint stored
+        quantised (`jdlm convert --quantize`) loads quantised without it. `dtype` casts the rest.
     """
+    check_mode(quantize)
     directory = resolve(path)
     config_path = directory / "config.json"
     manifest_path = directory / "manifest.json"
@@ -404,7 +430,11 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
         raise CheckpointError(f"{e}; convert or save the checkpoint again") from None
     manifest = read_manifest(directory)
     stored = jnp.dtype(manifest["dtype"])
-    abstract = param_shapes(config, stored).weights
+    stored_mode = check_mode(stored_quantization(manifest))
+    if quantize is not None and stored_mode not in (None, quantize):
+        raise CheckpointError(f"{directory} stores {stored_mode} weights; load it without quantize= (or with "
+                              f"quantize={stored_mode!r}), or convert the float weights with --quantize {quantize}")
+    abstract = param_shapes(config, stored, quantize=stored_mode).weights
     expected = flat_shapes(abstract)
     if manifest.get("params") and manifest["params"] != expected:
         bad = sorted(k for k in set(expected) | set(manifest["params"])
@@ -417,7 +447,7 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
     if mesh is not None:
         from jdlm.sharding import param_shardings
 
-        shardings = param_shardings(config, mesh)
+        shardings = param_shardings(config, mesh, quantize=stored_mode)
     else:
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -430,11 +460,19 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
         raise CheckpointError(f"{directory}/params could not be restored ({type(e).__name__}: {e}); the checkpoint "
                               "is corrupt or does not match its config.json") from None
     target = jnp.dtype(dtype) if dtype is not None else stored
-    weights = jax.tree.map(lambda a: jnp.asarray(a, dtype=target), weights)
-    return Params(config=config, weights=weights)
+    weights = jax.tree_util.tree_map_with_path(
+        lambda p, a: a if is_quantized_leaf(str(getattr(p[-1], "key", "")), a.dtype) else jnp.asarray(a, target),
+        weights)
+    params = quantize_params(Params(config=config, weights=weights), quantize)
+    if mesh is not None and quantize is not None and stored_mode is None:  # the scales' layout, as the rules say
+        from jdlm.sharding import param_shardings
+
+        params = params.replace(weights=jax.device_put(params.weights,
+                                                       param_shardings(config, mesh, quantize=quantize)))
+    return params
 
 
-def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None):
+def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None, quantize: str | None = None):
     """Loads a jdlm checkpoint: `(params, tokenizer)`.
 
     Args:
@@ -444,9 +482,12 @@ def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None)
         the environment sets JDLM_VERIFY=0. Pass False (or set JDLM_VERIFY=0) to skip the hashing (seconds per
         GB) for very large models.
       mesh: restore the weights sharded over this mesh (`jdlm.sharding`); default one device.
+      quantize: "int8" or "fp8" weight-only quantisation of the linear weights, for faster memory-bound decoding
+        (docs/quantization.md); None (default) keeps them as stored. A checkpoint converted with --quantize is
+        quantised already.
     """
     from jdlm.tokenizer import Tokenizer
 
-    params = load_params(path, dtype, verify=verify, mesh=mesh)
+    params = load_params(path, dtype, verify=verify, mesh=mesh, quantize=quantize)
     tokenizer = Tokenizer.from_dir(resolve(path), params.config)
     return params, tokenizer

@@ -34,6 +34,8 @@ class Params:
       layers: tuple of dicts, one per layer, with
         attn_norm [D], q [D, N, H], k [D, K, H], v [D, K, H], (q_bias [N, H], k_bias [K, H], v_bias [K, H]),
         o [N, H, D], mlp_norm [D], gate [D, F], up [D, F], down [F, D].
+    Quantised weights (jdlm/quantize.py): q, k, v, o, gate, up, down in int8 or float8_e4m3fn, each with a float32
+    `{name}_scale` over its output axes (q_scale [N, H], o_scale [D], gate_scale [F], ...).
     """
 
     config: ModelConfig = flax.struct.field(pytree_node=False)
@@ -97,9 +99,15 @@ def init_params(config: ModelConfig, key: jax.Array, dtype=jnp.float32, std: flo
     return Params(config=config, weights=weights)
 
 
-def param_shapes(config: ModelConfig, dtype=jnp.bfloat16) -> Params:
-    """The parameter pytree as ShapeDtypeStructs (allocates nothing)."""
-    return jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
+def param_shapes(config: ModelConfig, dtype=jnp.bfloat16, quantize: str | None = None) -> Params:
+    """The parameter pytree as ShapeDtypeStructs (allocates nothing); `quantize` ("int8", "fp8"): with the linear
+    weights quantised and their scales (jdlm/quantize.py)."""
+    params = jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
+    if quantize is None:
+        return params
+    from jdlm.quantize import quantized_shapes
+
+    return params.replace(weights=quantized_shapes(params.weights, quantize))
 
 
 # ---------------------------------------------------------------- building blocks
@@ -128,6 +136,28 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     x1, x2 = x32[..., : H // 2], x32[..., H // 2:]
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
+    """`einsum(spec, x, layer[name])`; for a weight quantised by jdlm/quantize.py (a sibling `{name}_scale` over
+    its output axes), the weight is converted to x's dtype inside the matmul, which accumulates in float32, and the
+    scale applied to the output channels: XLA fuses the convert into the GEMM, so the weight is read in 1 byte.
+    Float weights take the plain einsum, unchanged."""
+    scale = layer.get(name + "_scale")
+    if scale is None:
+        return jnp.einsum(spec, x, layer[name])
+    y = jnp.einsum(spec, x, layer[name].astype(x.dtype), preferred_element_type=jnp.float32)
+    return (y * scale).astype(x.dtype)
+
+
+def keep_in_loop(layer: dict, anchor: jax.Array) -> dict:
+    """`layer` with its quantised weights passed through an optimization barrier together with `anchor` (this
+    call's tokens, which change every decode step). Without it XLA hoists each weight's int8 -> compute-dtype
+    convert out of the decode loop as loop-invariant: a second, full-width copy of the weights, read at 2 bytes a
+    weight every step, which undoes the point of quantising. The barrier computes nothing."""
+    names = [name for name in layer if name + "_scale" in layer]
+    pinned, _ = jax.lax.optimization_barrier(([layer[name] for name in names], anchor))
+    return {**layer, **dict(zip(names, pinned))}
 
 
 def _attention_with_probs(q, k, v, mask):
@@ -241,14 +271,16 @@ def forward(
     # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
     # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).
     x = jnp.take(w["embed"], tokens, axis=0).astype(w["final_norm"].dtype)  # [B, T, D]
+    if "q_scale" in w["layers"][0]:  # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
+        w = {**w, "layers": tuple(keep_in_loop(layer, tokens) for layer in w["layers"])}
     if extra_embed is not None:
         x = x + extra_embed.astype(x.dtype)
     new_k, new_v, probs_out = [], [], []
     for i, layer in enumerate(w["layers"]):
         h = rms_norm(x, layer["attn_norm"], cfg.norm_eps)
-        q = jnp.einsum("BTD,DNH->BTNH", h, layer["q"])
-        k = jnp.einsum("BTD,DKH->BTKH", h, layer["k"])
-        v = jnp.einsum("BTD,DKH->BTKH", h, layer["v"])
+        q = linear("BTD,DNH->BTNH", h, layer, "q")
+        k = linear("BTD,DKH->BTKH", h, layer, "k")
+        v = linear("BTD,DKH->BTKH", h, layer, "v")
         if cfg.qkv_bias:
             q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
         q = rotary(q, positions, cfg.rope_theta)
@@ -266,10 +298,10 @@ def forward(
             probs_out.append(probs)
         else:
             attn = _attention(q, k, v, mask, attention_impl)
-        x = x + jnp.einsum("BTNH,NHD->BTD", attn, layer["o"])
+        x = x + linear("BTNH,NHD->BTD", attn, layer, "o")
         h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps)
-        gated = jax.nn.silu(jnp.einsum("BTD,DF->BTF", h, layer["gate"])) * jnp.einsum("BTD,DF->BTF", h, layer["up"])
-        x = x + jnp.einsum("BTF,FD->BTD", gated, layer["down"])
+        gated = jax.nn.silu(linear("BTD,DF->BTF", h, layer, "gate")) * linear("BTD,DF->BTF", h, layer, "up")
+        x = x + linear("BTF,FD->BTD", gated, layer, "down")
 
     hidden = x
     if cfg.logits_shift:  # Dream: the prediction for position i comes from the output at i - 1.

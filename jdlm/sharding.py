@@ -73,6 +73,9 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "q_bias": (HEADS, HEAD_DIM), "k_bias": (KV_HEADS, HEAD_DIM), "v_bias": (KV_HEADS, HEAD_DIM),
     "o": (HEADS, HEAD_DIM, EMBED),
     "gate": (EMBED, MLP), "up": (EMBED, MLP), "down": (MLP, EMBED),
+    # quantised weights' scales (jdlm/quantize.py): their weight's output axes, split the same way
+    "q_scale": (HEADS, HEAD_DIM), "k_scale": (KV_HEADS, HEAD_DIM), "v_scale": (KV_HEADS, HEAD_DIM),
+    "o_scale": (EMBED,), "gate_scale": (MLP,), "up_scale": (MLP,), "down_scale": (EMBED,),
 }
 
 # The decode state's batched fields (jdlm/decoding/state.py); its scalars are replicated.
@@ -176,18 +179,20 @@ def check_fits(config: ModelConfig, axis_sizes: Mapping[str, int], rules=LOGICAL
                                 f"{', '.join(f'{n} {sizes[n]}' for n in split)}")
 
 
-def param_specs(config: ModelConfig, rules=LOGICAL_AXIS_RULES):
-    """The PartitionSpec of every leaf of `Params.weights` for this config (same pytree structure)."""
+def param_specs(config: ModelConfig, rules=LOGICAL_AXIS_RULES, quantize: str | None = None):
+    """The PartitionSpec of every leaf of `Params.weights` for this config (same pytree structure); `quantize`:
+    of the weights quantised that way (jdlm/quantize.py: with their scales)."""
     from jdlm.model import param_shapes
 
     return jax.tree_util.tree_map_with_path(lambda path, _: logical_spec(PARAM_AXES[_leaf_name(path)], rules),
-                                            param_shapes(config).weights)
+                                            param_shapes(config, quantize=quantize).weights)
 
 
-def param_shardings(config: ModelConfig, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-    """The NamedSharding of every leaf of `Params.weights`; ShardingError when the model does not fit the mesh."""
+def param_shardings(config: ModelConfig, mesh: Mesh, rules=LOGICAL_AXIS_RULES, quantize: str | None = None):
+    """The NamedSharding of every leaf of `Params.weights` (quantised by `quantize`, as in `param_specs`);
+    ShardingError when the model does not fit the mesh."""
     check_fits(config, dict(mesh.shape), rules)
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(config, rules))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(config, rules, quantize))
 
 
 def shard_params(params, mesh: Mesh):
@@ -196,7 +201,9 @@ def shard_params(params, mesh: Mesh):
     Each host must hold the same values (e.g. `init_params` with one seed). To load a checkpoint larger than one
     device, use `jdlm.load(path, mesh=mesh)`, which reads every shard straight to its device.
     """
-    weights = jax.device_put(params.weights, param_shardings(params.config, mesh))
+    from jdlm.quantize import mode_of
+
+    weights = jax.device_put(params.weights, param_shardings(params.config, mesh, quantize=mode_of(params.weights)))
     placed = params.replace(weights=weights)
     check_sharded(placed, mesh)
     return placed

@@ -103,7 +103,9 @@ def run(args) -> int:
         run_grid,
         suite_strategies,
     )
+    from jdlm.quantize import check_mode, mode_of, quantize_params
 
+    check_mode(args.quantize)  # before any weights are made
     G = args.gen_length
     block = build_strategy(args, "low_confidence").schedule.block_length  # checks the lengths
     if args.strategy:
@@ -128,7 +130,7 @@ def run(args) -> int:
             raise UsageError(skipped_for_memory[0]["reason"])
 
         def random_weights(name):
-            params = jbench.random_params(name, jnp.dtype(dtype))
+            params = quantize_params(jbench.random_params(name, jnp.dtype(dtype)), args.quantize)
             params = params if mesh is None else sharding.shard_params(params, mesh)
             guides[name] = load_guide(args, params)
             return params
@@ -144,6 +146,9 @@ def run(args) -> int:
         if not args.quiet:
             note(console, loaded)
         dtype = str(params.dtype)
+    quantized = mode_of(params.weights) if not grid.models else args.quantize
+    if quantized:
+        source += f", {quantized} weights"
     if mesh is not None:
         source += f", {sharding.describe(mesh)}"
     floors = roofline.measure_floors(dtype, quick=jax.default_backend() == "cpu")

@@ -137,6 +137,7 @@ def load_model(args, mesh=None):
 
     import jdlm
     from jdlm import sharding
+    from jdlm.quantize import mode_of
 
     enable_compilation_cache()
     dtype = args.dtype
@@ -148,14 +149,16 @@ def load_model(args, mesh=None):
     check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}", shards)
     t0 = time.perf_counter()
     try:
-        params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh)
+        params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh, quantize=getattr(args, "quantize", None))
     except jdlm.CheckpointError as e:
         if args.model in PACKAGED_MODELS and "not installed" in str(e):
             raise UsageError(f"{e}, or pass --model DIR with a converted checkpoint (jdlm convert --help)") from None
         raise
     cfg = params.config
     kind = f"{cfg.family}, causal" if cfg.causal else cfg.family
-    loaded = (f"loaded {args.model} ({kind}, {cfg.n_params / 1e6:.1f}M parameters, {params.dtype}) in "
+    mode = mode_of(params.weights)
+    weights = f"{params.dtype}, {mode} linear weights" if mode else str(params.dtype)
+    loaded = (f"loaded {args.model} ({kind}, {cfg.n_params / 1e6:.1f}M parameters, {weights}) in "
               f"{time.perf_counter() - t0:.1f} s" + (f" onto {sharding.describe(mesh)}" if mesh else ""))
     if args.model in PACKAGED_MODELS and Path(args.model).is_dir():  # the name wins: say so, once
         loaded += f" (the packaged model; for the folder ./{args.model} pass --model ./{args.model})"

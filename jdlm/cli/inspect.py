@@ -86,7 +86,8 @@ def run(args) -> int:
     head.add_row("kind", "jdlm checkpoint" if info["kind"] == "jdlm" else "Hugging Face checkpoint (not converted)")
     if "n_params" in info:
         head.add_row("parameters", f"{info['n_params']:,} ({info['n_params'] / 1e6:.1f}M)")
-    head.add_row("dtype", str(info.get("dtype")))
+    quantized = info.get("manifest", {}).get("quantization", {}).get("mode")
+    head.add_row("dtype", str(info.get("dtype")) + (f" ({quantized} linear weights)" if quantized else ""))
     if "decoding" in info:
         head.add_row("decoding", "causal: greedy, left to right" if info["decoding"] == "causal" else
                      "masked diffusion: any --strategy")

@@ -16,6 +16,7 @@ from jdlm.checkpoint import (AtomicDirectory, CheckpointError, check_destination
 from jdlm.config import ConfigError, from_hf, read_config_json
 from jdlm.tokenizer import TOKENIZER_FILES
 from jdlm.errors import ConversionError, SourceCheckpointError
+from jdlm.quantize import INPUT_AXES, MODES, quantize_array, scale_name
 
 DTYPES = {"bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16, "float32": jnp.float32, "fp32": jnp.float32,
           "float16": jnp.float16, "fp16": jnp.float16}
@@ -73,7 +74,7 @@ def _convert_tensor(e, ckpt: SafetensorsCheckpoint, target: np.dtype) -> np.ndar
 
 
 def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: str | None = None,
-                       overwrite: bool = False, progress: bool = False) -> Path:
+                       quantize: str | None = None, overwrite: bool = False, progress: bool = False) -> Path:
     """Converts the Hugging Face checkpoint directory `src` into the jdlm checkpoint directory `dst`.
 
     The destination is checked before anything is read: it may not be `src`, contain it or lie inside it, nor be
@@ -89,6 +90,9 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
       src: directory with config.json, safetensors weights and tokenizer files.
       dst: the jdlm checkpoint directory to create.
       dtype: "bfloat16" / "float32" / "float16"; default: keep the source dtype (float32 for mixed sources).
+      quantize: "int8" or "fp8": store the linear weights quantised, with their scales (jdlm/quantize.py),
+        computed from the weights cast to `dtype`, so the result equals `jdlm.load(float_checkpoint,
+        quantize=...)`; the manifest records it and loading needs no option. Other weights stay in `dtype`.
       overwrite: replace `dst` if it is a jdlm checkpoint.
       progress: show a progress bar (on stderr).
     """
@@ -97,6 +101,8 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
         raise ConversionError(f"unknown model family {family!r}; choose one of {sorted(LAYOUTS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if quantize is not None and quantize not in MODES:
+        raise ConversionError(f"unknown --quantize {quantize!r}; choose one of {', '.join(MODES)}")
     try:
         check_destination(dst, overwrite, source=src)
     except CheckpointError as e:
@@ -147,7 +153,12 @@ def convert_checkpoint(family: str, src: str | Path, dst: str | Path, *, dtype: 
     bar = _progress(progress, len(entries))
     try:
         for e in entries:  # one source tensor in memory at a time, besides the converted ones
-            _set(weights, e.target, to_host(_convert_tensor(e, ckpt, target)))
+            tensor = to_host(_convert_tensor(e, ckpt, target))
+            name = e.target[-1]
+            if quantize is not None and e.target[0] == "layers" and name in INPUT_AXES:
+                tensor, scale = quantize_array(tensor, quantize, INPUT_AXES[name])
+                _set(weights, (*e.target[:-1], scale_name(name)), scale)
+            _set(weights, e.target, tensor)
             bar.advance()
     except SourceCheckpointError as err:
         raise ConversionError(str(err)) from None
