@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jdlm.config import ModelConfig
 from jdlm.model import Params
+from jdlm.quantize import weight_bytes
 
 # Large enough to reach a GPU's peak (8192^3 bf16: about 1.7 ms on an H100; 1 GiB copied: about 0.8 ms), small
 # enough to run in seconds on a CPU in the quick sizes.
@@ -112,10 +113,8 @@ class ForwardCost:
 def weight_bytes_read(params: Params) -> int:
     """Bytes of weights a forward reads: all of them but the embedding table, of which it gathers only the
     tokens' rows (unless the table is also the LM head)."""
-    leaves = jax.tree.leaves(params.weights)
-    total = sum(leaf.size * jnp.dtype(leaf.dtype).itemsize for leaf in leaves)
-    embed = params.weights["embed"]
-    return total if params.config.tie_embeddings else total - embed.size * jnp.dtype(embed.dtype).itemsize
+    total = weight_bytes(params.weights)
+    return total if params.config.tie_embeddings else total - weight_bytes(params.weights["embed"])
 
 
 def forward_cost(params: Params, *, rows: int, queries: int, keys: int, logits: int, kv_read: int,
