@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm.config import ModelConfig
+from jdlm.quantize import quantized_shapes, scale_name
 
 
 @flax.struct.dataclass
@@ -105,8 +106,6 @@ def param_shapes(config: ModelConfig, dtype=jnp.bfloat16, quantize: str | None =
     params = jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
     if quantize is None:
         return params
-    from jdlm.quantize import quantized_shapes
-
     return params.replace(weights=quantized_shapes(params.weights, quantize))
 
 
@@ -143,7 +142,7 @@ def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
     its output axes), the weight is converted to x's dtype inside the matmul, which accumulates in float32, and the
     scale applied to the output channels: XLA fuses the convert into the GEMM, so the weight is read in 1 byte.
     Float weights take the plain einsum, unchanged."""
-    scale = layer.get(name + "_scale")
+    scale = layer.get(scale_name(name))
     if scale is None:
         return jnp.einsum(spec, x, layer[name])
     y = jnp.einsum(spec, x, layer[name].astype(x.dtype), preferred_element_type=jnp.float32)
@@ -155,7 +154,7 @@ def keep_in_loop(layer: dict, anchor: jax.Array) -> dict:
     call's tokens, which change every decode step). Without it XLA hoists each weight's int8 -> compute-dtype
     convert out of the decode loop as loop-invariant: a second, full-width copy of the weights, read at 2 bytes a
     weight every step, which undoes the point of quantising. The barrier computes nothing."""
-    names = [name for name in layer if name + "_scale" in layer]
+    names = [name for name in layer if scale_name(name) in layer]
     pinned, _ = jax.lax.optimization_barrier(([layer[name] for name in names], anchor))
     return {**layer, **dict(zip(names, pinned))}
 
@@ -271,7 +270,7 @@ def forward(
     # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
     # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).
     x = jnp.take(w["embed"], tokens, axis=0).astype(w["final_norm"].dtype)  # [B, T, D]
-    if "q_scale" in w["layers"][0]:  # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
+    if scale_name("q") in w["layers"][0]:  # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
         w = {**w, "layers": tuple(keep_in_loop(layer, tokens) for layer in w["layers"])}
     if extra_embed is not None:
         x = x + extra_embed.astype(x.dtype)
