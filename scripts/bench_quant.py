@@ -2,7 +2,8 @@
 
 Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode (jdlm/quantize.py). For each mode:
   drift: one full forward over random tokens (B=1, prompt + generation length): max and mean |logit - bf16 logit|,
-    the bf16 logits' std for scale, and top-1 agreement with bf16;
+    the bf16 logits' std for scale, and top-1 agreement with bf16; as a yardstick, the same figures for bf16
+    against the same weights computed in float32 (random deep networks amplify any rounding);
   speed: B=1, the dual cache, one token per step (low confidence, steps = gen length), blocks of 32: tokens/s, the
     mean step's time (run time / NFE) and the weight bytes a step reads over it (bandwidth), and against the
     device's measured floors (`jdlm.roofline`): the cached step alone, its floor and their ratio;
@@ -102,6 +103,11 @@ def main(argv=None) -> int:
     report["floors"] = floors.as_dict()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, base.config.mask_id, (1, P + G)), jnp.int32)
     reference = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(base, tokens), np.float32)
+    if dtype != jnp.float32:  # a yardstick for the drifts below: the same weights computed in float32
+        wide = base.replace(weights=jax.tree.map(lambda w: w.astype(jnp.float32), base.weights))
+        wide_logits = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(wide, tokens), np.float32)
+        del wide
+        report["bf16_vs_float32_drift"] = drift(base, wide_logits, tokens)
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")
     for mode in args.modes.split(","):
         entry: dict = {}
