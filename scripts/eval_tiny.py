@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jdlm
 from jdlm import eval as E
 from jdlm.tasks import TASKS
+from jdlm.tasks.base import load_jsonl
 
 BASELINE_VARIANTS = (  # (label, task, difficulty)
     ("sudoku", "sudoku", {}), ("sudoku9", "sudoku9", {}), ("countdown-3", "countdown", {"n_sources": 3}),
@@ -43,17 +44,19 @@ def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False, o
 SWEEP_TASKS = ("sudoku", "sudoku9", "countdown", "arithmetic", "multistep", "code")
 
 
-def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS, run_code: bool = False) -> list:
+def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS, run_code: bool = False,
+          examples: dict | None = None) -> list:
     """Accuracy against NFE: counted rules at 1-8 tokens per step, thresholds, factor, entropy and the caches (the dual
     cache also refreshed every 2 steps: on countdown the plain caches cost the shipped tiny 30 points, the refresh none;
-    docs/eval/retrain3/README.md)."""
+    docs/eval/retrain3/README.md). `examples` maps a task to its examples in place of the generated eval split."""
     specs = [E.EvalSpec(rule="low_confidence", tokens_per_step=k) for k in (1, 2, 4, 8)]
     specs += [E.EvalSpec(rule=f"threshold:{t}") for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
     specs += [E.EvalSpec(rule="threshold:0.9", cache=c) for c in ("prefix", "dual", "dual:refresh_every=2")]
     specs += [E.EvalSpec(rule="low_confidence", tokens_per_step=2, cache="dual")]
     tasks = [t for t in tasks if run_code or t != "code"]
-    return E.sweep(params, tok, tasks, specs, limit=limit, batch_size=batch_size, allow_code_execution=run_code)
+    return E.sweep(params, tok, tasks, specs, limit=limit, batch_size=batch_size, allow_code_execution=run_code,
+                   examples=examples)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,11 +69,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=125)
     p.add_argument("--tasks", default=None, help="comma-separated baseline labels and sweep tasks to run "
                    "(default: all)")
+    p.add_argument("--examples", action="append", default=[], metavar="TASK=FILE",
+                   help="sweep TASK on the examples of a jsonl file (e.g. a harder difficulty) instead of its eval split")
     p.add_argument("--confirm-run-unsafe-code", action="store_true",
                    help="also evaluate the code task, which runs model-written Python in jdlm's sandbox (see README)")
     args = p.parse_args(argv)
     if args.limit < 1 or args.batch_size < 1 or args.sweep_limit < 0:
         p.error("--limit and --batch-size must be positive, --sweep-limit positive or 0 (no sweep)")
+    try:
+        args.examples = {task: load_jsonl(path) for task, path in (item.split("=", 1) for item in args.examples)}
+    except (ValueError, OSError) as e:
+        p.error(f"--examples takes TASK=FILE with a readable jsonl file: {e}")
+    unknown = set(args.examples) - set(SWEEP_TASKS)
+    if unknown:
+        p.error(f"--examples: {', '.join(sorted(unknown))} is not a sweep task ({', '.join(SWEEP_TASKS)})")
     args.out = Path(args.out or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file; give a folder")
@@ -90,7 +102,8 @@ def main(argv=None) -> None:
                    "held-out eval split.")
     if args.sweep_limit:
         tasks = [t for t in SWEEP_TASKS if only is None or t in only]
-        reports = sweep(params, tok, args.sweep_limit, args.batch_size, tasks, run_code=args.confirm_run_unsafe_code)
+        reports = sweep(params, tok, args.sweep_limit, args.batch_size, tasks, run_code=args.confirm_run_unsafe_code,
+                        examples=args.examples)
         E.write_tables(reports, out, "sweep", f"Model `{args.model}` on {device}: accuracy against NFE.")
         E.plot_pareto(reports, out / "pareto.png", title=f"{args.model}: accuracy vs NFE")
     print(f"wrote {out}", flush=True)

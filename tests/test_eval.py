@@ -370,7 +370,7 @@ def test_plot_without_matplotlib_says_how_to_install(reports, tmp_path, monkeypa
         E.plot_pareto(reports, tmp_path / "x.png")
 
 
-def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval():
+def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval(tmp_path):
     import importlib.util
     from pathlib import Path
 
@@ -381,9 +381,13 @@ def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval():
     default = script.parse_args([]).out
     assert default.parent == Path("runs") and default.name.startswith("eval-"), default
     assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")
-    for bad in (["--limit", "0"], ["--sweep-limit", "-1"], ["--out", __file__]):
+    for bad in (["--limit", "0"], ["--sweep-limit", "-1"], ["--out", __file__], ["--examples", "sudoku9"],
+                ["--examples", f"sudoku9={__file__}x"], ["--examples", f"nosuch={__file__}"]):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
+    data = tmp_path / "hard.jsonl"
+    data.write_text('{"input": "x", "output": "y"}\n')
+    assert [e.output for e in script.parse_args(["--examples", f"sudoku9={data}"]).examples["sudoku9"]] == ["y"]
 
 
 # ---------------------------------------------------------------------------------------------- HumanEval
