@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def sweep(params, tok, limit: int, batch_size: int, tasks=SWEEP_TASKS, run_code:
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
     specs += [E.EvalSpec(rule="threshold:0.9", cache=c) for c in ("prefix", "dual", "dual:refresh_every=2")]
     specs += [E.EvalSpec(rule="low_confidence", tokens_per_step=2, cache="dual")]
-    tasks = [t for t in tasks if run_code or t != "code"]
+    tasks = [t for t in tasks if run_code or getattr(t, "name", t) != "code"]
     return E.sweep(params, tok, tasks, specs, limit=limit, batch_size=batch_size, allow_code_execution=run_code,
                    examples=examples)
 
@@ -71,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: all)")
     p.add_argument("--examples", action="append", default=[], metavar="TASK=FILE",
                    help="sweep TASK on the examples of a jsonl file (e.g. a harder difficulty) instead of its eval split")
+    p.add_argument("--difficulty", type=json.loads, default={}, metavar="JSON",
+                   help='the sweep tasks\' generator settings, e.g. \'{"multistep": {"steps": [9, 10]}}\' (default: '
+                   "each task's own)")
     p.add_argument("--confirm-run-unsafe-code", action="store_true",
                    help="also evaluate the code task, which runs model-written Python in jdlm's sandbox (see README)")
     args = p.parse_args(argv)
@@ -80,6 +84,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.examples = {task: load_jsonl(path) for task, path in (item.split("=", 1) for item in args.examples)}
     except (ValueError, OSError) as e:
         p.error(f"--examples takes TASK=FILE with a readable jsonl file: {e}")
+    for task, knobs in args.difficulty.items():
+        if task not in SWEEP_TASKS or not isinstance(knobs, dict):
+            p.error(f"--difficulty maps sweep tasks ({', '.join(SWEEP_TASKS)}) to settings, got {task!r}: {knobs!r}")
+        try:
+            dataclasses.replace(TASKS[task], **knobs)
+        except (TypeError, ValueError) as e:
+            p.error(f"--difficulty {task}: {e}")
     unknown = set(args.examples) - set(SWEEP_TASKS)
     if unknown:
         p.error(f"--examples: {', '.join(sorted(unknown))} is not a sweep task ({', '.join(SWEEP_TASKS)})")
@@ -101,7 +112,8 @@ def main(argv=None) -> None:
     E.write_tables(base, out, "baseline", f"Model `{args.model}` on {device}, one token per step, low confidence, "
                    "held-out eval split.")
     if args.sweep_limit:
-        tasks = [t for t in SWEEP_TASKS if only is None or t in only]
+        tasks = [dataclasses.replace(TASKS[t], **args.difficulty.get(t, {}))
+                 for t in SWEEP_TASKS if only is None or t in only]
         reports = sweep(params, tok, args.sweep_limit, args.batch_size, tasks, run_code=args.confirm_run_unsafe_code,
                         examples=args.examples)
         E.write_tables(reports, out, "sweep", f"Model `{args.model}` on {device}: accuracy against NFE.")

@@ -382,12 +382,15 @@ def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval(tmp_pat
     assert default.parent == Path("runs") and default.name.startswith("eval-"), default
     assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")
     for bad in (["--limit", "0"], ["--sweep-limit", "-1"], ["--out", __file__], ["--examples", "sudoku9"],
-                ["--examples", f"sudoku9={__file__}x"], ["--examples", f"nosuch={__file__}"]):
+                ["--examples", f"sudoku9={__file__}x"], ["--examples", f"nosuch={__file__}"],
+                ["--difficulty", '{"nosuch": {}}'], ["--difficulty", '{"multistep": {"steps": 99}}']):
         with pytest.raises(SystemExit):
             script.parse_args(bad)
     data = tmp_path / "hard.jsonl"
     data.write_text('{"input": "x", "output": "y"}\n')
     assert [e.output for e in script.parse_args(["--examples", f"sudoku9={data}"]).examples["sudoku9"]] == ["y"]
+    assert script.parse_args(["--difficulty", '{"multistep": {"steps": [9, 10]}}']).difficulty == {
+        "multistep": {"steps": [9, 10]}}
 
 
 # ---------------------------------------------------------------------------------------------- HumanEval
