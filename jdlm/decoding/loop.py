@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm import sharding
+from jdlm.decoding import executables
 from jdlm.decoding.cache import ForwardView, SequenceInputs
 from jdlm.decoding.commit import Latest
 from jdlm.decoding.inputs import check_prompt
@@ -65,7 +66,8 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide), rows)
+        return sharding.take_rows(executables.call("decode_loop", _decode_loop, params, prompt, prompt_mask, keys,
+                                                   strategy, tables, guide), rows)
 
 
 def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
@@ -81,11 +83,11 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables, guide)
+        inputs, state = executables.call("init", _init, params, prompt, prompt_mask, keys, strategy, tables, guide)
     going = True
     while going:
         with sharding.active(mesh):
-            state, partial, going = _advance(inputs, state, strategy)
+            state, partial, going = executables.call("advance", _advance, inputs, state, strategy)
         yield sharding.take_rows(partial, rows)
         going = bool(going)
 
