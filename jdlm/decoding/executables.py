@@ -31,6 +31,7 @@ import io
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -42,6 +43,7 @@ SUBDIR = "jdlm-executables"
 # compile, "failed" (a stored program could not be read, loaded or run: compiled again), "unsupported" (the
 # arguments take jax.jit's own path). Tests read these.
 EVENTS: collections.Counter = collections.Counter()
+SECONDS: collections.Counter = collections.Counter()  # "load" (read and deserialize) and "store" (serialize, write)
 _LOGGING = {"jax_log_compiles", "jax_logging_level", "jax_debug_log_modules", "jax_explain_cache_misses",
             "jax_pprint_use_color"}
 _loaded: dict = {}  # (name, signature) -> jax.stages.Compiled, for the rest of the process
@@ -94,12 +96,14 @@ except (ImportError, AttributeError):  # another jax: jax.clear_caches() leaves 
 
 
 def _first_call(name, jitted, args, signature, directory: Path):
-    leaves_device = signature[2]
+    device = signature[2]
     material = _key_material(name, signature)
     path = None if material is None else directory / f"{name}-{hashlib.sha256(material.encode()).hexdigest()}.bin"
     if path is not None and path.is_file():
         try:
-            compiled = _load(path, material, leaves_device)
+            started = time.perf_counter()
+            compiled = _load(path, material, device)
+            SECONDS["load"] += time.perf_counter() - started
             out = compiled(*args)
         except Exception:  # noqa: BLE001 (unreadable, stale layout, another jax: compile as if it were not there)
             EVENTS["failed"] += 1
@@ -108,8 +112,10 @@ def _first_call(name, jitted, args, signature, directory: Path):
             _loaded[(name, signature)] = compiled
             return out
     compiled = jitted.lower(*args).compile()  # the persistent cache still spares XLA's compile
+    started = time.perf_counter()
     if path is not None and _store(path, material, compiled):
         EVENTS["stored"] += 1
+        SECONDS["store"] += time.perf_counter() - started
     _loaded[(name, signature)] = compiled
     return compiled(*args)
 
