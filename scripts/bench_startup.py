@@ -34,7 +34,9 @@ TARGET_S = 3.0
 
 JAX_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
               "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
-              "/jax/core/compile/backend_compile_duration": "compile_or_cache_load_s"}
+              "/jax/core/compile/backend_compile_duration": "compile_or_cache_load_s",
+              "/jdlm/executables/load_duration": "store_load_s",  # jdlm.decoding.executables
+              "/jdlm/executables/store_duration": "store_write_s"}
 
 
 def child(args) -> None:
@@ -72,15 +74,14 @@ def child(args) -> None:
     first = next(decode_steps(params, prompt, strategy))
     jax.block_until_ready(first.tokens)
     marks["first_tokens"] = time.time()
-    store["first_tokens"] = _store_counts(executables)
+    store["first_step"] = _store_counts(executables)
     result = decode(params, prompt, strategy)
     jax.block_until_ready(result.tokens)
     marks["decoded"] = time.time()
-    store["decoded"] = _store_counts(executables)
+    store["decode"] = _store_counts(executables)
     phases = {"weights": ("backend", "weights"), "first_step": ("weights", "first_tokens"),
               "decode": ("first_tokens", "decoded")}
-    jax_work = {phase: {"programs": 0, "trace_s": 0.0, "lower_s": 0.0, "compile_or_cache_load_s": 0.0}
-                for phase in phases}
+    jax_work = {phase: {"programs": 0, **dict.fromkeys(JAX_EVENTS.values(), 0.0)} for phase in phases}
     for at, field, seconds in events:
         for phase, (start, end) in phases.items():
             if marks[start] < at <= marks[end]:
@@ -96,15 +97,15 @@ def child(args) -> None:
 
 
 def _store_counts(executables) -> dict:
-    return {**executables.EVENTS, **{f"{k}_s": v for k, v in executables.SECONDS.items()}}
+    return dict(executables.EVENTS)
 
 
 def _store_deltas(store: dict) -> dict:
-    """What the store did in each phase: {"first_step": {"loaded": 2, "load_s": 0.4}, ...}."""
+    """What the store did in each phase: {"first_step": {"loaded": 2}, "decode": {"loaded": 1}}."""
     out, before = {}, {}
     for phase, counts in store.items():
         if phase != "weights":
-            out[phase] = {k: round(v - before.get(k, 0), 3) for k, v in counts.items() if v != before.get(k, 0)}
+            out[phase] = {k: v - before.get(k, 0) for k, v in counts.items() if v != before.get(k, 0)}
         before = counts
     return out
 
