@@ -62,7 +62,7 @@ def call(name: str, jitted, *args):
     directory = store_directory()
     if directory is None:
         return jitted(*args)
-    signature = _signature(args)
+    signature = _guarded(_signature, args)
     if signature is None:
         EVENTS["unsupported"] += 1
         return jitted(*args)
@@ -100,7 +100,7 @@ except (ImportError, AttributeError):  # another jax: jax.clear_caches() leaves 
 
 def _first_call(name, jitted, args, signature, directory: Path):
     device = signature[2]
-    material = _key_material(name, signature)
+    material = _guarded(_key_material, name, signature)
     path = None if material is None else directory / f"{name}-{hashlib.sha256(material.encode()).hexdigest()}.bin"
     if path is not None and path.is_file():
         try:
@@ -121,6 +121,15 @@ def _first_call(name, jitted, args, signature, directory: Path):
         jax.monitoring.record_event_duration_secs(STORE_EVENT, time.perf_counter() - started)
     _loaded[(name, signature)] = compiled
     return compiled(*args)
+
+
+def _guarded(function, *args):
+    """function(*args), or None when it fails: the key leans on JAX internals (its trace context, its config
+    table) that another JAX version may lack, and then the store is simply off."""
+    try:
+        return function(*args)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _load(path: Path, material: str, device):
