@@ -101,11 +101,11 @@ def _store_counts(executables) -> dict:
 
 
 def _store_deltas(store: dict) -> dict:
-    """What the store did in each phase: {"first_step": {"loaded": 2}, "decode": {"loaded": 1}}."""
+    """What the store did in each phase (`store` holds the running counts at each phase's end):
+    {"weights": {"loaded": 7}, "first_step": {"loaded": 2}, "decode": {"loaded": 1}}."""
     out, before = {}, {}
     for phase, counts in store.items():
-        if phase != "weights":
-            out[phase] = {k: v - before.get(k, 0) for k, v in counts.items() if v != before.get(k, 0)}
+        out[phase] = {k: v - before.get(k, 0) for k, v in counts.items() if v != before.get(k, 0)}
         before = counts
     return out
 
