@@ -12,7 +12,9 @@ Blocks are decoded in lockstep across the batch; a row with nothing left to do i
 tokens and NFE are frozen), so every row gets exactly the tokens and NFE it would get decoded alone.
 
 The strategy is an ordinary (traced) argument of the compiled functions: its structure is part of the compile key,
-its numeric knobs are not (see `part`), so sweeping a threshold compiles once.
+its numeric knobs are not (see `part`), so sweeping a threshold compiles once. With JAX's persistent compilation
+cache on, the compiled functions are also stored beside it, and a later process runs them without tracing
+(`executables`).
 """
 
 from __future__ import annotations
