@@ -2,7 +2,8 @@
 
 JAX's persistent compilation cache skips only XLA's compile: a new process still traces the decode (a 32-layer
 model, unrolled), lowers it to StableHLO and hashes that to find the cache entry, then loads the executable; at
-LLaDA-8B shapes on a CPU the first three take about 0.75 s a program and the load about as much. When that cache is on
+LLaDA-8B shapes on a CPU tracing and lowering take about 1 s a program, finding and loading it about as much
+(docs/performance.md, Start-up). When that cache is on
 (`jax_compilation_cache_dir`, which the CLI sets), `call` also keeps each compiled entry point of the decode
 serialized (`jax.experimental.serialize_executable`) in `<that dir>/jdlm-executables/`, under a key computed from
 the arguments alone, with no tracing:
@@ -39,9 +40,9 @@ import numpy as np
 
 FORMAT = "jdlm-executable-1"  # bump when the stored layout or the key changes
 SUBDIR = "jdlm-executables"
-# What happened to each entry point's first call in this process: "loaded" from the store, "stored" after a
-# compile, "failed" (a stored program could not be read, loaded or run: compiled again), "unsupported" (the
-# arguments take jax.jit's own path). Tests read these.
+# What happened in this process: a program's first call "loaded" it from the store, or compiled it and "stored"
+# it, or "failed" to read, load or run a stored one (and compiled it again); "unsupported" counts the calls whose
+# arguments take jax.jit's own path. Tests and scripts/bench_startup.py read these.
 EVENTS: collections.Counter = collections.Counter()
 # Seconds spent, reported through jax.monitoring beside JAX's own compile events (the CLI counts them as compile
 # time): reading and loading a stored program, and serializing and writing one.
