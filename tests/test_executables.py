@@ -64,15 +64,16 @@ def processes(tmp_path_factory):
 
 def test_first_process_compiles_and_stores(processes):
     decode, steps = processes["first"]
-    assert decode["events"] == {"stored": 1} and "_decode_loop" in decode["lowered"]
+    assert decode["events"] == {"stored": 2} and "_decode_loop" in decode["lowered"]  # with the row keys' program
     assert steps["events"] == {"stored": 2} and {"init_state", "_advance"} <= set(steps["lowered"])
-    # after both processes: the three entry points, and two more decode loops from the second (see below)
-    assert sorted(p.name.split("-")[0] for p in processes["stored"]) == ["advance"] + ["decode_loop"] * 3 + ["init"]
+    # after both processes: the four programs, and two more decode loops from the second (see below)
+    assert sorted(p.name.split("-")[0] for p in processes["stored"]) == \
+        ["advance"] + ["decode_loop"] * 3 + ["init", "row_keys_1"]
 
 
 def test_second_process_runs_the_stored_programs_without_tracing(processes):
     first, (knob, decode, steps, _, _) = processes["first"], processes["second"]
-    assert knob["events"] == {"loaded": 1} and knob["lowered"] == []  # a knob value is not part of the key
+    assert knob["events"] == {"loaded": 2} and knob["lowered"] == []  # a knob value is not part of the key
     assert decode["events"] == {} and decode["lowered"] == []  # loaded once, kept for the process
     assert steps["events"] == {"loaded": 2} and steps["lowered"] == []
     for name, result in [("decode", decode), ("steps", steps)]:
@@ -88,7 +89,7 @@ def test_new_structure_or_shape_is_a_new_program(processes):
 
 def test_corrupt_file_is_compiled_again_and_replaced(processes):
     (decode,) = processes["third"]
-    assert decode["events"] == {"failed": 1, "stored": 1} and "_decode_loop" in decode["lowered"]
+    assert decode["events"] == {"failed": 2, "stored": 2} and "_decode_loop" in decode["lowered"]
     assert decode["tokens"] == processes["first"][0]["tokens"]
     assert not processes["decode_file"].read_bytes().startswith(b"not a pickle")
 

@@ -19,6 +19,7 @@ cache on, the compiled functions are also stored beside it, and a later process 
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import jax
@@ -108,7 +109,7 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, gui
     mask = None if no_padding else jnp.asarray(prompt_mask).astype(bool)
     keys = row_keys(jax.random.key(0) if key is None else key, B)
     strategy = strategy.for_model(params.config)
-    tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
+    tables = strategy.schedule.tables()  # NumPy: the compiled call takes them as they are, with no program of its own
     return params, jnp.asarray(prompt, jnp.int32), mask, keys, strategy, tables
 
 
@@ -129,7 +130,7 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     if key.ndim == 0:
-        return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch))
+        return executables.call(f"row_keys_{batch}", _fold_rows(batch), key)
     if key.shape != (batch,):
         raise ValueError(f"key must be one PRNG key or one per row ({batch}), got shape {key.shape}")
     return key
@@ -320,6 +321,12 @@ def _decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide=None
 
 
 _init = jax.jit(init_state)
+
+
+@functools.cache
+def _fold_rows(batch: int):
+    """key -> [batch] keys, fold_in(key, b) for every row b, as one compiled program (eagerly, three)."""
+    return jax.jit(lambda key: jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch)))
 
 
 @jax.jit
