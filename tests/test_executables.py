@@ -119,3 +119,20 @@ def test_unkeyed_arguments_keep_to_jit():
     signature = executables._signature((Outside(a=x),))
     assert signature is not None and executables._key_material("decode_loop", signature) is None
     assert executables._key_material("decode_loop", executables._signature(({"a": x},))) is not None
+
+
+def test_key_changes_with_jdlm_source_and_jax_settings(monkeypatch):
+    signature = executables._signature(({"a": jnp.ones((2, 3))},))
+    base = executables._key_material("decode_loop", signature)
+    assert base == executables._key_material("decode_loop", executables._signature(({"a": jnp.zeros((2, 3))},)))
+    assert base != executables._key_material("advance", signature)
+    assert base != executables._key_material("decode_loop", executables._signature(({"a": jnp.ones((2, 4))},)))
+    monkeypatch.setattr(executables, "_source_digest", lambda: "an edited checkout")
+    assert base != executables._key_material("decode_loop", signature)
+    monkeypatch.undo()
+    precision = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "bfloat16" if precision != "bfloat16" else "highest")
+    try:
+        assert base != executables._key_material("decode_loop", executables._signature(({"a": jnp.ones((2, 3))},)))
+    finally:
+        jax.config.update("jax_default_matmul_precision", precision)
