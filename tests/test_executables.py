@@ -106,7 +106,7 @@ def test_store_is_off_without_a_persistent_cache_or_with_the_switch(monkeypatch,
         jax.config.update("jax_compilation_cache_dir", None)
 
 
-def test_unkeyed_arguments_keep_to_jit():
+def test_unkeyed_arguments_keep_to_jit(monkeypatch, tmp_path):
     x = jnp.ones((2, 3))
     assert executables._signature((x, np.float32(1.0), None)) is not None
     seen = []
@@ -118,6 +118,11 @@ def test_unkeyed_arguments_keep_to_jit():
 
     signature = executables._signature((Outside(a=x),))
     assert signature is not None and executables._key_material("decode_loop", signature) is None
+    before = executables.EVENTS.copy()
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)  # on (JAX's own cache stays off)
+    out = executables.call("outside", jax.jit(lambda node: node.a + 1), Outside(a=x))
+    np.testing.assert_array_equal(out, x + 1)
+    assert executables.EVENTS - before == {"unkeyed": 1} and not any(tmp_path.iterdir())
     assert executables._key_material("decode_loop", executables._signature(({"a": x},))) is not None
 
 

@@ -41,8 +41,10 @@ import numpy as np
 FORMAT = "jdlm-executable-1"  # bump when the stored layout or the key changes
 SUBDIR = "jdlm-executables"
 # What happened in this process: a program's first call "loaded" it from the store, or compiled it and "stored"
-# it, or "failed" to read, load or run a stored one (and compiled it again); "unsupported" counts the calls whose
-# arguments take jax.jit's own path. Tests and scripts/bench_startup.py read these.
+# it, or "failed" to read, load or run a stored one (and compiled it again), or was "unkeyed" (no key across
+# processes: a tree node from outside jdlm, an object address, a JAX without the internals the key reads; compiled,
+# not stored); "unsupported" counts the calls whose arguments take jax.jit's own path. Tests and
+# scripts/bench_startup.py read these.
 EVENTS: collections.Counter = collections.Counter()
 # Seconds spent, reported through jax.monitoring beside JAX's own compile events (the CLI counts them as compile
 # time): reading and loading a stored program, and serializing and writing one.
@@ -102,6 +104,8 @@ except (ImportError, AttributeError):  # another jax: jax.clear_caches() leaves 
 def _first_call(name, jitted, args, signature, directory: Path):
     device = signature[2]
     material = _guarded(_key_material, name, signature)
+    if material is None:
+        EVENTS["unkeyed"] += 1
     path = None if material is None else directory / f"{name}-{hashlib.sha256(material.encode()).hexdigest()}.bin"
     if path is not None and path.is_file():
         try:
