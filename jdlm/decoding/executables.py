@@ -149,7 +149,8 @@ def _load(path: Path, material: str, device):
 
 def _store(path: Path, material: str, compiled) -> bool:
     """Writes the program (atomically: a reader never sees half a file); False when it cannot be serialized or
-    written (a read-only directory, a program jax cannot serialize)."""
+    written (a read-only directory, a full disk, a program jax cannot serialize)."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         from jax.experimental import serialize_executable
 
@@ -159,11 +160,11 @@ def _store(path: Path, material: str, compiled) -> bool:
                          "out_tree": out_tree}, buffer, protocol=pickle.HIGHEST_PROTOCOL)
             data = buffer.getvalue()
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         partial.write_bytes(data)
         os.replace(partial, path)
         return True
     except Exception:  # noqa: BLE001 (a store that cannot be written is a store that is off)
+        partial.unlink(missing_ok=True)
         return False
 
 
