@@ -26,6 +26,7 @@ executables.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import io
@@ -164,7 +165,8 @@ def _store(path: Path, material: str, compiled) -> bool:
         os.replace(partial, path)
         return True
     except Exception:  # noqa: BLE001 (a store that cannot be written is a store that is off)
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         return False
 
 
