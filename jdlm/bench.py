@@ -21,7 +21,7 @@ import numpy as np
 from jdlm import roofline, sharding
 from jdlm import strategies as S
 from jdlm.config import dream_7b, llada_8b, tiny
-from jdlm.decoding import Strategy, decode
+from jdlm.decoding import Strategy, decode, executables
 from jdlm.model import Params, forward, param_shapes
 from jdlm.quantize import mode_of
 
@@ -45,25 +45,31 @@ def random_params(name: str, dtype=jnp.bfloat16, seed: int = 0) -> Params:
     std 0.02 (norms at 1), as `init_params`, but not the same values.
 
     One small compiled generator per distinct tensor shape (7 for LLaDA-8B, 10 for Dream-7B), drawing each tensor
-    directly in `dtype` from `fold_in(key, index)`, with no float32 copy of any tensor; the generators come from the
-    persistent compilation cache in a later process (scripts/bench_startup.py times it). One jitted initialiser for
-    the whole model took XLA 3 minutes to compile at 8B shapes; eager ops, three compiles per shape."""
+    directly in `dtype` from `fold_in(key(seed), index)`, with no float32 copy of any tensor; in a later process the
+    generators come from jdlm's store of executables without even being traced (`jdlm.decoding.executables`; from
+    JAX's persistent cache with the store off; scripts/bench_startup.py times it), and nothing else compiles (the
+    norms' ones are copied from the host). One jitted initialiser for the whole model took XLA 3 minutes to compile
+    at 8B shapes; eager ops, three compiles per shape."""
     config = RANDOM_MODELS[name]()
-    key = jax.random.key(seed)
+    seed = jax.device_put(np.uint32(seed))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(param_shapes(config, dtype).weights)
-    arrays = [_ones(leaf.shape, leaf.dtype) if "norm" in jax.tree_util.keystr(path)
-              else _normal(key, i, leaf.shape, leaf.dtype) for i, (path, leaf) in enumerate(leaves)]
+    arrays = [jax.device_put(np.ones(leaf.shape, leaf.dtype)) if "norm" in jax.tree_util.keystr(path)
+              else _normal(seed, i, leaf.shape, leaf.dtype) for i, (path, leaf) in enumerate(leaves)]
     return Params(config=config, weights=jax.tree.unflatten(treedef, arrays))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _normal(key, index, shape, dtype):
-    return jax.random.normal(jax.random.fold_in(key, index), shape, dtype) * jnp.asarray(0.02, dtype)
+def _normal(seed: jax.Array, index: int, shape: tuple[int, ...], dtype) -> jax.Array:
+    """Normal(0, 0.02) of `shape` in `dtype`, drawn from fold_in(key(seed), index); seed: [] uint32 on the device."""
+    dtype = jnp.dtype(dtype)
+    name = f"random_normal_{'x'.join(map(str, shape))}_{dtype.name}"
+    return executables.call(name, _normal_generator(tuple(shape), dtype), seed, np.uint32(index))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _ones(shape, dtype):
-    return jnp.ones(shape, dtype)
+@functools.cache
+def _normal_generator(shape: tuple[int, ...], dtype):
+    """The compiled generator of one tensor shape: (seed, index) -> the tensor."""
+    return jax.jit(lambda seed, index: jax.random.normal(jax.random.fold_in(jax.random.key(seed), index), shape, dtype)
+                   * jnp.asarray(0.02, dtype))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """Start-up time with the persistent compilation cache: from launching a process to its first decoded tokens.
 
-Runs the same decode in two fresh processes that share a new, empty compilation cache (JDLM_COMPILATION_CACHE):
-the first compiles and fills the cache, the second should load every compiled program from it. Each process
+Runs the same decode in fresh processes that share a new, empty compilation cache (JDLM_COMPILATION_CACHE):
+the first compiles and fills the cache (JAX's persistent cache and jdlm's store of decode executables,
+`jdlm.decoding.executables`), the second loads every compiled program from it, and a third does the same with the
+store off (JDLM_EXECUTABLE_CACHE=0: JAX's persistent cache alone, which still traces and lowers). Each process
 creates random weights (`jdlm.bench.random_params`), then decodes one prompt one step at a time
 (`jdlm.decoding.decode_steps`, as `jdlm generate --show` does): its first tokens exist after the first step. It
 then runs the whole decode as one compiled call (`jdlm.decode`, as `jdlm generate` does). Times are wall-clock from
-the parent's launch of the process (interpreter start and imports included), with the child's breakdown.
+the parent's launch of the process (interpreter start and imports included), with the child's breakdown: per
+phase, the seconds JAX spent tracing, lowering and compiling or loading from its cache (`jax.monitoring`), and
+what the store did (programs loaded / stored and the seconds it took).
 
     python scripts/bench_startup.py                  # LLaDA-8B shapes, bf16, on a GPU; target: second < 3 s
     python scripts/bench_startup.py --quick          # tiny shapes on a CPU, seconds
@@ -28,17 +32,33 @@ from pathlib import Path
 TARGET_S = 3.0
 
 
+JAX_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+              "/jax/core/compile/backend_compile_duration": "compile_or_cache_load_s",
+              "/jdlm/executables/load_duration": "store_load_s",  # jdlm.decoding.executables
+              "/jdlm/executables/store_duration": "store_write_s"}
+
+
 def child(args) -> None:
     """One process: imports, weights, first step, whole decode; prints one JSON line of absolute times."""
     marks = {"started": time.time()}
     import jax
     import jax.numpy as jnp
 
+    marks["jax_imported"] = time.time()
+    events = []  # (end time, field, seconds) of every trace, lowering and compile
+
+    def listen(event, seconds, **kwargs):
+        if event in JAX_EVENTS:
+            events.append((time.time(), JAX_EVENTS[event], seconds))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+
     from jdlm import bench
     from jdlm import strategies as S
     from jdlm.bench_suite import describe_environment
     from jdlm.cli.common import enable_compilation_cache
-    from jdlm.decoding import decode, decode_steps
+    from jdlm.decoding import decode, decode_steps, executables
 
     marks["imported"] = time.time()
     cache = enable_compilation_cache()
@@ -47,6 +67,7 @@ def child(args) -> None:
     params = bench.random_params(args.model, jnp.dtype(args.dtype))
     jax.block_until_ready(params.weights)
     marks["weights"] = time.time()
+    store = {"weights": _store_counts(executables)}
     base = S.Strategy(schedule=S.Schedule(gen_length=args.gen_length, block_length=args.block_length,
                                           steps=args.gen_length))
     strategy = S.parse_strategy(args.strategy, base)
@@ -54,18 +75,46 @@ def child(args) -> None:
     first = next(decode_steps(params, prompt, strategy))
     jax.block_until_ready(first.tokens)
     marks["first_tokens"] = time.time()
+    store["first_step"] = _store_counts(executables)
     result = decode(params, prompt, strategy)
     jax.block_until_ready(result.tokens)
     marks["decoded"] = time.time()
+    store["decode"] = _store_counts(executables)
+    phases = {"weights": ("backend", "weights"), "first_step": ("weights", "first_tokens"),
+              "decode": ("first_tokens", "decoded")}
+    jax_work = {phase: {"programs": 0, **dict.fromkeys(JAX_EVENTS.values(), 0.0)} for phase in phases}
+    for at, field, seconds in events:
+        for phase, (start, end) in phases.items():
+            if marks[start] < at <= marks[end]:
+                jax_work[phase][field] = round(jax_work[phase][field] + seconds, 3)
+                jax_work[phase]["programs"] += field == "lower_s"
     print(json.dumps({"marks": marks, "device": device.device_kind, "environment": describe_environment(),
                       "cache": None if cache is None else str(cache),
+                      "jax": jax_work, "store": _store_deltas(store),
+                      "store_dir": None if executables.store_directory() is None else
+                      str(executables.store_directory()),
                       "revealed_first_step": int((first.tokens != params.config.mask_id).sum()),
                       "nfe": int(result.nfe[0])}), flush=True)
 
 
-def launch(args, cache_dir: Path) -> dict:
-    """Runs `child` in a fresh interpreter; its times relative to the launch."""
-    env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir)}
+def _store_counts(executables) -> dict:
+    return dict(executables.EVENTS)
+
+
+def _store_deltas(store: dict) -> dict:
+    """What the store did in each phase (`store` holds the running counts at each phase's end):
+    {"weights": {"loaded": 7}, "first_step": {"loaded": 2}, "decode": {"loaded": 1}}."""
+    out, before = {}, {}
+    for phase, counts in store.items():
+        out[phase] = {k: v - before.get(k, 0) for k, v in counts.items() if v != before.get(k, 0)}
+        before = counts
+    return out
+
+
+def launch(args, cache_dir: Path, store: bool = True) -> dict:
+    """Runs `child` in a fresh interpreter (with jdlm's store of executables on or off); its times relative to the
+    launch."""
+    env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir), "JDLM_EXECUTABLE_CACHE": "1" if store else "0"}
     command = [sys.executable, __file__, "--child", "--model", args.model, "--dtype", args.dtype,
                "--prompt-length", str(args.prompt_length), "--gen-length", str(args.gen_length),
                "--block-length", str(args.block_length), "--strategy", args.strategy]
@@ -79,7 +128,8 @@ def launch(args, cache_dir: Path) -> dict:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     marks = report.pop("marks")
     since = {f"{name}_s": round(marks[name] - launched, 3) for name in marks}
-    steps = {"import_s": marks["imported"] - marks["started"], "backend_s": marks["backend"] - marks["imported"],
+    steps = {"import_s": marks["imported"] - marks["started"], "import_jax_s": marks["jax_imported"] - marks["started"],
+             "backend_s": marks["backend"] - marks["imported"],
              "weights_s": marks["weights"] - marks["backend"], "first_step_s": marks["first_tokens"] - marks["weights"],
              "decode_s": marks["decoded"] - marks["first_tokens"]}
     return {"since_launch": since, "steps": {k: round(v, 3) for k, v in steps.items()}, **report}
@@ -113,20 +163,25 @@ def main(argv=None) -> int:
         first = launch(args, cache_dir)
         entries = [e for e in cache_dir.rglob("*") if e.is_file()]
         cache_files, cache_bytes = len(entries), sum(e.stat().st_size for e in entries)
-        second = launch(args, cache_dir) if "error" not in first else {"error": "the first process failed"}
+        failed = {"error": "the first process failed"}
+        second = launch(args, cache_dir) if "error" not in first else failed
+        without_store = launch(args, cache_dir, store=False) if "error" not in first else failed
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     seconds = second.get("since_launch", {}).get("first_tokens_s")
     environment = second.pop("environment", None) or first.get("environment")
     first.pop("environment", None)
+    without_store.pop("environment", None)
+    before = without_store.get("since_launch", {}).get("first_tokens_s")
     report = {"model": args.model, "dtype": args.dtype, "prompt_length": args.prompt_length,
               "gen_length": args.gen_length, "block_length": args.block_length, "strategy": args.strategy,
               "device": second.get("device", first.get("device")),
               "environment": environment,
               "target_s": TARGET_S,
               "second_first_tokens_s": seconds, "second_under_target": None if seconds is None else seconds < TARGET_S,
+              "second_first_tokens_without_store_s": before,
               "cache_files": cache_files, "cache_bytes": cache_bytes,
-              "first_process": first, "second_process": second}
+              "first_process": first, "second_process": second, "second_process_without_store": without_store}
     (out_dir / "startup.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return 1 if seconds is None else 0

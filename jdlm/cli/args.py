@@ -19,7 +19,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 ENVIRONMENT = """\
 environment:
   JDLM_COMPILATION_CACHE   where compiled decodes are kept between runs (default ~/.cache/jdlm/jax, or
-                           $XDG_CACHE_HOME/jdlm/jax); 0 turns the cache off"""
+                           $XDG_CACHE_HOME/jdlm/jax); 0 turns the cache off
+  JDLM_EXECUTABLE_CACHE    0 keeps JAX's persistent cache but not jdlm's stored decode programs (which a later
+                           run loads without tracing the decode again)"""
 
 EXIT_CODES = ENVIRONMENT + f"""
 

@@ -89,7 +89,8 @@ def enable_compilation_cache() -> Path | None:
 
     Where: $JDLM_COMPILATION_CACHE if it is a path, else $XDG_CACHE_HOME/jdlm/jax (default ~/.cache/jdlm/jax).
     JDLM_COMPILATION_CACHE=0 turns it off. Entries are keyed by the program and the JAX version; deleting the folder
-    is always safe.
+    is always safe. The decode's own programs are also stored there (`jdlm.decoding.executables`, unless
+    JDLM_EXECUTABLE_CACHE=0), so that a later process skips tracing and lowering them too.
     """
     import jax
 
@@ -233,12 +234,14 @@ def decoding_label(args, strategy) -> str:
 # ---------------------------------------------------------------- timing a compiled decode
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
+                   "/jax/core/compile/backend_compile_duration",
+                   "/jdlm/executables/load_duration", "/jdlm/executables/store_duration")  # jdlm.decoding.executables
 
 
 class CompileClock:
-    """Adds up the seconds JAX spends tracing, lowering and compiling while the block runs (jax.monitoring
-    events), so one call can be split into compile time and run time without running it twice."""
+    """Adds up the seconds JAX spends tracing, lowering and compiling, and jdlm loading or storing a compiled
+    decode, while the block runs (jax.monitoring events), so one call can be split into compile time and run time
+    without running it twice."""
 
     seconds: float = 0.0
 

@@ -12,11 +12,14 @@ Blocks are decoded in lockstep across the batch; a row with nothing left to do i
 tokens and NFE are frozen), so every row gets exactly the tokens and NFE it would get decoded alone.
 
 The strategy is an ordinary (traced) argument of the compiled functions: its structure is part of the compile key,
-its numeric knobs are not (see `part`), so sweeping a threshold compiles once.
+its numeric knobs are not (see `part`), so sweeping a threshold compiles once. With JAX's persistent compilation
+cache on, the compiled functions are also stored beside it, and a later process runs them without tracing
+(`executables`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import jax
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm import sharding
+from jdlm.decoding import executables
 from jdlm.decoding.cache import ForwardView, SequenceInputs
 from jdlm.decoding.commit import Latest
 from jdlm.decoding.inputs import check_prompt
@@ -65,7 +69,8 @@ def decode(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None 
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        return sharding.take_rows(_decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide), rows)
+        return sharding.take_rows(executables.call("decode_loop", _decode_loop, params, prompt, prompt_mask, keys,
+                                                   strategy, tables, guide), rows)
 
 
 def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None,
@@ -81,11 +86,11 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
     mesh, rows = sharding.mesh_of(params), prompt.shape[0]
     prompt, prompt_mask, keys = sharding.shard_rows(mesh, prompt, prompt_mask, keys)
     with sharding.active(mesh):
-        inputs, state = _init(params, prompt, prompt_mask, keys, strategy, tables, guide)
+        inputs, state = executables.call("init", _init, params, prompt, prompt_mask, keys, strategy, tables, guide)
     going = True
     while going:
         with sharding.active(mesh):
-            state, partial, going = _advance(inputs, state, strategy)
+            state, partial, going = executables.call("advance", _advance, inputs, state, strategy)
         yield sharding.take_rows(partial, rows)
         going = bool(going)
 
@@ -104,7 +109,7 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, gui
     mask = None if no_padding else jnp.asarray(prompt_mask).astype(bool)
     keys = row_keys(jax.random.key(0) if key is None else key, B)
     strategy = strategy.for_model(params.config)
-    tables = jax.tree.map(jnp.asarray, strategy.schedule.tables())
+    tables = strategy.schedule.tables()  # NumPy: the compiled call takes them as they are, with no program of its own
     return params, jnp.asarray(prompt, jnp.int32), mask, keys, strategy, tables
 
 
@@ -125,7 +130,7 @@ def row_keys(key: jax.Array, batch: int) -> jax.Array:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     if key.ndim == 0:
-        return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch))
+        return executables.call(f"row_keys_{batch}", _fold_rows(batch), key)
     if key.shape != (batch,):
         raise ValueError(f"key must be one PRNG key or one per row ({batch}), got shape {key.shape}")
     return key
@@ -316,6 +321,12 @@ def _decode_loop(params, prompt, prompt_mask, keys, strategy, tables, guide=None
 
 
 _init = jax.jit(init_state)
+
+
+@functools.cache
+def _fold_rows(batch: int):
+    """key -> [batch] keys, fold_in(key, b) for every row b, as one compiled program (eagerly, three)."""
+    return jax.jit(lambda key: jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch)))
 
 
 @jax.jit

@@ -1,0 +1,143 @@
+"""jdlm.decoding.executables: a fresh process runs the stored decode (no tracing) and decodes the same tokens; a
+new strategy structure or shape is a new program; a corrupt stored file is compiled again, silently; arguments the
+store does not key (tracers, a mesh, tree nodes from outside jdlm) keep to jax.jit.
+
+Each process is a subprocess (tests/executables_worker.py) sharing one cache folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdlm.decoding import executables
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV.pop("JDLM_EXECUTABLE_CACHE", None)
+SPEC = "threshold:0.5 dual gen_length=16 block_length=8"
+DECODE = {"strategy": SPEC, "prompt_length": 5}
+STEPS = {**DECODE, "steps": True}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Outside:
+    """A tree node whose code jdlm's source digest does not cover."""
+
+    a: jax.Array
+
+
+def run(cache: Path, decodes: list[dict]) -> list[dict]:
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "executables_worker.py"), str(cache),
+                          json.dumps(decodes)], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory):
+    """Three processes over one cache: the first compiles and stores; the second loads (a knob value changed
+    first, then the same decode), and compiles a new structure and a new prompt length; the third finds every
+    stored file corrupt."""
+    cache = tmp_path_factory.mktemp("cache")
+    first = run(cache, [DECODE, STEPS])
+    decode_file = next((cache / executables.SUBDIR).glob("decode_loop-*"))
+    second = run(cache, [{**DECODE, "strategy": SPEC.replace("0.5", "0.9")}, DECODE, STEPS,
+                         {**DECODE, "strategy": SPEC.replace("dual", "prefix")}, {**DECODE, "prompt_length": 6}])
+    stored = sorted((cache / executables.SUBDIR).iterdir())
+    for path in stored:
+        path.write_bytes(b"not a pickle" + path.read_bytes()[:100])
+    third = run(cache, [DECODE])
+    return {"first": first, "second": second, "third": third, "stored": stored, "decode_file": decode_file}
+
+
+def test_first_process_compiles_and_stores(processes):
+    decode, steps = processes["first"]
+    assert decode["events"] == {"stored": 2} and "_decode_loop" in decode["lowered"]  # with the row keys' program
+    assert steps["events"] == {"stored": 2} and {"init_state", "_advance"} <= set(steps["lowered"])
+    # after both processes: the four programs, and two more decode loops from the second (see below)
+    assert sorted(p.name.split("-")[0] for p in processes["stored"]) == \
+        ["advance"] + ["decode_loop"] * 3 + ["init", "row_keys_1"]
+
+
+def test_second_process_runs_the_stored_programs_without_tracing(processes):
+    first, (knob, decode, steps, _, _) = processes["first"], processes["second"]
+    assert knob["events"] == {"loaded": 2} and knob["lowered"] == []  # a knob value is not part of the key
+    assert decode["events"] == {} and decode["lowered"] == []  # loaded once, kept for the process
+    assert steps["events"] == {"loaded": 2} and steps["lowered"] == []
+    for name, result in [("decode", decode), ("steps", steps)]:
+        assert result["tokens"] == first[0]["tokens"] and result["nfe"] == first[0]["nfe"], name
+
+
+def test_new_structure_or_shape_is_a_new_program(processes):
+    structure, shape = processes["second"][3:]
+    for result in (structure, shape):
+        assert result["events"] == {"stored": 1} and "_decode_loop" in result["lowered"]
+    assert len(shape["tokens"][0]) == 16
+
+
+def test_corrupt_file_is_compiled_again_and_replaced(processes):
+    (decode,) = processes["third"]
+    assert decode["events"] == {"failed": 2, "stored": 2} and "_decode_loop" in decode["lowered"]
+    assert decode["tokens"] == processes["first"][0]["tokens"]
+    assert not processes["decode_file"].read_bytes().startswith(b"not a pickle")
+
+
+def test_store_is_off_without_a_persistent_cache_or_with_the_switch(monkeypatch, tmp_path):
+    assert jax.config.jax_compilation_cache_dir is None
+    assert executables.store_directory() is None
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        assert executables.store_directory() == tmp_path / executables.SUBDIR
+        monkeypatch.setenv("JDLM_EXECUTABLE_CACHE", "0")
+        assert executables.store_directory() is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_unkeyed_arguments_keep_to_jit(monkeypatch, tmp_path):
+    x = jnp.ones((2, 3))
+    assert executables._signature((x, np.float32(1.0), None)) is not None
+    seen = []
+    jax.jit(lambda y: seen.append(executables._signature((y,))) or y)(x)
+    assert seen == [None]  # a tracer: decode inside the caller's jit
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    on_mesh = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    assert executables._signature((on_mesh,)) is None
+
+    signature = executables._signature((Outside(a=x),))
+    assert signature is not None and executables._key_material("decode_loop", signature) is None
+    before = executables.EVENTS.copy()
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)  # on (JAX's own cache stays off)
+    out = executables.call("outside", jax.jit(lambda node: node.a + 1), Outside(a=x))
+    np.testing.assert_array_equal(out, x + 1)
+    assert executables.EVENTS - before == {"unkeyed": 1} and not any(tmp_path.iterdir())
+    assert executables._key_material("decode_loop", executables._signature(({"a": x},))) is not None
+
+
+def test_key_changes_with_jdlm_source_and_jax_settings(monkeypatch):
+    signature = executables._signature(({"a": jnp.ones((2, 3))},))
+    base = executables._key_material("decode_loop", signature)
+    assert base == executables._key_material("decode_loop", executables._signature(({"a": jnp.zeros((2, 3))},)))
+    assert base != executables._key_material("advance", signature)
+    assert base != executables._key_material("decode_loop", executables._signature(({"a": jnp.ones((2, 4))},)))
+    monkeypatch.setattr(executables, "_source_digest", lambda: "an edited checkout")
+    assert base != executables._key_material("decode_loop", signature)
+    monkeypatch.undo()
+    precision = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "bfloat16" if precision != "bfloat16" else "highest")
+    try:
+        assert base != executables._key_material("decode_loop", executables._signature(({"a": jnp.ones((2, 3))},)))
+    finally:
+        jax.config.update("jax_default_matmul_precision", precision)
