@@ -39,7 +39,7 @@ def average(path_a: Path, path_b: Path, weight: float, out: Path, overwrite: boo
             raise UserError(f"{path_a} and {path_b} have different tokenizers ({name}); their ids do not line up")
     mixed = jax.tree.map(lambda x, y: ((1.0 - weight) * x.astype(jnp.float32) + weight * y.astype(jnp.float32))
                          .astype(x.dtype), a.weights, b.weights)
-    shown = lambda p: p.name if p.is_absolute() else str(p)  # a manifest holds no absolute path  # noqa: E731
+    shown = lambda p: p.name if p.is_absolute() else str(p)  # a manifest holds no absolute path
     sources = {"a": shown(path_a), "b": shown(path_b), "weight_b": weight}
     for key, path in (("a_manifest", path_a), ("b_manifest", path_b)):
         manifest = json.loads((path / "manifest.json").read_text())
