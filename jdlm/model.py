@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm.config import ModelConfig
+from jdlm.kernels.weight_only_matmul import kernel_einsum
 from jdlm.quantize import quantized_shapes, scale_name
 
 
@@ -140,11 +141,15 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
     """`einsum(spec, x, layer[name])`; for a weight quantised by jdlm/quantize.py (a sibling `{name}_scale` over
     its output axes), the weight is converted to x's dtype inside the matmul, which accumulates in float32, and the
-    scale applied to the output channels: XLA fuses the convert into the GEMM, so the weight is read in 1 byte.
+    scale applied to the output channels, so the weight is read in 1 byte: on a GPU with few rows (a cached decode
+    step) by jdlm/kernels' weight-only matmul, else by XLA, which fuses the convert into its GEMM.
     Float weights take the plain einsum, unchanged."""
     scale = layer.get(scale_name(name))
     if scale is None:
         return jnp.einsum(spec, x, layer[name])
+    y = kernel_einsum(spec, x, layer[name], scale)
+    if y is not None:
+        return y
     y = jnp.einsum(spec, x, layer[name].astype(x.dtype), preferred_element_type=jnp.float32)
     return (y * scale).astype(x.dtype)
 

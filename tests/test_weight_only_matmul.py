@@ -1,0 +1,178 @@
+"""The weight-only quantised matmul kernel (jdlm/kernels/weight_only_matmul.py), run by Pallas's interpreter on CPU:
+against the dequantised matmul, its tilings and errors, and the model's forward with it against XLA's quantised
+path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdlm import quantize as Q
+from jdlm.config import tiny
+from jdlm.kernels import weight_only_matmul as W
+from jdlm.model import forward, init_params
+
+LLADA_8B_LINEARS = [(4096, 4096), (4096, 12288), (12288, 4096)]  # (K, N) of q/k/v/o, gate/up, down
+DREAM_7B_LINEARS = [(3584, 3584), (3584, 512), (3584, 18944), (18944, 3584)]
+
+
+def quantized(k: int, n: int, mode: str, seed: int = 0):
+    """(w_q [k, n], scale [n]) from a random float weight whose columns have different magnitudes."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((k, n)) * rng.uniform(0.05, 2.0, n)
+    return Q.quantize_array(jnp.asarray(w, jnp.float32), mode, 1)
+
+
+def dequantized_matmul(x, w_q, scale):
+    """The reference: x @ (w_q * scale) in float64 (numpy)."""
+    return np.asarray(x, np.float64) @ (np.asarray(w_q.astype(jnp.float32), np.float64) * np.asarray(scale))
+
+
+CASES = [  # (M, K, N, tiling fields beyond the default)
+    (1, 64, 32, {}),
+    (20, 256, 128, {}),  # M not a multiple of 16: x padded to 32 rows
+    (33, 128, 64, {"block_m": 16}),  # three row blocks
+    (16, 512, 64, {"splits": 4, "block_k": 32}),  # split-K: four float32 partial sums added afterwards
+    (24, 384, 96, {"splits": 3, "block_k": 64, "block_n": 32}),  # K / block_k = 6 split 3 ways, N = 3 tiles
+    (20, 256, 128, {"swap_ab": True, "splits": 2, "block_k": 64, "block_n": 64}),  # w^T x^T
+    (40, 128, 64, {"swap_ab": True, "block_m": 16}),
+]
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+@pytest.mark.parametrize("m,k,n,fields", CASES, ids=[f"M{m}-K{k}-N{n}-{'-'.join(f'{a}{b}' for a, b in f.items())}"
+                                                      for m, k, n, f in CASES])
+def test_kernel_matches_the_dequantized_matmul(mode, m, k, n, fields):
+    w_q, scale = quantized(k, n, mode)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), jnp.float32)
+    y = W.weight_only_matmul(x, w_q, scale, interpret=True, **fields)
+    assert y.shape == (m, n) and y.dtype == jnp.float32
+    reference = dequantized_matmul(x, w_q, scale)
+    np.testing.assert_allclose(np.asarray(y), reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+def test_bfloat16_rows_give_bfloat16_out_accumulated_in_float32():
+    """512 bf16 products summed: accumulating in bf16 would drift by ~1e-2 relative; float32 accumulation leaves
+    only the final rounding to bf16 (2^-8 relative)."""
+    w_q, scale = quantized(512, 64, "int8")
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((8, 512)), jnp.bfloat16)
+    y = W.weight_only_matmul(x, w_q, scale, interpret=True, splits=2, block_k=64)
+    assert y.dtype == jnp.bfloat16
+    reference = dequantized_matmul(x.astype(jnp.float32), w_q, scale)
+    np.testing.assert_allclose(np.asarray(y, np.float64), reference, rtol=2 ** -8, atol=2 ** -8 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"block_k": 48}, "power of two"),
+    ({"block_k": 8}, "power of two"),
+    ({"block_k": 128, "splits": 2}, "K=192 is not a multiple of splits"),
+    ({"block_n": 128}, "N=96 is not a multiple of block_n"),
+])
+def test_tilings_that_do_not_divide_the_shapes_are_refused(fields, message):
+    w_q, scale = quantized(192, 96, "int8")
+    x = jnp.ones((4, 192), jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        W.weight_only_matmul(x, w_q, scale, interpret=True, **fields)
+
+
+def test_shapes_without_a_tile_and_float_weights_are_refused():
+    x = jnp.ones((4, 40), jnp.float32)
+    w_q, scale = quantized(40, 64, "int8")
+    assert W.default_tiling(4, 40, 64) is None  # K = 40: no power-of-two tile >= 16 divides it
+    with pytest.raises(ValueError, match="no power-of-two tile"):
+        W.weight_only_matmul(x, w_q, scale, interpret=True)
+    with pytest.raises(ValueError, match="int8 or float8_e4m3fn"):
+        W.weight_only_matmul(x, w_q.astype(jnp.float32), scale, interpret=True)
+    with pytest.raises(ValueError, match=r"want x \[M, K\]"):
+        W.weight_only_matmul(x[:, :32], w_q, scale, interpret=True)
+
+
+@pytest.mark.parametrize("m", [1, 32, 200, 256])
+@pytest.mark.parametrize("k,n", LLADA_8B_LINEARS + DREAM_7B_LINEARS)
+def test_default_tiling_divides_the_8b_shapes(m, k, n):
+    tiling = W.default_tiling(m, k, n, num_sms=132)
+    tiling.check(m, k, n)
+    rows = tiling.padded_rows(m)
+    assert 16 <= rows < m + tiling.block_m
+
+
+@pytest.mark.parametrize("m", [1, 32, 256])
+@pytest.mark.parametrize("k,n", LLADA_8B_LINEARS)
+def test_default_tiling_keeps_an_h100_busy_at_llada_shapes(m, k, n):
+    """At least 90% of an H100's 132 SMs get a program, and the float32 partial sums move at most a quarter of the
+    weight bytes (else split-K costs more than it wins)."""
+    tiling = W.default_tiling(m, k, n, num_sms=132)
+    rows = tiling.padded_rows(m)
+    programs = rows // tiling.block_m * n // tiling.block_n * tiling.splits
+    assert programs >= 0.9 * 132
+    partial_bytes = 0 if tiling.splits == 1 else 2 * tiling.splits * rows * n * 4
+    assert partial_bytes <= k * n / 4
+
+
+# ---------------------------------------------------------------- in the model
+
+
+@pytest.fixture(autouse=True)
+def kernel_mode_restored():
+    previous = W.set_mode("auto")
+    yield
+    W.set_mode(previous)
+
+
+def test_kernel_einsum_takes_the_model_specs_and_declines_the_rest():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 5, 4, 16)), jnp.float32)  # [B, T, N, H]
+    w_q, scale = Q.quantize_array(jnp.asarray(rng.standard_normal((4, 16, 32)), jnp.float32), "int8", 2)  # o
+    reference = jnp.einsum("BTNH,NHD->BTD", x, Q.dequantize_array(w_q, scale))
+    with W.use_kernel("on"):
+        y = W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(reference), rtol=1e-5, atol=1e-5)
+        assert W.kernel_einsum("BTHN,NHD->BTD", x, w_q, scale) is None  # contracted axes out of order
+        assert W.kernel_einsum("BTNH,NHD->TBD", x, w_q, scale) is None  # output axes permuted
+        big = jnp.zeros((1, W.MAX_ROWS + 1, 4, 16), jnp.float32)
+        assert W.kernel_einsum("BTNH,NHD->BTD", big, w_q, scale) is None  # a prefill: XLA's GEMM
+    with W.use_kernel("off"):
+        assert W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None
+    assert W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None  # auto: only on a GPU
+    with pytest.raises(ValueError, match="unknown kernel mode"):
+        W.set_mode("always")
+
+
+def _config(family: str):
+    if family == "dream":  # q/k/v biases, grouped-query heads (k/v: 2 heads of 16 = 32 columns), shifted logits
+        return tiny(family="dream", n_kv_heads=2, qkv_bias=True, logits_shift=True)
+    return tiny()
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def tiny_params(request):
+    return init_params(_config(request.param), jax.random.key(4), jnp.float32, std=0.1)
+
+
+def _logits(params, tokens, mode: str):
+    """Forward logits with the kernel `mode`, traced afresh (the mode is read at trace time), and its jaxpr."""
+    with W.use_kernel(mode):
+        fn = jax.jit(lambda p, t: forward(p, t).logits)
+        return np.asarray(fn(params, tokens)), str(jax.make_jaxpr(fn)(params, tokens))
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+def test_forward_with_the_kernel_matches_the_xla_quantized_path(tiny_params, mode):
+    params = Q.quantize_params(tiny_params, mode)
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 250, (2, 12)), jnp.int32)  # 24 rows
+    with_kernel, jaxpr_on = _logits(params, tokens, "on")
+    xla, jaxpr_off = _logits(params, tokens, "off")
+    assert jaxpr_on.count("pallas_call") == 7 * params.config.n_layers and "pallas_call" not in jaxpr_off
+    np.testing.assert_allclose(with_kernel, xla, rtol=1e-4, atol=1e-4 * np.abs(xla).max())
+    assert np.abs(xla).max() > 1  # logits of substance, not a trivially small comparison
+
+
+def test_float_weights_never_reach_the_kernel(tiny_params):
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    on, jaxpr_on = _logits(tiny_params, tokens, "on")
+    off, jaxpr_off = _logits(tiny_params, tokens, "off")
+    assert jaxpr_on == jaxpr_off and "pallas_call" not in jaxpr_on
+    np.testing.assert_array_equal(on, off)
+
