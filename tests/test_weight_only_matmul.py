@@ -64,6 +64,23 @@ def test_bfloat16_rows_give_bfloat16_out_accumulated_in_float32():
     np.testing.assert_allclose(np.asarray(y, np.float64), reference, rtol=2 ** -8, atol=2 ** -8 * np.abs(reference).max())
 
 
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+@pytest.mark.parametrize("swap_ab", [False, True])
+def test_kernel_lowers_to_one_triton_call_for_a_gpu(mode, swap_ab):
+    """Lowered for CUDA on this CPU-only machine: Pallas's Triton lowering accepts the kernel at LLaDA-8B's
+    q-projection shape (every op, tile shape and dtype conversion), with the tiling's grid, warps and stages."""
+    x = jax.ShapeDtypeStruct((20, 4096), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((4096, 4096), Q.MODES[mode][0])
+    scale = jax.ShapeDtypeStruct((4096,), jnp.float32)
+    tiling = W.Tiling(block_m=32, block_n=64, block_k=128, splits=2, num_warps=8, num_stages=3, swap_ab=swap_ab)
+    fn = jax.jit(lambda x, w, s: W.weight_only_matmul(x, w, s, tiling=tiling, interpret=False))
+    text = fn.trace(x, w, scale).lower(lowering_platforms=("cuda",)).as_text()
+    calls = [line for line in text.splitlines() if "custom_call" in line]
+    assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0]
+    for attribute in ("grid_x = 1 ", "grid_y = 64 ", "grid_z = 2 ", "num_warps = 8 ", "num_stages = 3 "):
+        assert attribute in calls[0]
+
+
 @pytest.mark.parametrize("fields,message", [
     ({"block_k": 48}, "power of two"),
     ({"block_k": 8}, "power of two"),
