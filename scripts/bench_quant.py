@@ -11,7 +11,12 @@ Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode
     int8/fp8 -> bf16 convert into its GEMM: the condition for reading 1 byte per weight), and the GEMM kinds.
 JSON to $OUT/bench_quant.json (or --out), plus each quantised mode's compiled decode HLO (gzip).
 
+`--kernel` sets jdlm's weight-only matmul kernel (jdlm/kernels/weight_only_matmul.py) for the quantised modes:
+auto (the default: on a GPU), on, off; a comma list times each quantised mode once per setting, keyed
+"int8/kernel=off", "int8/kernel=on", ..., to compare the kernel with XLA's fused GEMM in one run.
+
     python scripts/bench_quant.py                 # LLaDA-8B shapes, a GPU (fp8 needs compute capability 8.9+)
+    python scripts/bench_quant.py --modes int8 --kernel off,on   # tok/s with and without the kernel
     python scripts/bench_quant.py --quick         # tiny shapes on CPU, seconds
 """
 
@@ -34,6 +39,7 @@ import numpy as np
 from jdlm import bench, roofline
 from jdlm import quantize as Q
 from jdlm import strategies as S
+from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import forward
 
 
@@ -64,6 +70,7 @@ def fusion_check(params, strategy, prompt_len: int, out_dir: Path, mode: str) ->
     copies = Q.dequantized_copies(hlo, params)
     return {"weight_copies": {name: len(lines) for name, lines in copies.items()},
             "weight_copy_examples": [line for lines in copies.values() for line in lines][:4],
+            "kernel_calls": hlo.count('custom_call_target="__gpu$xla.gpu.triton"'),  # Pallas's Triton calls
             "gemm_kinds": sorted(set(re.findall(r'"kind":"(\w+)"', hlo))
                                  | set(re.findall(r'custom_call_target="([\w$]+)"', hlo)))}
 
@@ -76,6 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--gen-length", type=int, default=None, help="default 256 (32 with --quick)")
     p.add_argument("--block-length", type=int, default=None, help="default 32 (8 with --quick)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--kernel", default="auto",
+                   help="weight-only matmul kernel for quantised modes: auto (on GPU), on, off, or a comma list "
+                        "(each quantised mode once per setting)")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else .)")
     args = p.parse_args(argv)
     P = args.prompt_len or (16 if args.quick else 256)
@@ -109,12 +119,23 @@ def main(argv=None) -> int:
         del wide
         report["bf16_vs_float32_drift"] = drift(base, wide_logits, tokens)
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")
-    for mode in args.modes.split(","):
-        entry: dict = {}
-        report["modes"][mode] = entry
+    settings = args.kernel.split(",")
+    for setting in settings:
+        W.set_mode(setting)  # rejects an unknown setting before any timing
+    runs = [(mode, setting) for mode in args.modes.split(",") for setting in (settings if mode in Q.MODES else [None])]
+    quantized: dict = {}
+    for mode, setting in runs:
+        name = mode if setting is None or len(settings) == 1 else f"{mode}/kernel={setting}"
+        entry: dict = {"kernel": setting}
+        report["modes"][name] = entry
+        if setting is not None:
+            W.set_mode(setting)  # read when the decode is traced: drop what was compiled under another setting
+            jax.clear_caches()
         try:
             t0 = time.perf_counter()
-            params = base if mode == "bf16" else Q.quantize_params(base, Q.check_mode(mode))
+            if mode not in quantized:  # one quantised copy at a time beside the bf16 weights
+                quantized = {mode: base if mode == "bf16" else Q.quantize_params(base, Q.check_mode(mode))}
+            params = quantized[mode]
             jax.block_until_ready(params.weights)
             entry["quantize_s"] = round(time.perf_counter() - t0, 1)
         except Q.QuantizationError as e:
@@ -132,13 +153,12 @@ def main(argv=None) -> int:
                      **{k: getattr(r, k) for k in ("floor_ratio", "full_forward_s", "cached_step_ms",
                                                    "cached_step_floor_ms", "cached_step_ratio", "peak_bytes")})
         if mode in Q.MODES:
-            entry["fusion"] = fusion_check(params, strategy, P, out_dir, mode)
-        print(f"{mode:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
+            entry["fusion"] = fusion_check(params, strategy, P, out_dir, name.replace("/", "_"))
+        print(f"{name:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
               f"{entry['step_weight_GBps']:.0f} GB/s of weights  drift mean {entry['drift']['mean_abs_diff']:.4f} "
               f"max {entry['drift']['max_abs_diff']:.4f} top-1 {entry['drift']['top1_agreement']:.4f}",
               file=sys.stderr, flush=True)
-        if params is not base:
-            del params  # one quantised copy at a time beside the bf16 weights
+        del params
     report["wall_s"] = round(time.perf_counter() - start, 1)
     path = out_dir / "bench_quant.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
