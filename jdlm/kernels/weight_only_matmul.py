@@ -29,9 +29,12 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jdlm.quantize import _compute_capability
+
 MAX_ROWS = 256  # `kernel_einsum` leaves larger matmuls (prefill, full forwards) to XLA: they are not weight-bound
 WEIGHT_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
 BLOCKS = (128, 64, 32, 16)  # tile sizes tried, largest first; Triton tiles are powers of two, tensor-core dots >= 16
+SHARED_BYTES = 96 << 10  # shared memory the default tiling's pipeline stages may take
 DEFAULT_SMS = 132  # an H100 SXM's streaming multiprocessors, when the device does not say
 
 
@@ -91,7 +94,11 @@ def default_tiling(m: int, k: int, n: int, num_sms: int | None = None) -> Tiling
     candidates = [Tiling(block_m=block_m, block_n=block_n, block_k=block_k, splits=splits)
                   for block_n in ([b for b in block_ns if b >= 64] or block_ns[:1])
                   for splits in range(1, steps + 1) if steps % splits == 0]
-    return min(candidates, key=lambda t: (cost(t), t.splits, -t.block_n))
+    best = min(candidates, key=lambda t: (cost(t), t.splits, -t.block_n))
+    # Software pipelining keeps num_stages tiles of x and w in shared memory: stay within 96 KB (H100 and A100 have
+    # 228 and 164 KB), 2 to 4 stages.
+    stage_bytes = block_m * block_k * 2 + block_k * best.block_n
+    return dataclasses.replace(best, num_stages=max(2, min(4, SHARED_BYTES // stage_bytes)))
 
 
 def _sm_count() -> int:
@@ -204,13 +211,15 @@ def triton_params(num_warps: int, num_stages: int):
 # ---------------------------------------------------------------- when jdlm uses it
 
 MODES = ("auto", "on", "off")
+MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
 _mode = "auto"
 
 
 def set_mode(mode: str) -> str:
-    """Whether `kernel_einsum` uses the kernel: "auto" (on a GPU, outside a multi-device mesh), "on" (everywhere;
-    Pallas's interpreter off GPU, for tests), "off" (never: the XLA einsum). Returns the previous mode. Read when a
-    function is traced: set it before the first call of a jitted function, or clear jax's caches after."""
+    """Whether `kernel_einsum` uses the kernel: "auto" (on an Ampere or newer GPU, outside a multi-device mesh),
+    "on" (everywhere; Pallas's interpreter off GPU, for tests), "off" (never: the XLA einsum). Returns the previous
+    mode. Read when a function is traced: set it before the first call of a jitted function, or clear jax's caches
+    after (jax.clear_caches())."""
     global _mode
     if mode not in MODES:
         raise ValueError(f"unknown kernel mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -233,7 +242,10 @@ def _enabled() -> bool:
         return _mode == "on"
     # Under a mesh the weights are split over devices, and a pallas_call has no partitioning rule: XLA would gather
     # every weight onto every device. Leave sharded matmuls to XLA.
-    return jax.default_backend() == "gpu" and jax.sharding.get_abstract_mesh().size <= 1
+    if jax.default_backend() != "gpu" or jax.sharding.get_abstract_mesh().size > 1:
+        return False
+    capability = _compute_capability(jax.devices()[0])
+    return capability is not None and capability >= MIN_CAPABILITY
 
 
 def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> jax.Array | None:
