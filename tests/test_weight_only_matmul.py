@@ -74,7 +74,10 @@ def test_kernel_lowers_to_one_triton_call_for_a_gpu(mode, swap_ab):
     scale = jax.ShapeDtypeStruct((4096,), jnp.float32)
     tiling = W.Tiling(block_m=32, block_n=64, block_k=128, splits=2, num_warps=8, num_stages=3, swap_ab=swap_ab)
     fn = jax.jit(lambda x, w, s: W.weight_only_matmul(x, w, s, tiling=tiling, interpret=False))
-    text = fn.trace(x, w, scale).lower(lowering_platforms=("cuda",)).as_text()
+    # jax 0.11 asks which GPU it lowers for (its compute capability) of an abstract device; 0.10 assumes the newest.
+    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+        text = fn.trace(x, w, scale).lower(lowering_platforms=("cuda",)).as_text()
     calls = [line for line in text.splitlines() if "custom_call" in line]
     assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0]
     for attribute in ("grid_x = 1 ", "grid_y = 64 ", "grid_z = 2 ", "num_warps = 8 ", "num_stages = 3 "):
