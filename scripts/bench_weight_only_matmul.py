@@ -4,12 +4,16 @@ For each weight shape (K, N) and row count M (32: a cached decode step's block a
 largest), times [M, K] @ [K, N] as
   bf16: the float einsum on bf16 weights (2 bytes a weight);
   xla: jdlm/model.py's quantised `linear` with the kernel off (XLA fuses the convert into its Triton GEMM);
-  kernel: the kernel with its default tiling (what `linear` runs), and over a bounded grid of tilings
-    (block_m, block_n, block_k, splits, num_warps, num_stages, swap_ab);
+  kernel: the kernel with the bandwidth model's tiling (`model_tiling`), and over a bounded grid of tilings
+    around it (block_m, block_n, block_k, splits, num_warps, num_stages, swap_ab);
 and reports each one's time, the rate it reads its weights at (GB/s), and that rate over the device's copy
 bandwidth measured in the same run (`jdlm.roofline.measure_floors`: read + write of a 1 GB array). Each timed call
 chains distinct weight copies (at least 128 MB in all) and distinct inputs, so no weight is served from the 50 MB L2 and
 no call is merged with another; several chains are queued before the clock stops, so dispatch is hidden.
+
+Also writes weight_only_tilings.json: the fastest correct tiling per (M, K, N) on this device. Point
+$JDLM_WEIGHT_ONLY_TILINGS at it (e.g. for scripts/bench_quant.py in the same session) or keep it as
+jdlm/kernels/weight_only_tilings.json, and `default_tiling` (what jdlm/model.py runs) uses those tilings.
 
 Shapes: q, k, v, o (4096, 4096); gate, up (4096, 12288), which is also a fused q|k|v; down (12288, 4096); and a
 fused gate|up (4096, 24576), a layout jdlm does not store today, to show what fusing would buy.
@@ -46,7 +50,7 @@ CHAIN_BYTES = 128 << 20  # weight bytes one timed call reads, over several copie
 
 def variants(m: int, k: int, n: int, num_sms: int, quick: bool) -> list[W.Tiling]:
     """The tilings to time besides the default, a dozen at most: the default's neighbours in every knob."""
-    base = W.default_tiling(m, k, n, num_sms)
+    base = W.model_tiling(m, k, n, num_sms)
     out = []
 
     def add(**fields):
@@ -133,7 +137,7 @@ class Bench:
         del w16
         with W.use_kernel("off"):
             xla, reference = self.run(case, "xla", xla_linear, (xs, wq, scales), k * n)
-        for i, tiling in enumerate([W.default_tiling(m, k, n, self.num_sms),
+        for i, tiling in enumerate([W.model_tiling(m, k, n, self.num_sms),
                                     *variants(m, k, n, self.num_sms, self.quick)]):
             self.run(case, "kernel" if i == 0 else "kernel_variant", functools.partial(
                 W.weight_only_matmul, tiling=tiling, interpret=self.interpret), (xs, wq, scales), k * n, reference,
@@ -199,7 +203,7 @@ def main(argv=None) -> int:
     rows = [int(r) for r in (args.rows or ("4,20" if args.quick else "32,256")).split(",")]
     dtype = jnp.float32 if args.quick and jax.default_backend() == "cpu" else jnp.bfloat16
     interpret = jax.default_backend() != "gpu"
-    num_sms = W._sm_count()
+    num_sms = W.sm_count()
     calls = 1 if args.quick else 20
     floors = roofline.measure_floors(dtype, quick=args.quick)
     report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
@@ -217,7 +221,11 @@ def main(argv=None) -> int:
             report["cases"].append(bench.case(shape_name, m, k, n))
             write(report, out_dir, start)  # after every case: a run cut short keeps what it measured
     path = write(report, out_dir, start)
-    print(f"wrote {path} ({report['wall_s']} s)", file=sys.stderr)
+    tilings = {report["device"]: {W.tiling_key(c["M"], c["K"], c["N"]): c["best"]["tiling"]
+                                  for c in report["cases"] if "best" in c}}
+    (out_dir / "weight_only_tilings.json").write_text(json.dumps(tilings, indent=1) + "\n")
+    print(f"wrote {path} ({report['wall_s']} s) and weight_only_tilings.json (for ${W.TILINGS_ENV}, or to keep as "
+          f"{W.TILINGS_FILE.relative_to(Path(W.__file__).parents[2])})", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,9 @@ path."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,8 +114,8 @@ def test_shapes_without_a_tile_and_float_weights_are_refused():
 
 @pytest.mark.parametrize("m", [1, 32, 200, 256])
 @pytest.mark.parametrize("k,n", LLADA_8B_LINEARS + DREAM_7B_LINEARS)
-def test_default_tiling_divides_the_8b_shapes(m, k, n):
-    tiling = W.default_tiling(m, k, n, num_sms=132)
+def test_model_tiling_divides_the_8b_shapes(m, k, n):
+    tiling = W.model_tiling(m, k, n, num_sms=132)
     tiling.check(m, k, n)
     rows = tiling.padded_rows(m)
     assert 16 <= rows < m + tiling.block_m
@@ -120,15 +123,30 @@ def test_default_tiling_divides_the_8b_shapes(m, k, n):
 
 @pytest.mark.parametrize("m", [1, 32, 256])
 @pytest.mark.parametrize("k,n", LLADA_8B_LINEARS)
-def test_default_tiling_keeps_an_h100_busy_at_llada_shapes(m, k, n):
+def test_model_tiling_keeps_an_h100_busy_at_llada_shapes(m, k, n):
     """At least 90% of an H100's 132 SMs get a program, and the float32 partial sums move at most a quarter of the
     weight bytes (else split-K costs more than it wins)."""
-    tiling = W.default_tiling(m, k, n, num_sms=132)
+    tiling = W.model_tiling(m, k, n, num_sms=132)
     rows = tiling.padded_rows(m)
     programs = rows // tiling.block_m * n // tiling.block_n * tiling.splits
     assert programs >= 0.9 * 132
     partial_bytes = 0 if tiling.splits == 1 else 2 * tiling.splits * rows * n * 4
     assert partial_bytes <= k * n / 4
+
+
+def test_default_tiling_takes_a_measured_tiling_from_the_table(tmp_path, monkeypatch):
+    measured = W.Tiling(block_m=32, block_n=128, block_k=256, splits=4, num_warps=8, num_stages=3, swap_ab=True)
+    odd = W.Tiling(block_m=16, block_n=64, block_k=128, splits=3)  # 3 splits of 128 do not divide K = 4096
+    table = {jax.devices()[0].device_kind: {"32,4096,4096": dataclasses.asdict(measured),
+                                            "16,4096,4096": dataclasses.asdict(odd)},
+             "another GPU": {"32,4096,12288": dataclasses.asdict(measured)}}
+    path = tmp_path / "tilings.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(W.TILINGS_ENV, str(path))
+    assert W.default_tiling(20, 4096, 4096) == measured  # 20 rows round up to the key's 32
+    assert W.default_tiling(8, 4096, 4096) == W.model_tiling(8, 4096, 4096)  # an entry that does not divide K
+    assert W.default_tiling(32, 4096, 12288) == W.model_tiling(32, 4096, 12288)  # measured on another device
+    assert W.default_tiling(64, 4096, 4096) == W.model_tiling(64, 4096, 4096)  # a shape not in the table
 
 
 # ---------------------------------------------------------------- in the model

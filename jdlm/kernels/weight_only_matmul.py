@@ -23,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
+import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +39,8 @@ WEIGHT_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
 BLOCKS = (128, 64, 32, 16)  # tile sizes tried, largest first; Triton tiles are powers of two, tensor-core dots >= 16
 SHARED_BYTES = 96 << 10  # shared memory the default tiling's pipeline stages may take
 DEFAULT_SMS = 132  # an H100 SXM's streaming multiprocessors, when the device does not say
+TILINGS_ENV = "JDLM_WEIGHT_ONLY_TILINGS"
+TILINGS_FILE = Path(__file__).with_name("weight_only_tilings.json")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,8 +75,39 @@ class Tiling:
         return -(-m // self.block_m) * self.block_m
 
 
-def default_tiling(m: int, k: int, n: int, num_sms: int | None = None) -> Tiling | None:
-    """A tiling for [m, k] @ [k, n], or None when no power-of-two tile >= 16 divides K or N.
+def default_tiling(m: int, k: int, n: int) -> Tiling | None:
+    """The tiling the kernel uses for [m, k] @ [k, n] on this device: a measured one from the tilings table
+    (`tuned_tilings`) where it has this device and shape, else `model_tiling`'s. None when no tile divides K or N."""
+    key = tiling_key(m, k, n)
+    fields = tuned_tilings().get(jax.devices()[0].device_kind, {}).get(key)
+    if fields is not None:
+        tiling = Tiling(**fields)
+        try:
+            tiling.check(m, k, n)
+            return tiling
+        except ValueError:
+            pass  # a table entry for other rows that round to the same key: fall back to the model
+    return model_tiling(m, k, n)
+
+
+def tiling_key(m: int, k: int, n: int) -> str:
+    """The tilings table's key of a shape: "rows,K,N" with M rounded up to a power of two >= 16."""
+    return f"{max(16, 1 << max(0, m - 1).bit_length())},{k},{n}"
+
+
+@functools.cache
+def _read_tilings(path: str) -> dict:
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+
+
+def tuned_tilings() -> dict:
+    """{device kind: {tiling_key: Tiling fields}}: the fastest tilings scripts/bench_weight_only_matmul.py measured,
+    from the file named by $JDLM_WEIGHT_ONLY_TILINGS, else jdlm/kernels/weight_only_tilings.json; {} without one."""
+    return _read_tilings(os.environ.get(TILINGS_ENV) or str(TILINGS_FILE))
+
+
+def model_tiling(m: int, k: int, n: int, num_sms: int | None = None) -> Tiling | None:
+    """A tiling for [m, k] @ [k, n] from a bandwidth model, or None when no power-of-two tile >= 16 divides K or N.
 
     One row block up to 64 rows (x is padded to a power of two >= 16), K tiles of up to 128. The column tile (128
     or 64 where they divide N) and the K splits (divisors of K / block_k) minimise a bandwidth model: the bytes
@@ -82,7 +118,7 @@ def default_tiling(m: int, k: int, n: int, num_sms: int | None = None) -> Tiling
     block_ns = [b for b in BLOCKS if n % b == 0]
     if block_k is None or not block_ns:
         return None
-    num_sms = num_sms or _sm_count()
+    num_sms = num_sms or sm_count()
     rows = -(-m // block_m) * block_m
     steps = k // block_k
 
@@ -101,7 +137,7 @@ def default_tiling(m: int, k: int, n: int, num_sms: int | None = None) -> Tiling
     return dataclasses.replace(best, num_stages=max(2, min(4, SHARED_BYTES // stage_bytes)))
 
 
-def _sm_count() -> int:
+def sm_count() -> int:
     return int(getattr(jax.devices()[0], "core_count", None) or DEFAULT_SMS)
 
 
