@@ -3,7 +3,9 @@
 Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode (jdlm/quantize.py). For each mode:
   drift: one full forward over random tokens (B=1, prompt + generation length): max and mean |logit - bf16 logit|,
     the bf16 logits' std for scale, and top-1 agreement with bf16; as a yardstick, the same figures for bf16
-    against the same weights computed in float32 (random deep networks amplify any rounding);
+    against the same weights computed in float32 (random deep networks amplify any rounding); drift_32_rows the
+    same over the first 32 tokens (as many rows as a cached step, so on a GPU the quantised matmuls go through the
+    kernel when it is on);
   speed: B=1, the dual cache, one token per step (low confidence, steps = gen length), blocks of 32: tokens/s, the
     mean step's time (run time / NFE) and the weight bytes a step reads over it (bandwidth), and against the
     device's measured floors (`jdlm.roofline`): the cached step alone, its floor and their ratio;
@@ -75,6 +77,30 @@ def fusion_check(params, strategy, prompt_len: int, out_dir: Path, mode: str) ->
                                  | set(re.findall(r'custom_call_target="([\w$]+)"', hlo)))}
 
 
+def time_mode(entry: dict, name: str, params, references, tokens, strategy, strategy_name: str, prompt_len: int,
+              repeats: int, floors, out_dir: Path) -> None:
+    """Fills `entry` with `params`' drift from the bf16 logits `references` (over `tokens` and over its first 32),
+    its decode speed and (quantised) the fusion check."""
+    entry["step_weight_bytes"] = step_bytes(params)
+    entry["drift"] = drift(params, references[0], tokens)
+    if Q.mode_of(params.weights) is not None:  # as few rows as a cached step: the kernel's path where it is on
+        entry["drift_32_rows"] = drift(params, references[1], tokens[:, :32])
+    r = bench.bench_strategy(params, strategy_name, strategy, batch=1, prompt_len=prompt_len,
+                             repeats=repeats, floors=floors)
+    step_s = r.run_s / r.nfe
+    entry.update(tokens_per_s=r.tokens_per_s, run_s=r.run_s, compile_s=r.compile_s, nfe=r.nfe,
+                 mean_step_ms=round(1e3 * step_s, 3),
+                 step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1),
+                 **{k: getattr(r, k) for k in ("floor_ratio", "full_forward_s", "cached_step_ms",
+                                               "cached_step_floor_ms", "cached_step_ratio", "peak_bytes")})
+    if Q.mode_of(params.weights) is not None:
+        entry["fusion"] = fusion_check(params, strategy, prompt_len, out_dir, name.replace("/", "_"))
+    print(f"{name:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
+          f"{entry['step_weight_GBps']:.0f} GB/s of weights  drift mean {entry['drift']['mean_abs_diff']:.4f} "
+          f"max {entry['drift']['max_abs_diff']:.4f} top-1 {entry['drift']['top1_agreement']:.4f}",
+          file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes (jdlm.tiny()) for a CPU smoke run")
@@ -112,10 +138,11 @@ def main(argv=None) -> int:
     floors = roofline.measure_floors(dtype, quick=args.quick)  # the device's matmul and copy rates
     report["floors"] = floors.as_dict()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, base.config.mask_id, (1, P + G)), jnp.int32)
-    reference = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(base, tokens), np.float32)
+    logits = jax.jit(lambda p, t: forward(p, t).logits)
+    references = [np.asarray(logits(base, t), np.float32) for t in (tokens, tokens[:, :32])]
     if dtype != jnp.float32:  # a yardstick for the drifts below: the same weights computed in float32
         wide = base.replace(weights=jax.tree.map(lambda w: w.astype(jnp.float32), base.weights))
-        wide_logits = np.asarray(jax.jit(lambda p, t: forward(p, t).logits)(wide, tokens), np.float32)
+        wide_logits = np.asarray(logits(wide, tokens), np.float32)
         del wide
         report["bf16_vs_float32_drift"] = drift(base, wide_logits, tokens)
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")
@@ -142,22 +169,12 @@ def main(argv=None) -> int:
             entry["skipped"] = str(e)
             print(f"{mode}: skipped ({e})", file=sys.stderr)
             continue
-        entry["step_weight_bytes"] = step_bytes(params)
-        entry["drift"] = drift(params, reference, tokens)
-        r = bench.bench_strategy(params, report["strategy"], strategy, batch=1, prompt_len=P,
-                                 repeats=args.repeats, floors=floors)
-        step_s = r.run_s / r.nfe
-        entry.update(tokens_per_s=r.tokens_per_s, run_s=r.run_s, compile_s=r.compile_s, nfe=r.nfe,
-                     mean_step_ms=round(1e3 * step_s, 3),
-                     step_weight_GBps=round(entry["step_weight_bytes"] / step_s / 1e9, 1),
-                     **{k: getattr(r, k) for k in ("floor_ratio", "full_forward_s", "cached_step_ms",
-                                                   "cached_step_floor_ms", "cached_step_ratio", "peak_bytes")})
-        if mode in Q.MODES:
-            entry["fusion"] = fusion_check(params, strategy, P, out_dir, name.replace("/", "_"))
-        print(f"{name:>5}: {r.tokens_per_s:8.1f} tok/s  step {entry['mean_step_ms']:.2f} ms  "
-              f"{entry['step_weight_GBps']:.0f} GB/s of weights  drift mean {entry['drift']['mean_abs_diff']:.4f} "
-              f"max {entry['drift']['max_abs_diff']:.4f} top-1 {entry['drift']['top1_agreement']:.4f}",
-              file=sys.stderr, flush=True)
+        try:
+            time_mode(entry, name, params, references, tokens, strategy, report["strategy"], P, args.repeats, floors,
+                      out_dir)
+        except Exception as e:  # noqa: BLE001  (e.g. a kernel this GPU's Triton rejects: keep the other runs)
+            entry["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+            print(f"{name}: failed ({entry['error'][:200]})", file=sys.stderr, flush=True)
         del params
     report["wall_s"] = round(time.perf_counter() - start, 1)
     path = out_dir / "bench_quant.json"
