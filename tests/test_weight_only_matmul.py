@@ -214,3 +214,25 @@ def test_float_weights_never_reach_the_kernel(tiny_params):
     assert jaxpr_on == jaxpr_off and "pallas_call" not in jaxpr_on
     np.testing.assert_array_equal(on, off)
 
+
+
+def test_dual_cache_decode_with_the_kernel_gives_xla_s_tokens(tiny_params):
+    """The whole decode loop (dual cache: 8-row cached steps, full forwards of the prompt and block) with the kernel
+    in every quantised matmul writes the tokens XLA's quantised matmuls write."""
+    import jdlm
+    from jdlm import strategies as S
+    from jdlm.decoding import loop
+
+    params = Q.quantize_params(tiny_params, "int8")
+    prompt = jnp.asarray(np.random.default_rng(6).integers(3, 240, (2, 11)), jnp.int32)
+    strategy = S.parse_strategy("low_confidence dual gen_length=16 block_length=8 steps=16")
+    tokens = {}
+    for mode in ("off", "on"):
+        loop._decode_loop.clear_cache()  # the kernel mode is read when the loop is traced
+        with W.use_kernel(mode):
+            tokens[mode] = np.asarray(jdlm.decode(params, prompt, strategy).tokens)
+            traced = loop._decode_loop.trace(*loop._arguments(params, prompt, strategy, None, None))
+            assert ("pallas_call" in str(traced.jaxpr)) == (mode == "on")
+    loop._decode_loop.clear_cache()
+    np.testing.assert_array_equal(tokens["on"], tokens["off"])
+    assert len(np.unique(tokens["on"][:, -16:])) > 2  # a decode of varied tokens, not one repeated id
