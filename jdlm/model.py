@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm.config import ModelConfig
-from jdlm.kernels.weight_only_matmul import kernel_einsum
+from jdlm.kernels import quantized_linear
 from jdlm.quantize import quantized_shapes, scale_name
 
 
@@ -142,16 +142,38 @@ def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
     """`einsum(spec, x, layer[name])`; for a weight quantised by jdlm/quantize.py (a sibling `{name}_scale` over
     its output axes), the weight is converted to x's dtype inside the matmul, which accumulates in float32, and the
     scale applied to the output channels, so the weight is read in 1 byte: on a GPU with few rows (a cached decode
-    step) by jdlm/kernels' weight-only matmul, else by XLA, which fuses the convert into its GEMM.
+    step) by jdlm/kernels' weight-only matmul (jdlm/kernels/quantized_linear.py), else by XLA, which fuses the
+    convert into its GEMM.
     Float weights take the plain einsum, unchanged."""
     scale = layer.get(scale_name(name))
     if scale is None:
         return jnp.einsum(spec, x, layer[name])
-    y = kernel_einsum(spec, x, layer[name], scale)
+    y = quantized_linear.kernel_einsum(spec, x, layer[name], scale)
     if y is not None:
         return y
     y = jnp.einsum(spec, x, layer[name].astype(x.dtype), preferred_element_type=jnp.float32)
     return (y * scale).astype(x.dtype)
+
+
+def qkv_projections(h: jax.Array, layer: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """h [B, T, D] -> q [B, T, N, H], k, v [B, T, K, H] (before biases): three `linear`s, or for quantised weights in
+    the kernel's "fused" mode one kernel call for all three."""
+    names = ("q", "k", "v")
+    fused = quantized_linear.kernel_projections(h, [layer[n] for n in names], [layer.get(scale_name(n)) for n in names])
+    if fused is not None:
+        return tuple(fused)
+    return (linear("BTD,DNH->BTNH", h, layer, "q"), linear("BTD,DKH->BTKH", h, layer, "k"),
+            linear("BTD,DKH->BTKH", h, layer, "v"))
+
+
+def swiglu(h: jax.Array, layer: dict) -> jax.Array:
+    """silu(h @ gate) * (h @ up): h [B, T, D] -> [B, T, F]; for quantised weights in the kernel's "fused" mode one
+    kernel call."""
+    fused = quantized_linear.kernel_swiglu(h, layer["gate"], layer["up"], layer.get(scale_name("gate")),
+                                           layer.get(scale_name("up")))
+    if fused is not None:
+        return fused
+    return jax.nn.silu(linear("BTD,DF->BTF", h, layer, "gate")) * linear("BTD,DF->BTF", h, layer, "up")
 
 
 def keep_in_loop(layer: dict, anchor: jax.Array) -> dict:
@@ -282,9 +304,7 @@ def forward(
     new_k, new_v, probs_out = [], [], []
     for i, layer in enumerate(w["layers"]):
         h = rms_norm(x, layer["attn_norm"], cfg.norm_eps)
-        q = linear("BTD,DNH->BTNH", h, layer, "q")
-        k = linear("BTD,DKH->BTKH", h, layer, "k")
-        v = linear("BTD,DKH->BTKH", h, layer, "v")
+        q, k, v = qkv_projections(h, layer)
         if cfg.qkv_bias:
             q, k, v = q + layer["q_bias"], k + layer["k_bias"], v + layer["v_bias"]
         q = rotary(q, positions, cfg.rope_theta)
@@ -304,8 +324,7 @@ def forward(
             attn = _attention(q, k, v, mask, attention_impl)
         x = x + linear("BTNH,NHD->BTD", attn, layer, "o")
         h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps)
-        gated = jax.nn.silu(linear("BTD,DF->BTF", h, layer, "gate")) * linear("BTD,DF->BTF", h, layer, "up")
-        x = x + linear("BTF,FD->BTD", gated, layer, "down")
+        x = x + linear("BTF,FD->BTD", swiglu(h, layer), layer, "down")
 
     hidden = x
     if cfg.logits_shift:  # Dream: the prediction for position i comes from the output at i - 1.

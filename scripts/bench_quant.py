@@ -13,12 +13,13 @@ Random weights (`jdlm.bench.random_params`), one bfloat16 set quantised per mode
     int8/fp8 -> bf16 convert into its GEMM: the condition for reading 1 byte per weight), and the GEMM kinds.
 JSON to $OUT/bench_quant.json (or --out), plus each quantised mode's compiled decode HLO (gzip).
 
-`--kernel` sets jdlm's weight-only matmul kernel (jdlm/kernels/weight_only_matmul.py) for the quantised modes:
-auto (the default: on a GPU), on, off; a comma list times each quantised mode once per setting, keyed
-"int8/kernel=off", "int8/kernel=on", ..., to compare the kernel with XLA's fused GEMM in one run.
+`--kernel` sets jdlm's weight-only matmul kernel (jdlm/kernels/quantized_linear.py's modes) for the quantised modes:
+auto (the default: on a GPU), on, fused (a layer's q|k|v in one call, gate|up and SwiGLU in another), off; a comma
+list times each quantised mode once per setting, keyed "int8/kernel=off", "int8/kernel=on", ..., to compare the
+kernel with XLA's fused GEMM in one run.
 
     python scripts/bench_quant.py                 # LLaDA-8B shapes, a GPU (fp8 needs compute capability 8.9+)
-    python scripts/bench_quant.py --modes int8 --kernel off,on   # tok/s with and without the kernel
+    python scripts/bench_quant.py --modes int8 --kernel off,on,fused   # tok/s without and with the kernel
     python scripts/bench_quant.py --quick         # tiny shapes on CPU, seconds
 """
 
@@ -41,7 +42,7 @@ import numpy as np
 from jdlm import bench, roofline
 from jdlm import quantize as Q
 from jdlm import strategies as S
-from jdlm.kernels import weight_only_matmul as W
+from jdlm.kernels import quantized_linear as L
 from jdlm.model import forward
 
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--block-length", type=int, default=None, help="default 32 (8 with --quick)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kernel", default="auto",
-                   help="weight-only matmul kernel for quantised modes: auto (on GPU), on, off, or a comma list "
+                   help="weight-only matmul kernel for quantised modes: auto (on GPU), on, fused, off, or a comma list "
                         "(each quantised mode once per setting)")
     p.add_argument("--out", default=None, help="output folder (default $OUT, else .)")
     args = p.parse_args(argv)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     strategy = S.parse_strategy(f"low_confidence dual gen_length={G} block_length={block} steps={G}")
     settings = args.kernel.split(",")
     for setting in settings:
-        W.set_mode(setting)  # rejects an unknown setting before any timing
+        L.set_mode(setting)  # rejects an unknown setting before any timing
     runs = [(mode, setting) for mode in args.modes.split(",") for setting in (settings if mode in Q.MODES else [None])]
     quantized: dict = {}
     for mode, setting in runs:
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         entry: dict = {"kernel": setting}
         report["modes"][name] = entry
         if setting is not None:
-            W.set_mode(setting)  # read when the decode is traced: drop what was compiled under another setting
+            L.set_mode(setting)  # read when the decode is traced: drop what was compiled under another setting
             jax.clear_caches()
         try:
             t0 = time.perf_counter()

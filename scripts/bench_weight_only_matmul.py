@@ -39,6 +39,7 @@ import numpy as np
 
 from jdlm import quantize as Q
 from jdlm import roofline
+from jdlm.kernels import quantized_linear as L
 from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import linear
 
@@ -135,7 +136,7 @@ class Bench:
         case = {"shape": shape_name, "K": k, "N": n, "M": m, "weight_copies": copies, "results": []}
         self.run(case, "bf16", lambda x, w, s: x @ w, (xs, w16, [None] * copies), 2 * k * n)
         del w16
-        with W.use_kernel("off"):
+        with L.use_kernel("off"):
             xla, reference = self.run(case, "xla", xla_linear, (xs, wq, scales), k * n)
         for i, tiling in enumerate([W.model_tiling(m, k, n, self.num_sms),
                                     *variants(m, k, n, self.num_sms, self.quick)]):

@@ -1,6 +1,6 @@
-"""The weight-only quantised matmul kernel (jdlm/kernels/weight_only_matmul.py), run by Pallas's interpreter on CPU:
-against the dequantised matmul, its tilings and errors, and the model's forward with it against XLA's quantised
-path."""
+"""The weight-only quantised matmul kernels (jdlm/kernels/weight_only_matmul.py), run by Pallas's interpreter on CPU:
+against the dequantised matmul (one weight, grouped weights, SwiGLU), their tilings and errors, their lowering for
+CUDA, and the model's forward and decode with them (jdlm/kernels/quantized_linear.py) against XLA's quantised path."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from jdlm import quantize as Q
 from jdlm.config import tiny
+from jdlm.kernels import quantized_linear as L
 from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import forward, init_params
 
@@ -64,7 +65,8 @@ def test_bfloat16_rows_give_bfloat16_out_accumulated_in_float32():
     y = W.weight_only_matmul(x, w_q, scale, interpret=True, splits=2, block_k=64)
     assert y.dtype == jnp.bfloat16
     reference = dequantized_matmul(x.astype(jnp.float32), w_q, scale)
-    np.testing.assert_allclose(np.asarray(y, np.float64), reference, rtol=2 ** -8, atol=2 ** -8 * np.abs(reference).max())
+    np.testing.assert_allclose(np.asarray(y, np.float64), reference, rtol=2 ** -8,
+                               atol=2 ** -8 * np.abs(reference).max())
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp8"])
@@ -85,6 +87,54 @@ def test_kernel_lowers_to_one_triton_call_for_a_gpu(mode, swap_ab):
     assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0]
     for attribute in ("grid_x = 1 ", "grid_y = 64 ", "grid_z = 2 ", "num_warps = 8 ", "num_stages = 3 "):
         assert attribute in calls[0]
+
+
+GROUPED_TILINGS = [{}, {"splits": 2, "block_k": 64, "block_n": 32}, {"swap_ab": True, "block_m": 16}]
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+@pytest.mark.parametrize("fields", GROUPED_TILINGS, ids=["default", "split", "swap_ab"])
+def test_grouped_kernel_matches_each_dequantized_matmul(mode, fields):
+    """A q|k|v-like group (widths 128, 32, 32): one launch whose programs run over every weight's column tiles."""
+    weights = [quantized(256, n, mode, seed=n) for n in (128, 32, 32)]
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((20, 256)), jnp.float32)
+    outs = W.grouped_weight_only_matmul(x, [w for w, _ in weights], [s for _, s in weights], interpret=True,
+                                        **fields)
+    assert [y.shape for y in outs] == [(20, 128), (20, 32), (20, 32)]
+    for y, (w_q, scale) in zip(outs, weights):
+        reference = dequantized_matmul(x, w_q, scale)
+        np.testing.assert_allclose(np.asarray(y), reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("mode", ["int8", "fp8"])
+@pytest.mark.parametrize("fields", [{}, {"block_n": 32, "block_k": 32}, {"swap_ab": True, "block_m": 16}],
+                         ids=["default", "small-tiles", "swap_ab"])
+def test_swiglu_kernel_matches_silu_gate_times_up(mode, fields):
+    (gate, gate_scale), (up, up_scale) = quantized(256, 64, mode, seed=1), quantized(256, 64, mode, seed=2)
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((20, 256)) / 16, jnp.float32)
+    y = W.swiglu_weight_only_matmul(x, gate, up, gate_scale, up_scale, interpret=True, **fields)
+    g, u = dequantized_matmul(x, gate, gate_scale), dequantized_matmul(x, up, up_scale)
+    reference = g / (1 + np.exp(-g)) * u
+    np.testing.assert_allclose(np.asarray(y), reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+    with pytest.raises(ValueError, match="splits=1"):
+        W.swiglu_weight_only_matmul(x, gate, up, gate_scale, up_scale, interpret=True, splits=2)
+
+
+def test_grouped_and_swiglu_kernels_lower_for_a_gpu():
+    """One Triton call each for LLaDA-8B's q|k|v (3 outputs, 3 x 32 column tiles of 128) and gate|up."""
+    x = jax.ShapeDtypeStruct((32, 4096), jnp.bfloat16)
+    w, scale = jax.ShapeDtypeStruct((4096, 4096), jnp.int8), jax.ShapeDtypeStruct((4096,), jnp.float32)
+    wide, wide_scale = jax.ShapeDtypeStruct((4096, 12288), jnp.int8), jax.ShapeDtypeStruct((12288,), jnp.float32)
+    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    tiling = W.Tiling(block_m=32, block_n=128, block_k=128)
+    grouped = jax.jit(lambda x, *a: W.grouped_weight_only_matmul(x, a[:3], a[3:], tiling=tiling, interpret=False))
+    swiglu = jax.jit(lambda x, *a: W.swiglu_weight_only_matmul(x, *a, tiling=tiling, interpret=False))
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+        texts = [grouped.trace(x, w, w, w, scale, scale, scale).lower(lowering_platforms=("cuda",)).as_text(),
+                 swiglu.trace(x, wide, wide, wide_scale, wide_scale).lower(lowering_platforms=("cuda",)).as_text()]
+    for text, columns in zip(texts, (96, 96)):
+        calls = [line for line in text.splitlines() if "custom_call" in line]
+        assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0] and f"grid_y = {columns} " in calls[0]
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -154,9 +204,9 @@ def test_default_tiling_takes_a_measured_tiling_from_the_table(tmp_path, monkeyp
 
 @pytest.fixture(autouse=True)
 def kernel_mode_restored():
-    previous = W.set_mode("auto")
+    previous = L.set_mode("auto")
     yield
-    W.set_mode(previous)
+    L.set_mode(previous)
 
 
 def test_kernel_einsum_takes_the_model_specs_and_declines_the_rest():
@@ -164,18 +214,18 @@ def test_kernel_einsum_takes_the_model_specs_and_declines_the_rest():
     x = jnp.asarray(rng.standard_normal((2, 5, 4, 16)), jnp.float32)  # [B, T, N, H]
     w_q, scale = Q.quantize_array(jnp.asarray(rng.standard_normal((4, 16, 32)), jnp.float32), "int8", 2)  # o
     reference = jnp.einsum("BTNH,NHD->BTD", x, Q.dequantize_array(w_q, scale))
-    with W.use_kernel("on"):
-        y = W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale)
+    with L.use_kernel("on"):
+        y = L.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale)
         np.testing.assert_allclose(np.asarray(y), np.asarray(reference), rtol=1e-5, atol=1e-5)
-        assert W.kernel_einsum("BTHN,NHD->BTD", x, w_q, scale) is None  # contracted axes out of order
-        assert W.kernel_einsum("BTNH,NHD->TBD", x, w_q, scale) is None  # output axes permuted
-        big = jnp.zeros((1, W.MAX_ROWS + 1, 4, 16), jnp.float32)
-        assert W.kernel_einsum("BTNH,NHD->BTD", big, w_q, scale) is None  # a prefill: XLA's GEMM
-    with W.use_kernel("off"):
-        assert W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None
-    assert W.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None  # auto: only on a GPU
+        assert L.kernel_einsum("BTHN,NHD->BTD", x, w_q, scale) is None  # contracted axes out of order
+        assert L.kernel_einsum("BTNH,NHD->TBD", x, w_q, scale) is None  # output axes permuted
+        big = jnp.zeros((1, L.MAX_ROWS + 1, 4, 16), jnp.float32)
+        assert L.kernel_einsum("BTNH,NHD->BTD", big, w_q, scale) is None  # a prefill: XLA's GEMM
+    with L.use_kernel("off"):
+        assert L.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None
+    assert L.kernel_einsum("BTNH,NHD->BTD", x, w_q, scale) is None  # auto: only on a GPU
     with pytest.raises(ValueError, match="unknown kernel mode"):
-        W.set_mode("always")
+        L.set_mode("always")
 
 
 def _config(family: str):
@@ -191,7 +241,7 @@ def tiny_params(request):
 
 def _logits(params, tokens, mode: str):
     """Forward logits with the kernel `mode`, traced afresh (the mode is read at trace time), and its jaxpr."""
-    with W.use_kernel(mode):
+    with L.use_kernel(mode):
         fn = jax.jit(lambda p, t: forward(p, t).logits)
         return np.asarray(fn(params, tokens)), str(jax.make_jaxpr(fn)(params, tokens))
 
@@ -207,32 +257,63 @@ def test_forward_with_the_kernel_matches_the_xla_quantized_path(tiny_params, mod
     assert np.abs(xla).max() > 1  # logits of substance, not a trivially small comparison
 
 
+def test_fused_forward_runs_four_kernel_calls_a_layer_and_matches_xla(tiny_params):
+    """Mode "fused": q|k|v in one call, gate|up with the SwiGLU in another, o and down one each."""
+    params = Q.quantize_params(tiny_params, "int8")
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 250, (2, 12)), jnp.int32)
+    fused, jaxpr = _logits(params, tokens, "fused")
+    xla, _ = _logits(params, tokens, "off")
+    assert jaxpr.count("pallas_call") == 4 * params.config.n_layers
+    np.testing.assert_allclose(fused, xla, rtol=1e-4, atol=1e-4 * np.abs(xla).max())
+
+
+def test_fused_calls_only_in_fused_mode_and_for_quantized_weights():
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.standard_normal((1, 4, 64)), jnp.float32)
+    gate, gate_scale = quantized(64, 32, "int8", seed=3)
+    up, up_scale = quantized(64, 32, "int8", seed=4)
+    with L.use_kernel("on"):  # one call per weight only
+        assert L.kernel_projections(x, [gate, up], [gate_scale, up_scale]) is None
+        assert L.kernel_swiglu(x, gate, up, gate_scale, up_scale) is None
+    with L.use_kernel("fused"):
+        q, k = L.kernel_projections(x, [gate, up.reshape(64, 2, 16)], [gate_scale, up_scale.reshape(2, 16)])
+        assert q.shape == (1, 4, 32) and k.shape == (1, 4, 2, 16)
+        assert L.kernel_swiglu(x, gate, up, gate_scale, up_scale).shape == (1, 4, 32)
+        float_gate = Q.dequantize_array(gate, gate_scale)
+        assert L.kernel_swiglu(x, float_gate, float_gate, None, None) is None
+        assert L.kernel_projections(x, [float_gate], [None]) is None
+        big = jnp.zeros((1, L.MAX_ROWS + 1, 64), jnp.float32)
+        assert L.kernel_swiglu(big, gate, up, gate_scale, up_scale) is None
+
+
 def test_float_weights_never_reach_the_kernel(tiny_params):
     tokens = jnp.zeros((1, 8), jnp.int32)
-    on, jaxpr_on = _logits(tiny_params, tokens, "on")
     off, jaxpr_off = _logits(tiny_params, tokens, "off")
-    assert jaxpr_on == jaxpr_off and "pallas_call" not in jaxpr_on
-    np.testing.assert_array_equal(on, off)
+    for mode in ("on", "fused"):
+        on, jaxpr_on = _logits(tiny_params, tokens, mode)
+        assert jaxpr_on == jaxpr_off and "pallas_call" not in jaxpr_on
+        np.testing.assert_array_equal(on, off)
 
 
-
-def test_dual_cache_decode_with_the_kernel_gives_xla_s_tokens(tiny_params):
-    """The whole decode loop (dual cache: 8-row cached steps, full forwards of the prompt and block) with the kernel
-    in every quantised matmul writes the tokens XLA's quantised matmuls write."""
+def test_dual_cache_decode_with_the_kernel_gives_xla_s_tokens():
+    """The whole decode loop (dual cache: 8-row cached steps, full forwards of the prompt and block) with the kernels
+    in every quantised matmul (one per weight, or fused) writes the tokens XLA's quantised matmuls write (Dream's
+    layout: biases, grouped kv heads, shifted logits)."""
     import jdlm
     from jdlm import strategies as S
     from jdlm.decoding import loop
 
-    params = Q.quantize_params(tiny_params, "int8")
+    params = Q.quantize_params(init_params(_config("dream"), jax.random.key(4), jnp.float32, std=0.1), "int8")
     prompt = jnp.asarray(np.random.default_rng(6).integers(3, 240, (2, 11)), jnp.int32)
     strategy = S.parse_strategy("low_confidence dual gen_length=16 block_length=8 steps=16")
     tokens = {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "fused"):
         loop._decode_loop.clear_cache()  # the kernel mode is read when the loop is traced
-        with W.use_kernel(mode):
+        with L.use_kernel(mode):
             tokens[mode] = np.asarray(jdlm.decode(params, prompt, strategy).tokens)
             traced = loop._decode_loop.trace(*loop._arguments(params, prompt, strategy, None, None))
-            assert ("pallas_call" in str(traced.jaxpr)) == (mode == "on")
+            assert ("pallas_call" in str(traced.jaxpr)) == (mode != "off")
     loop._decode_loop.clear_cache()
     np.testing.assert_array_equal(tokens["on"], tokens["off"])
+    np.testing.assert_array_equal(tokens["fused"], tokens["off"])
     assert len(np.unique(tokens["on"][:, -16:])) > 2  # a decode of varied tokens, not one repeated id
