@@ -15,8 +15,10 @@ Also writes weight_only_tilings.json: the fastest correct tiling per (M, K, N) o
 $JDLM_WEIGHT_ONLY_TILINGS at it (e.g. for scripts/bench_quant.py in the same session) or keep it as
 jdlm/kernels/weight_only_tilings.json, and `default_tiling` (what jdlm/model.py runs) uses those tilings.
 
-Shapes: q, k, v, o (4096, 4096); gate, up (4096, 12288), which is also a fused q|k|v; down (12288, 4096); and a
-fused gate|up (4096, 24576), a layout jdlm does not store today, to show what fusing would buy.
+Shapes: q, k, v, o (4096, 4096); gate, up (4096, 12288); down (12288, 4096). Then the fused kernels (the "fused"
+mode of jdlm/kernels/quantized_linear.py) against the same work done per weight: a layer's q|k|v (XLA's three
+linears, the kernel three times, `grouped_weight_only_matmul` once) and its gate|up with the SwiGLU (XLA's
+silu(gate) * up, the kernel twice and the product, `swiglu_weight_only_matmul` once).
 
     python scripts/bench_weight_only_matmul.py            # one GPU, under 3 minutes; JSON to $OUT
     python scripts/bench_weight_only_matmul.py --quick    # tiny shapes in Pallas's interpreter on CPU, seconds
@@ -28,6 +30,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -43,8 +46,13 @@ from jdlm.kernels import quantized_linear as L
 from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import linear
 
-FULL_SHAPES = {"qkvo": (4096, 4096), "gate_up": (4096, 12288), "down": (12288, 4096), "fused_gate_up": (4096, 24576)}
+FULL_SHAPES = {"qkvo": (4096, 4096), "gate_up": (4096, 12288), "down": (12288, 4096)}
 QUICK_SHAPES = {"square": (256, 128), "wide": (128, 512)}
+# The fused cases: K and the weights' widths of a layer's q|k|v and of its gate|up (with the SwiGLU).
+FULL_FUSED = {"qkv": (4096, (4096, 4096, 4096)), "swiglu": (4096, (12288, 12288))}
+QUICK_FUSED = {"qkv": (128, (128, 64, 64)), "swiglu": (128, (256, 256))}
+FUSED_VARIANTS = [{"block_n": 32}, {"block_n": 64}, {"block_n": 128}, {"swap_ab": True}, {"num_warps": 8},
+                  {"num_stages": 3}]
 MAX_DIFF = 0.02  # largest |kernel - XLA| / max |XLA| of a correct kernel (bf16 outputs, other summation order)
 CHAIN_BYTES = 128 << 20  # weight bytes one timed call reads, over several copies: 2.5x an H100's 50 MB L2
 
@@ -76,7 +84,7 @@ def variants(m: int, k: int, n: int, num_sms: int, quick: bool) -> list[W.Tiling
     add(swap_ab=True), add(swap_ab=True, block_n=128)
     if m > 64:
         add(block_m=128, num_warps=8), add(block_m=32)
-    return out[:12]
+    return out[:12] if m <= 64 else out[:6]  # many rows: the weight-bound case is past, fewer knobs
 
 
 def fitted_splits(t: W.Tiling, m: int, k: int, n: int, num_sms: int) -> int:
@@ -90,7 +98,8 @@ def chain_timer(fn, xs, ws, scales, calls: int) -> tuple[float, np.ndarray]:
     """Seconds per call of `fn(x, w, scale)`, from one jitted program that calls it on every (xs[i], ws[i]) in turn,
     queued `calls` times before waiting (the median of 3 such runs); and the first call's output (float32)."""
     program = jax.jit(lambda xs, ws, scales: tuple(fn(x, w, s) for x, w, s in zip(xs, ws, scales)))
-    first = np.asarray(program(xs, ws, scales)[0], np.float32)  # compile, warm up
+    first = np.concatenate([np.asarray(a, np.float32).ravel()  # compile, warm up
+                            for a in jax.tree.leaves(program(xs, ws, scales)[0])])
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -146,6 +155,57 @@ class Bench:
         summarize(case, xla, time.perf_counter() - t0)
         return case
 
+    def fused_case(self, kind: str, m: int, k: int, widths: tuple[int, ...]) -> dict:
+        """Times a layer's q|k|v ("qkv") or gate|up with the SwiGLU ("swiglu") at m rows: XLA's quantised linears,
+        the kernel once per weight, and the fused kernel over a few tilings."""
+        t0 = time.perf_counter()
+        total = k * sum(widths)
+        copies = 2 if self.quick else max(2, -(-CHAIN_BYTES // total))
+        key = jax.random.fold_in(jax.random.key(1), total + m)
+        xs = [jax.random.normal(jax.random.fold_in(key, c), (m, k), jnp.float32).astype(self.dtype)
+              for c in range(copies)]
+        sets = [[Q.quantize_array(0.02 * jax.random.normal(jax.random.fold_in(key, 100 * c + i + 1), (k, n)),
+                                  self.mode, 1) for i, n in enumerate(widths)] for c in range(copies)]
+        ws, scales = [tuple(w for w, _ in one) for one in sets], [tuple(s for _, s in one) for one in sets]
+        case = {"shape": kind, "K": k, "N": sum(widths), "widths": list(widths), "M": m, "weight_copies": copies,
+                "results": []}
+        kernel = functools.partial(W.weight_only_matmul, interpret=self.interpret)
+        if kind == "qkv":
+            def xla(x, ws, ss):
+                return tuple(xla_linear(x, w, s) for w, s in zip(ws, ss))
+
+            def per_weight(x, ws, ss):
+                return tuple(kernel(x, w, s) for w, s in zip(ws, ss))
+
+            def fused(tiling):
+                return lambda x, ws, ss: tuple(W.grouped_weight_only_matmul(x, ws, ss, tiling=tiling,
+                                                                            interpret=self.interpret))
+            base = W.model_tiling(m, k, sum(widths), self.num_sms, column_multiple=math.gcd(*widths))
+        else:
+            def xla(x, ws, ss):
+                return jax.nn.silu(xla_linear(x, ws[0], ss[0])) * xla_linear(x, ws[1], ss[1])
+
+            def per_weight(x, ws, ss):
+                return jax.nn.silu(kernel(x, ws[0], ss[0])) * kernel(x, ws[1], ss[1])
+
+            def fused(tiling):
+                return lambda x, ws, ss: W.swiglu_weight_only_matmul(x, *ws, *ss, tiling=tiling,
+                                                                     interpret=self.interpret)
+            base = W.model_tiling(m, k, widths[0], self.num_sms, max_splits=1, weights=2)
+        with L.use_kernel("off"):
+            xla_record, reference = self.run(case, "xla", xla, (xs, ws, scales), total)
+        self.run(case, "kernel_per_weight", per_weight, (xs, ws, scales), total, reference)
+        tilings = [base] + [t for t in (dataclasses.replace(base, **f) for f in FUSED_VARIANTS) if t != base]
+        for i, tiling in enumerate(tilings):
+            if kind == "qkv" and tiling.block_n != base.block_n:
+                tiling = dataclasses.replace(tiling, splits=fitted_splits(tiling, m, k, sum(widths), self.num_sms))
+            if any(n % tiling.block_n for n in widths) or k % (tiling.block_k * tiling.splits):
+                continue
+            self.run(case, "fused" if i == 0 else "fused_variant", fused(tiling), (xs, ws, scales), total, reference,
+                     tiling=dataclasses.asdict(tiling))
+        summarize(case, xla_record, time.perf_counter() - t0)
+        return case
+
     def run(self, case: dict, name: str, fn, operands, weight_bytes: int, reference=None, **extra):
         """Times `fn` into `case["results"]` (or records why not); returns its record and first output."""
         if time.perf_counter() > self.deadline:
@@ -166,19 +226,19 @@ def xla_linear(x, w, scale):
 
 def summarize(case: dict, xla: dict, seconds: float) -> None:
     """The case's fastest kernel tiling among those that agree with XLA (within bf16 rounding), and a line."""
-    timed = [r for r in case["results"] if r["name"].startswith("kernel") and "us" in r]
+    timed = [r for r in case["results"] if r["name"].startswith(("kernel", "fused")) and "us" in r]
     for r in timed:
         r["agrees"] = r["max_diff_vs_xla"] < MAX_DIFF if "max_diff_vs_xla" in r else None
-    good = [r for r in timed if r["agrees"] is not False]
+    good = [r for r in timed if r["agrees"] is not False and "tiling" in r]
     if not good:
         return
     best = case["best"] = min(good, key=lambda r: r["us"])
     case["best_over_xla"] = round(xla["us"] / best["us"], 3) if "us" in xla else None
-    kernel = next(r for r in case["results"] if r["name"] == "kernel")
-    print(f"M={case['M']:4d} {case['shape']:>14} (K={case['K']}, N={case['N']}): bf16 {case['results'][0].get('us')} "
-          f"us, xla {xla.get('us')} us ({xla.get('weight_GBps')} GB/s), kernel {kernel.get('us')} us "
-          f"({kernel.get('weight_GBps')} GB/s), best {best['us']} us ({best['weight_GBps']} GB/s, "
-          f"{best['of_copy_bandwidth']:.0%} of copy) {best['tiling']}  [{seconds:.0f} s]", file=sys.stderr, flush=True)
+    others = ", ".join(f"{r['name']} {r.get('us')} us ({r.get('weight_GBps')} GB/s)" for r in case["results"]
+                       if r["name"] in ("bf16", "xla", "kernel", "kernel_per_weight", "fused"))
+    print(f"M={case['M']:4d} {case['shape']:>8} (K={case['K']}, N={case['N']}): {others}; best {best['name']} "
+          f"{best['us']} us ({best['weight_GBps']} GB/s, {best['of_copy_bandwidth']:.0%} of copy) {best['tiling']}  "
+          f"[{seconds:.0f} s]", file=sys.stderr, flush=True)
 
 
 def write(report: dict, out_dir: Path, start: float) -> Path:
@@ -214,16 +274,19 @@ def main(argv=None) -> int:
           file=sys.stderr, flush=True)
     bench = Bench(mode=args.mode, dtype=dtype, interpret=interpret, num_sms=num_sms, calls=calls,
                   copy_gbps=floors.copy_gbps, deadline=start + args.budget_s, quick=args.quick)
+    fused = QUICK_FUSED if args.quick else FULL_FUSED
     for m in rows:
-        for shape_name, (k, n) in shapes.items():
+        cases = [(name, functools.partial(bench.case, name, m, k, n)) for name, (k, n) in shapes.items()]
+        cases += [(kind, functools.partial(bench.fused_case, kind, m, k, widths)) for kind, (k, widths) in fused.items()]
+        for name, case in cases:
             if time.perf_counter() > bench.deadline:
-                report["not_run"].append({"shape": shape_name, "M": m})
+                report["not_run"].append({"shape": name, "M": m})
                 continue
-            report["cases"].append(bench.case(shape_name, m, k, n))
+            report["cases"].append(case())
             write(report, out_dir, start)  # after every case: a run cut short keeps what it measured
     path = write(report, out_dir, start)
     tilings = {report["device"]: {W.tiling_key(c["M"], c["K"], c["N"]): c["best"]["tiling"]
-                                  for c in report["cases"] if "best" in c}}
+                                  for c in report["cases"] if "best" in c and "widths" not in c}}
     (out_dir / "weight_only_tilings.json").write_text(json.dumps(tilings, indent=1) + "\n")
     print(f"wrote {path} ({report['wall_s']} s) and weight_only_tilings.json (for ${W.TILINGS_ENV}, or to keep as "
           f"{W.TILINGS_FILE.relative_to(Path(W.__file__).parents[2])})", file=sys.stderr)
