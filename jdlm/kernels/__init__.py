@@ -1,3 +1,4 @@
 """Hand-written kernels for the spots XLA leaves short of the hardware (Pallas; GPU through Triton).
 
-weight_only_matmul: x @ (w * scale) for few rows of x and int8 / fp8 weights (jdlm/model.py's `linear`)."""
+weight_only_matmul: x @ (w * scale) for few rows of x and int8 / fp8 weights, one weight, grouped weights or SwiGLU.
+quantized_linear: when jdlm/model.py's quantised linear layers use them (`set_mode`)."""
