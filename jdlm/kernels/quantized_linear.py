@@ -20,7 +20,7 @@ from jdlm.quantize import _compute_capability
 MAX_ROWS = 256  # more rows (prefill, full forwards) are not weight-bound: XLA's GEMM
 MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
 MODES = ("auto", "on", "fused", "off")
-_mode = "auto"
+_mode = "off"  # measured on an H100: no faster than XLA end to end (docs/quantization.md)
 
 
 def set_mode(mode: str) -> str:
@@ -29,7 +29,7 @@ def set_mode(mode: str) -> str:
     "auto": one kernel call per weight on an Ampere or newer GPU outside a multi-device mesh, XLA elsewhere;
     "on": one kernel call per weight everywhere (Pallas's interpreter off GPU: for tests);
     "fused": as "on", and a layer's q, k, v in one call and its gate, up and SwiGLU in another;
-    "off": never (XLA's einsum).
+    "off" (the default): never (XLA's einsum).
     Read when a function is traced: set it before the first call of a jitted function, or clear jax's caches after
     (`jax.clear_caches()`)."""
     global _mode
