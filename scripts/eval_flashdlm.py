@@ -105,7 +105,47 @@ def main() -> None:
             "models": "tiny guided by tiny-ar", "dtype": jnp.dtype(dtype).name}
     (out / "flashdlm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (out / "flashdlm.md").write_text(markdown(rows, meta))
+    plot(rows, meta, out / "flashdlm.png")
     print(markdown(rows, meta))
+
+
+def plot(rows: list[dict], meta: dict, path: Path) -> None:
+    """A PNG: accuracy (y) against the speed-up over one token per step (x, log), one panel per task, each strategy a
+    labelled point; skipped without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cols = min(len(tasks), 2)
+    fig, axes = plt.subplots(-(-len(tasks) // cols), cols, figsize=(6.4 * cols, 4.2 * -(-len(tasks) // cols)),
+                             squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
+        for r in (r for r in rows if r["task"] == task and r["speedup"]):
+            guided = r["strategy"].startswith("ar-guided")
+            ax.scatter(r["speedup"], r["accuracy"], marker="o" if guided else "s",
+                       color="tab:red" if guided else "tab:blue", zorder=2)
+            ax.annotate(r["strategy"], (r["speedup"], r["accuracy"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.set_ylabel("accuracy")
+        ax.set_title(task)
+        ax.set_xlabel("tokens/s over one token per step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"FlashDLM: {meta['models']}, {meta['limit']} examples a task, batch {meta['batch_size']}, "
+                 f"{meta['device']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
