@@ -62,7 +62,7 @@ def check_mode(mode: str | None) -> str | None:
                                 "(or none)")
     if mode == "fp8" and jax.default_backend() != "cpu":
         device = jax.devices()[0]
-        capability = _compute_capability(device)
+        capability = compute_capability(device)
         if capability is None:
             raise QuantizationError(f"fp8 weights run on GPUs of compute capability 8.9 or newer (Ada, Hopper) and "
                                     f"on CPU, not on {device.device_kind} ({jax.default_backend()}); use int8")
@@ -73,7 +73,7 @@ def check_mode(mode: str | None) -> str | None:
     return mode
 
 
-def _compute_capability(device) -> tuple[int, ...] | None:
+def compute_capability(device) -> tuple[int, ...] | None:
     text = getattr(device, "compute_capability", None)
     try:
         return tuple(int(part) for part in str(text).split(".")) if text else None

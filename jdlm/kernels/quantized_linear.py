@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jdlm.kernels import weight_only_matmul as wom
-from jdlm.quantize import _compute_capability
+from jdlm.quantize import compute_capability
 
 MAX_ROWS = 256  # more rows (prefill, full forwards) are not weight-bound: XLA's GEMM
 MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
@@ -56,7 +56,7 @@ def _enabled() -> bool:
     # every weight onto every device. Leave sharded matmuls to XLA.
     if jax.default_backend() != "gpu" or jax.sharding.get_abstract_mesh().size > 1:
         return False
-    capability = _compute_capability(jax.devices()[0])
+    capability = compute_capability(jax.devices()[0])
     return capability is not None and capability >= MIN_CAPABILITY
 
 

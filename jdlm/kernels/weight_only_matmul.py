@@ -32,7 +32,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-WEIGHT_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.float8_e4m3fn))
+from jdlm.quantize import MODES
+
+WEIGHT_DTYPES = tuple(dtype for dtype, _ in MODES.values())  # the stored dtypes of jdlm.quantize's modes
 BLOCKS = (128, 64, 32, 16)  # tile sizes tried, largest first; Triton tiles are powers of two, tensor-core dots >= 16
 SHARED_BYTES = 96 << 10  # shared memory the default tiling's pipeline stages may take
 DEFAULT_SMS = 132  # an H100 SXM's streaming multiprocessors, when the device does not say
