@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from startup_args import add_shape_arguments, fill_shape_defaults
+
 
 def child(args, cache: Path) -> dict:
     """Traces, lowers and compiles each entry point; the first process also serializes, the second loads."""
@@ -81,22 +83,11 @@ def child(args, cache: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny shapes (the 'test' model), float32")
-    p.add_argument("--model", default=None, help="random shapes: llada-8b (default), dream-7b, test")
-    p.add_argument("--dtype", default=None, help="default bfloat16 (float32 with --quick)")
-    p.add_argument("--prompt-length", type=int, default=None, help="default 256 (16 with --quick)")
-    p.add_argument("--gen-length", type=int, default=None, help="default 256 (16 with --quick)")
-    p.add_argument("--block-length", type=int, default=None, help="default 32 (8 with --quick)")
-    p.add_argument("--strategy", default="low_confidence dual")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds each process may take (default 300)")
+    add_shape_arguments(p, timeout_s=300.0)
     p.add_argument("--stage", choices=("first", "second"), help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.model = args.model or ("test" if args.quick else "llada-8b")
-    args.dtype = args.dtype or ("float32" if args.quick else "bfloat16")
-    args.prompt_length = args.prompt_length or (16 if args.quick else 256)
-    args.gen_length = args.gen_length or (16 if args.quick else 256)
-    args.block_length = args.block_length or (8 if args.quick else 32)
+    fill_shape_defaults(args)
     if args.stage:
         print(json.dumps(child(args, Path(args.cache))), flush=True)
         return 0

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from startup_args import add_shape_arguments, fill_shape_defaults
+
 TARGET_S = 3.0
 
 
@@ -137,22 +139,10 @@ def launch(args, cache_dir: Path, store: bool = True) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny shapes (random 'test' weights, float32), for a CPU")
-    p.add_argument("--model", default=None, help="random shapes: llada-8b (default), dream-7b, test")
-    p.add_argument("--dtype", default=None, help="default bfloat16 (float32 with --quick)")
-    p.add_argument("--prompt-length", type=int, default=None, help="default 256 (16 with --quick)")
-    p.add_argument("--gen-length", type=int, default=None, help="default 256 (16 with --quick)")
-    p.add_argument("--block-length", type=int, default=None, help="default 32 (8 with --quick)")
-    p.add_argument("--strategy", default="low_confidence dual")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds each process may take (default 120)")
+    add_shape_arguments(p, timeout_s=120.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = args.quick
-    args.model = args.model or ("test" if quick else "llada-8b")
-    args.dtype = args.dtype or ("float32" if quick else "bfloat16")
-    args.prompt_length = args.prompt_length or (16 if quick else 256)
-    args.gen_length = args.gen_length or (16 if quick else 256)
-    args.block_length = args.block_length or (8 if quick else 32)
+    fill_shape_defaults(args)
     if args.child:
         child(args)
         return 0
