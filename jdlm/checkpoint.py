@@ -329,7 +329,7 @@ def read_manifest(directory: Path) -> dict:
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {manifest['format_version']}, newer than this jdlm reads "
                               f"({FORMAT_VERSION}); upgrade jdlm")
-    mode = manifest.get("quantization", {}).get("mode")
+    mode = stored_quantization(manifest)
     if "quantization" in manifest and mode not in MODES:
         raise CheckpointError(f"{path} records weight quantisation {mode!r}, which this jdlm does not know (it "
                               f"reads {', '.join(MODES)}); upgrade jdlm")
