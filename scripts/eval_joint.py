@@ -6,9 +6,12 @@ On the pycode eval prompts, samples continuations (entropy order, temperature 1)
   joint      k tokens per full forward, the head updating the predictions between them (JointSampler)
 and reports, against exact seed 0: the n-gram Jensen-Shannon divergence (token ids, n = 1..4) and MAUVE over the
 model's mean hidden states (jdlm.eval.distribution), the mean NFE, and the pycode validity score; the real
-continuations are measured the same way. Writes $OUT/joint_eval.json (OUT defaults to the current folder).
+continuations are measured the same way. With --tasks, also task accuracy (greedy, blocks of the head's 16): one
+token per forward (entropy order), k per forward from the marginals, k per forward with the head, and Fast-dLLM
+threshold 0.9 and 0.7 (no cache). Writes $OUT/joint_eval.json (OUT defaults to the current folder).
 
     python scripts/eval_joint.py --head runs/sampler/head --k 4        # GPU, after jdlm train-sampler
+    python scripts/eval_joint.py --head runs/sampler/head --k 4 --tasks countdown,arithmetic --task-limit 200
     python scripts/eval_joint.py --quick                               # seconds on CPU: random weights
 """
 
@@ -60,6 +63,30 @@ def features(params, prompts, mask, continuations, pad_id):
     return D.mean_hidden_features(params, ids, cont, real, batch_size=min(64, len(ids)))
 
 
+def task_accuracy(params, tokenizer, task, head, k: int, block_length: int, limit: int) -> dict:
+    """Greedy accuracy and mean NFE on `task`'s eval split: one token per forward, k per forward without and with
+    the head, and Fast-dLLM threshold 0.9 / 0.7."""
+    from jdlm import eval as jeval
+
+    settings = jeval.task_settings(task, tokenizer, block_length=block_length)
+    G = settings.gen_length
+    one = S.Schedule(gen_length=G, block_length=block_length, steps=G, stop_at_eos=True)
+    fewer = dataclasses.replace(one, steps=max(G // k, G // block_length))
+    rows = {"one per forward": S.Strategy(schedule=one, rule=S.Entropy()),
+            f"marginal_k{k}": S.Strategy(schedule=fewer, rule=S.Entropy()),
+            f"joint_k{k}": S.Strategy(schedule=fewer, rule=S.Entropy(), proposer=JointSampler(head=head, k=k)),
+            "threshold:0.9": S.parse_strategy("threshold:0.9", S.Strategy(schedule=one)),
+            "threshold:0.7": S.parse_strategy("threshold:0.7", S.Strategy(schedule=one))}
+    examples = task.generate("eval", limit, seed=0)
+    out = {}
+    for label, strategy in rows.items():
+        r = jeval.evaluate(params, tokenizer, task, strategy, examples=examples, batch_size=len(examples),
+                           progress=False, settings=settings)
+        out[label] = {"accuracy": r.accuracy, "nfe": r.mean_nfe}
+        print(f"{task.name:>10} {label:<16} acc {r.accuracy:.3f} NFE {r.mean_nfe:.1f}", flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny")
@@ -68,6 +95,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=256)
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--block-length", type=int, default=16)
+    p.add_argument("--tasks", default="", help="comma-separated tasks whose accuracy to measure too")
+    p.add_argument("--task-limit", type=int, default=200, help="examples per task (--tasks)")
     p.add_argument("--quick", action="store_true", help="random small model, 8 prompts: a smoke test on CPU")
     args = p.parse_args()
     out_dir = Path(os.environ.get("OUT", "."))
@@ -81,7 +110,7 @@ def main() -> None:
         config = dataclasses.replace(tiny_mdm_config(), d_model=32, n_layers=2, n_heads=2, n_kv_heads=2, head_dim=16,
                                      mlp_hidden=64)
         params = init_params(config, jax.random.key(0))
-        args.limit, args.gen_length, args.block_length, args.k = 8, 16, 8, 2
+        args.limit, args.gen_length, args.block_length, args.k, args.task_limit = 8, 16, 8, 2, 4
     head = load_head(args.head, params) if args.head else init_head(params.config, jax.random.key(0))
 
     task = TASKS["pycode"]
@@ -119,6 +148,9 @@ def main() -> None:
         report[name]["ngram_js_vs_exact"] = D.ngram_js(samples[name], samples["exact"])
         feats = features(params, prompts, mask, samples[name], tokenizer.pad_id)
         report[name]["mauve_vs_exact"] = D.mauve(feats, reference, clusters=clusters)
+    for name in filter(None, args.tasks.split(",")):
+        report[f"task_{name}"] = task_accuracy(params, tokenizer, TASKS[name], head, k, args.block_length,
+                                               args.task_limit)
     path = out_dir / "joint_eval.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

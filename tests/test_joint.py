@@ -30,7 +30,8 @@ from tests.reference.adjust import adjust_greedy
 
 SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "head_dim": 16, "mlp_hidden": 64}
 CONFIG = SamplerTrainConfig(tasks={"sudoku": 1.0}, trajectories=12, prompt_length=32, gen_length=16, block_length=8,
-                            max_unroll=3, steps=4, batch_size=8, lr=1e-2, warmup=1, save_every=2, log_every=1)
+                            max_unroll=3, steps=4, batch_size=8, lr=1e-2, warmup=1, save_every=2, log_every=1,
+                            trajectory_batch=12)
 
 
 def peaked_base(family: str = "llada", seed: int = 0) -> Params:
@@ -60,7 +61,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def trajectories(base, tokenizer):
-    return make_trajectories(base, tokenizer, CONFIG, batch=12)
+    return make_trajectories(base, tokenizer, CONFIG)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
                               ("--block-length", d.block_length, "tokens per block (divides --gen-length)"),
                               ("--max-unroll", d.max_unroll, "longest unroll of the head (< --block-length)"),
                               ("--prompt-length", d.prompt_length, "padded prompt length"),
+                              ("--trajectory-batch", d.trajectory_batch, "prompts decoded at once for the trajectories"),
                               ("--warmup", d.warmup, "learning-rate warmup steps"),
                               ("--save-every", d.save_every, "steps between checkpoints"),
                               ("--log-every", d.log_every, "steps between metric lines")):
@@ -77,6 +78,7 @@ def run(args) -> int:
             base=args.model, tasks=_tasks(args.tasks), trajectories=args.trajectories, steps=args.steps,
             batch_size=args.batch_size, gen_length=args.gen_length, block_length=args.block_length,
             max_unroll=args.max_unroll, prompt_length=args.prompt_length, warmup=args.warmup,
+            trajectory_batch=args.trajectory_batch,
             save_every=args.save_every, log_every=args.log_every, lr=args.lr, temperature=args.temperature,
             seed=args.seed, compute_dtype=args.dtype)
     except ValueError as e:

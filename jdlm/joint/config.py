@@ -15,6 +15,8 @@ class SamplerTrainConfig:
     base: the frozen model (a jdlm checkpoint path or packaged name). tasks: the share of each task's train-split
     prompts among the `trajectories` decoded. prompt_length: the padded prompt length (a longer prompt is skipped).
     gen_length, block_length: the decode the trajectories come from (one token per forward, `entropy` order).
+    trajectory_batch: prompts decoded at once when making the trajectories (a larger batch is faster on a GPU; the
+    batch is part of each decode's random key, so it is part of the run's identity).
     """
 
     base: str = "tiny"
@@ -24,6 +26,7 @@ class SamplerTrainConfig:
     gen_length: int = 64
     block_length: int = 16
     temperature: float = 1.0
+    trajectory_batch: int = 256
     max_unroll: int = 4
     steps: int = 3000
     batch_size: int = 64

@@ -103,32 +103,80 @@ def base_fingerprint(base: Params) -> str:
     return hashlib.sha256(b"".join(a.tobytes() for a in sample)).hexdigest()[:16]
 
 
-def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = None, base: Params | None = None) -> Path:
+# The head's matrices and their input axes (the rest, the norms, are vectors and stay float32).
+MATRIX_INPUT_AXES = {"fuse": 1, "q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+PACKAGED_HEAD = "sampler_head"  # a packaged model's head: jdlm/models/<name>/sampler_head
+
+
+def _matrices(weights: dict):
+    """(container, name) of each matrix: `fuse` at the top, the rest in `layer`."""
+    return [(weights if name == "fuse" else weights["layer"], name) for name in MATRIX_INPUT_AXES]
+
+
+def int8_weights(weights: dict) -> dict:
+    """The head's weights with every matrix stored as int8 with float32 scales per output channel
+    (`{name}_scale`; jdlm.quantize's symmetric round-to-nearest), the norms as they are: a quarter of the bytes."""
+    from jdlm.quantize import quantize_array, scale_name
+
+    out = {**weights, "layer": dict(weights["layer"])}
+    for container, name in _matrices(out):
+        container[name], container[scale_name(name)] = quantize_array(container[name], "int8",
+                                                                      MATRIX_INPUT_AXES[name])
+    return out
+
+
+def float_weights(weights: dict, dtype=jnp.float32) -> dict:
+    """Inverse of `int8_weights` (up to its rounding): the matrices in `dtype`, the scales dropped."""
+    from jdlm.quantize import dequantize_array, scale_name
+
+    out = {**weights, "layer": dict(weights["layer"])}
+    for container, name in _matrices(out):
+        container[name] = dequantize_array(container[name], container.pop(scale_name(name)), dtype)
+    return out
+
+
+def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = None, base: Params | None = None,
+              storage: str = "float32") -> Path:
     """Writes the head to `directory`: its weights (orbax) and head.json (the base config, the base weights'
-    fingerprint when `base` is given, and `extra`)."""
+    fingerprint when `base` is given, the storage and `extra`). storage: "float32", or "int8" (matrices as int8
+    with per-channel scales, see `int8_weights`: how the packaged head ships)."""
     import orbax.checkpoint as ocp
 
+    if storage not in ("float32", "int8"):
+        raise ValueError(f"storage must be float32 or int8, got {storage!r}")
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    weights = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), head.weights)
+    weights = int8_weights(weights) if storage == "int8" else weights
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "weights", head.weights, force=True)
-    info = {"base_config": head.config.to_dict(), **(extra or {})}
+        checkpointer.save(directory / "weights", weights, force=True)
+    info = {"base_config": head.config.to_dict(), "storage": storage, **(extra or {})}
     if base is not None:
         info["base_fingerprint"] = base_fingerprint(base)
     (directory / HEAD_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return directory
 
 
+def head_dir(directory: str | Path) -> Path:
+    """A head's directory from its path, or from a packaged model's name ("tiny": the head shipped with it)."""
+    from jdlm.checkpoint import PACKAGED_MODELS, packaged_model_dir
+
+    if str(directory) in PACKAGED_MODELS:
+        return packaged_model_dir(str(directory)) / PACKAGED_HEAD
+    return Path(directory).expanduser().resolve()
+
+
 def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -> SamplerHead:
-    """Reads a head written by `save_head`; with `base` (a config, or the model itself), checks that the head was
-    trained for that architecture (and, given the model and a saved fingerprint, for those weights).
+    """Reads a head written by `save_head` (a directory, or a packaged model's name for the head shipped with it:
+    `load_head("tiny")`), its weights in float32; with `base` (a config, or the model itself), checks that the head
+    was trained for that architecture (and, given the model and a saved fingerprint, for those weights).
 
     Raises:
       CheckpointError: no head there, or one trained for another model.
     """
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).resolve()
+    directory = head_dir(directory)
     if not (directory / HEAD_FILE).is_file():
         raise CheckpointError(f"no sampler head at {directory} (expected {HEAD_FILE} and weights/; write one with "
                               "`jdlm train-sampler`)")
@@ -141,7 +189,12 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     if base is not None and config != base:
         raise CheckpointError(f"the sampler head at {directory} was trained for another model "
                               f"(d_model {config.d_model}, {config.n_layers} layers, vocab {config.vocab_size})")
-    abstract = jax.eval_shape(lambda: init_head(config, jax.random.key(0)).weights)
+    int8 = info.get("storage") == "int8"
+    abstract = jax.eval_shape(lambda: (int8_weights if int8 else lambda w: w)(init_head(config, jax.random.key(0))
+                                                                              .weights))
+    # On this machine's first device, whatever the saving machine was (a head trained on a GPU loads on a CPU).
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         weights = checkpointer.restore(directory / "weights", abstract)
-    return SamplerHead(config=config, weights=weights)
+    return SamplerHead(config=config, weights=float_weights(weights) if int8 else weights)

@@ -11,7 +11,8 @@ s_{t+n}. n is drawn with weights 0.5^n up to `max_unroll` (short unrolls common)
 Runs resume: the head, optimiser state and step are checkpointed with orbax (`run_dir/checkpoints`), batches are
 pure functions of (seed, step), so an interrupted run continues to the same result. Metrics go to
 `run_dir/metrics.jsonl`, each a mean over the steps since the last line (`loss`, and `marginal_kl`: the same KL
-for the base's marginals at s_t, i.e. without the head).
+for the base's marginals at s_t, i.e. without the head; `loss_n1`, `marginal_kl_n1`: both over the one-unroll
+examples alone, where the head has the least to predict).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Trajectories:
             return cls(**{name: f[name] for name in ("prompt", "prompt_mask", "tokens", "order")})
 
 
-def make_trajectories(params: Params, tokenizer, config: SamplerTrainConfig, batch: int = 256) -> Trajectories:
+def make_trajectories(params: Params, tokenizer, config: SamplerTrainConfig) -> Trajectories:
     """Decodes `config.trajectories` train-split task prompts with the base, one token per forward (entropy order)."""
     from jdlm.decoding import decode
     from jdlm.decoding.entropy import Entropy
@@ -85,7 +86,7 @@ def make_trajectories(params: Params, tokenizer, config: SamplerTrainConfig, bat
     prompts = [prompts[i] for i in order]
     strategy = Strategy(schedule=Schedule(gen_length=config.gen_length, block_length=config.block_length,
                                           steps=config.gen_length, temperature=config.temperature), rule=Entropy())
-    parts, batch = [], min(batch, len(prompts))
+    parts, batch = [], min(config.trajectory_batch, len(prompts))
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         chunk = chunk + [chunk[-1]] * (batch - len(chunk))  # one shape: one compile
@@ -147,14 +148,15 @@ def sampler_loss(head: SamplerHead, base: Params, prompt, prompt_mask, tokens, o
     still_masked = rows(state(t + n), block_start) == cfg.mask_id  # [B, W]
     target_logp = jax.nn.log_softmax(target, axis=-1)
 
-    def kl(logits):
+    def kl(logits, rows=True):  # mean over the masked positions of the `rows` [B] selected
         logp = jax.nn.log_softmax(logits, axis=-1)
         per_position = jnp.sum(jnp.exp(target_logp) * (target_logp - jnp.where(jnp.isfinite(logp), logp, 0.0)),
                                axis=-1, where=jnp.isfinite(target_logp))
-        return jnp.sum(jnp.where(still_masked, per_position, 0.0)) / jnp.maximum(still_masked.sum(), 1)
+        counted = still_masked & jnp.asarray(rows)[..., None]
+        return jnp.sum(jnp.where(counted, per_position, 0.0)) / jnp.maximum(counted.sum(), 1)
 
     loss = kl(predicted)
-    return loss, {"marginal_kl": kl(marginal)}
+    return loss, {"marginal_kl": kl(marginal), "loss_n1": kl(predicted, n == 1), "marginal_kl_n1": kl(marginal, n == 1)}
 
 
 SamplerState = TrainState  # step, weights, opt_state: the model trainer's state serves the head too
