@@ -14,7 +14,7 @@ import jdlm
 from jdlm import strategies as S
 from jdlm.decoding import decode
 from jdlm.errors import CheckpointError, StrategyError
-from jdlm.joint import JointSampler, init_head, load_head, save_head
+from jdlm.joint import JointSampler, head_logits, init_head, load_head, save_head
 from jdlm.joint.train import (
     SamplerState,
     SamplerTrainConfig,
@@ -24,7 +24,7 @@ from jdlm.joint.train import (
     sample_batch,
     train_sampler,
 )
-from jdlm.model import Params, init_params
+from jdlm.model import Params, init_params, lm_head
 from jdlm.training.presets import tiny_mdm_config
 from tests.reference.adjust import adjust_greedy
 
@@ -140,6 +140,40 @@ def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
         load_head(tmp_path / "head", peaked_base(seed=5))
     with pytest.raises(CheckpointError, match="no sampler head"):
         load_head(tmp_path / "missing")
+
+
+def test_int8_storage_keeps_the_predictions(base, tmp_path):
+    head = active_head(base.config)
+    save_head(tmp_path / "float", head, base=base)
+    save_head(tmp_path / "int8", head, base=base, storage="int8")
+    size = {name: sum(f.stat().st_size for f in (tmp_path / name).rglob("*") if f.is_file()) for name in ("float", "int8")}
+    assert size["int8"] < 0.6 * size["float"]
+    loaded = load_head(tmp_path / "int8", base)
+    assert jax.tree.structure(loaded.weights) == jax.tree.structure(head.weights)
+    layer, got = head.weights["layer"], loaded.weights["layer"]
+    for name in ("q", "o", "down"):  # round to nearest: within half a step of the channel's scale
+        step = np.max(np.abs(np.asarray(layer[name])), axis=tuple(range(1 if name != "o" else 2))) / 127
+        assert np.all(np.abs(np.asarray(got[name]) - np.asarray(layer[name])) <= step / 2 + 1e-7)
+    hidden = jax.random.normal(jax.random.key(3), (2, 8, base.config.d_model))
+    tokens = jnp.full((2, 8), base.config.mask_id).at[:, :3].set(7)
+    positions = jnp.broadcast_to(jnp.arange(8), (2, 8))
+    _, exact = head_logits(head, base, hidden, tokens, positions)
+    _, stored = head_logits(loaded, base, hidden, tokens, positions)
+    marginal = lm_head(base, hidden)  # what the head changes: the base's own predictions from `hidden`
+
+    def kl(a, b):
+        return float(jnp.mean(jnp.sum(jax.nn.softmax(a) * (jax.nn.log_softmax(a) - jax.nn.log_softmax(b)), -1)))
+
+    assert 0 < kl(exact, stored) < 0.01 * kl(exact, marginal)
+    with pytest.raises(ValueError, match="storage"):
+        save_head(tmp_path / "bad", head, storage="int4")
+
+
+def test_the_packaged_head_belongs_to_the_packaged_model():
+    params, _ = jdlm.load("tiny", jnp.float32)
+    sampler = JointSampler.load("tiny", k=4, base=params)  # checks the architecture and the weights' fingerprint
+    assert sampler.head.weights["fuse"].dtype == jnp.float32
+    assert float(jnp.abs(sampler.head.weights["out_norm"]).max()) > 0  # trained: a new head's is all zeros
 
 
 # ---------------------------------------------------------------------------------------------- decoding

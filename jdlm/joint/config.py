@@ -30,7 +30,7 @@ class SamplerTrainConfig:
     max_unroll: int = 4
     steps: int = 3000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
     warmup: int = 100
     grad_clip: float = 1.0
     weight_decay: float = 0.0
