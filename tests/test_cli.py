@@ -220,6 +220,10 @@ BAD = {
     "convert over a folder": (["convert", "llada", "/no/such/dir", "{hf}", "--overwrite"], "not a jdlm checkpoint"),
     "convert to an existing folder": (["convert", "llada", "/no/such/dir", "{hf}"], "already exists"),
     "float16 on CPU": (["generate", PROMPT, "--dtype", "float16"], "does not run on CPU"),
+    "joint without a head": (["generate", PROMPT, "--joint", "2"], "no sampler head"),
+    "joint head of another model": (["generate", PROMPT, "--joint", "2", "--joint-head", "tiny"], "another model"),
+    "joint that does not divide": (["generate", PROMPT, "--joint", "3", "--gen-length", "16"], "does not divide"),
+    "joint with a causal model": (["generate", PROMPT, "--model", "tiny-ar", "--joint", "2"], "--joint: only for"),
 }
 
 
@@ -252,6 +256,14 @@ def test_generate_with_the_packaged_tiny_model_solves_a_sudoku():
     out = jdlm("generate", task.prompt(example.input).strip(), "--gen-length", "24", "--block-length", "8")
     assert out.returncode == 0, out.stderr
     assert task.score(example.input, out.stdout), out.stdout
+
+
+def test_generate_with_the_packaged_head_reveals_k_tokens_per_forward():
+    out = jdlm("generate", PROMPT, "--joint", "4", "--gen-length", "32", "--block-length", "16", "--no-eos-stop",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["strategy"].endswith("joint:4") and result["nfe"] == 32 // 4
 
 
 def test_missing_packaged_model_says_how_to_fix(tmp_path, monkeypatch):

@@ -162,6 +162,15 @@ def guide_arg(p: Parser) -> None:
                         "AR-guided diffusion); adds the spec word 'guide' when the strategy has none")
 
 
+def joint_args(p: Parser) -> None:
+    p.add_argument("--joint", type=positive_int, default=None, metavar="K",
+                   help="approximate joint sampling (ADJUST): K tokens per full forward pass, a trained one-layer "
+                        "sampler head updating the predictions between them (--steps defaults to --gen-length / K). "
+                        "The packaged tiny ships its head; for another model train one (jdlm train-sampler)")
+    p.add_argument("--joint-head", metavar="DIR", default=None,
+                   help="the sampler head for --joint (default: the model's own, MODEL/sampler_head)")
+
+
 def mesh_args(p: Parser, default: str = "every device, data parallel") -> None:
     p.add_argument("--mesh", metavar="data=N,model=M", default=None,
                    help="spread the work over the visible devices as a data x model mesh: data splits the batch, "

@@ -182,6 +182,33 @@ def load_guide(args, params):
     return guide
 
 
+def joint_steps(args) -> int | None:
+    """--steps, or with --joint K and no --steps, --gen-length / K (K tokens per full forward)."""
+    if args.steps or not getattr(args, "joint", None):
+        return args.steps
+    if args.gen_length % args.joint:
+        raise UsageError(f"--joint {args.joint} does not divide --gen-length {args.gen_length}; give --steps, or a "
+                         "K that divides the generation length")
+    return args.gen_length // args.joint
+
+
+def attach_joint(args, strategy, params):
+    """`strategy` with --joint's sampler (the head from --joint-head or stored with the model, checked against
+    `params`), or unchanged without --joint."""
+    if not getattr(args, "joint", None):
+        return strategy
+    from jdlm.errors import CheckpointError, StrategyError
+    from jdlm.joint import JointSampler
+    from jdlm.joint.head import PACKAGED_HEAD
+
+    head = args.joint_head or model_dir(args.model) / PACKAGED_HEAD
+    try:
+        return strategy.replace(proposer=JointSampler.load(head, k=args.joint, base=params))
+    except (CheckpointError, StrategyError) as e:
+        hint = "" if args.joint_head else "; train one with `jdlm train-sampler` and pass it with --joint-head"
+        raise UsageError(f"--joint {args.joint}: {e}{hint if 'no sampler head' in str(e) else ''}") from None
+
+
 def encode(tokenizer, messages: list[dict[str, str]], *, chat: bool) -> list[int]:
     """Prompt ids: through the chat template when there is one and `chat`, else the last message as plain text.
     A template that fails to render is a TokenizerError (one line), raised by the tokenizer."""

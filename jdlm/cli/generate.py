@@ -10,17 +10,20 @@ from jdlm.cli.args import (
     PACKAGED_MODELS,
     command,
     force_arg,
+    joint_args,
     mesh_args,
     model_args,
     positive_int,
     strategy_args,
 )
 from jdlm.cli.common import (
+    attach_joint,
     build_strategy,
     check_steps,
     check_utf8,
     decoding_label,
     encode,
+    joint_steps,
     load_guide,
     load_model,
     note,
@@ -67,6 +70,7 @@ def add_parser(sub) -> None:
     model_args(p)
     mesh_args(p, default="one device; model=M splits a model too large for one device over M of them")
     strategy_args(p)
+    joint_args(p)
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="forward passes budgeted for counted rules (default --gen-length: one token per step); "
                         "threshold and factor decide their own count")
@@ -123,11 +127,12 @@ def run(args) -> int:
         strategy = None
     else:
         check_steps(args)
-        strategy = build_strategy(args, steps=args.steps)
+        strategy = build_strategy(args, steps=joint_steps(args))
     console = stderr_console()
     mesh = prompt_mesh(args)
     params, tokenizer, loaded = load_model(args, mesh)
     guide = None if causal else load_guide(args, params)
+    strategy = None if causal else attach_joint(args, strategy, params)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
     from jdlm.cli import viz
 

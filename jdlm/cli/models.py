@@ -42,7 +42,8 @@ def is_causal(directory: Path) -> bool:
 
 # Flags that only a masked-diffusion decode reads, with their defaults.
 DIFFUSION_FLAGS = {"strategy": "low_confidence", "cache": "none", "guide": None, "steps": None, "block_length": None,
-                   "temperature": 0.0, "cfg": 0.0, "no_eos_stop": False, "mesh": None}
+                   "temperature": 0.0, "cfg": 0.0, "no_eos_stop": False, "mesh": None, "joint": None,
+                   "joint_head": None}
 
 
 def check_causal_flags(args) -> None:
