@@ -146,7 +146,8 @@ def test_int8_storage_keeps_the_predictions(base, tmp_path):
     head = active_head(base.config)
     save_head(tmp_path / "float", head, base=base)
     save_head(tmp_path / "int8", head, base=base, storage="int8")
-    size = {name: sum(f.stat().st_size for f in (tmp_path / name).rglob("*") if f.is_file()) for name in ("float", "int8")}
+    size = {name: sum(f.stat().st_size for f in (tmp_path / name).rglob("*") if f.is_file())
+            for name in ("float", "int8")}
     assert size["int8"] < 0.6 * size["float"]
     loaded = load_head(tmp_path / "int8", base)
     assert jax.tree.structure(loaded.weights) == jax.tree.structure(head.weights)
