@@ -3,11 +3,10 @@ never through a link, and written atomically."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from jdlm.errors import UsageError
+from jdlm.files import write_atomically  # noqa: F401 (the commands import it from here)
 
 
 def check_output(path: str | None, flag: str, suffixes: tuple[str, ...], *, force: bool = False) -> None:
@@ -25,24 +24,3 @@ def check_output(path: str | None, flag: str, suffixes: tuple[str, ...], *, forc
         raise UsageError(f"{flag} {path} is a directory; give a file name")
     if p.exists() and not force:
         raise UsageError(f"{flag} {path} already exists; pass --force to overwrite it, or choose another name")
-
-
-def write_atomically(path: str | Path, write) -> Path:
-    """Calls `write(tmp)` on a temporary file beside `path` (same suffix), then renames it over `path`.
-
-    A reader never sees half a file, an interrupted write leaves the old file as it was, and the rename replaces
-    a link itself instead of writing through it.
-    """
-    path = Path(path).expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions a plain write would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -26,7 +26,6 @@ executables.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import hashlib
 import io
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+from jdlm.files import write_atomically
 
 FORMAT = "jdlm-executable-1"  # bump when the stored layout or the key changes
 SUBDIR = "jdlm-executables"
@@ -151,7 +152,6 @@ def _load(path: Path, material: str, device):
 def _store(path: Path, material: str, compiled) -> bool:
     """Writes the program (atomically: a reader never sees half a file); False when it cannot be serialized or
     written (a read-only directory, a full disk, a program jax cannot serialize)."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         from jax.experimental import serialize_executable
 
@@ -161,12 +161,9 @@ def _store(path: Path, material: str, compiled) -> bool:
                          "out_tree": out_tree}, buffer, protocol=pickle.HIGHEST_PROTOCOL)
             data = buffer.getvalue()
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        write_atomically(path, lambda tmp: tmp.write_bytes(data))
         return True
     except Exception:  # noqa: BLE001 (a store that cannot be written is a store that is off)
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
         return False
 
 

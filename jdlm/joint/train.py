@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdlm.files import write_atomically
 from jdlm.joint.config import SamplerTrainConfig
 from jdlm.joint.head import SamplerHead, head_hidden, init_head, save_head
 from jdlm.model import Params, forward, lm_head
@@ -216,8 +217,7 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
     else:
         t0 = time.time()
         data = make_trajectories(base, tokenizer, config)
-        data.save(run_dir / "trajectories.tmp.npz")
-        (run_dir / "trajectories.tmp.npz").replace(path)
+        write_atomically(path, data.save)
         print(f"data: {len(data.tokens)} trajectories of {config.gen_length} tokens in {time.time() - t0:.0f}s",
               flush=True)
 

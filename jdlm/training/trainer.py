@@ -20,6 +20,7 @@ import optax
 
 from jdlm.config import ModelConfig
 from jdlm.errors import CheckpointError, PlotUnavailable
+from jdlm.files import write_atomically
 from jdlm.model import Params, init_params
 from jdlm.training import presets
 from jdlm.training.data import Pool, batch_indices, generate_pool
@@ -153,9 +154,7 @@ def load_or_build_pool(config: TrainConfig, tokenizer, run_dir: Path) -> Pool:
     t0 = time.time()
     pool = generate_pool(config.examples, run_dir / "tokenizer", tokenizer.config, config.seq_len, seed=config.seed,
                          difficulty=config.difficulty)
-    tmp = run_dir / "pool.tmp.npz"
-    pool.save(tmp)
-    os.replace(tmp, path)
+    write_atomically(path, pool.save)
     print(f"data: {len(pool)} examples of {config.seq_len} tokens in {time.time() - t0:.0f}s", flush=True)
     return pool
 
@@ -323,9 +322,7 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) < len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 class _ProgressBar:
