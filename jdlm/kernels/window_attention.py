@@ -32,7 +32,7 @@ from jdlm.quantize import compute_capability
 
 CHUNKS = (256, 128, 64, 32, 16)  # key chunk sizes tried, largest first (Triton tiles are powers of two, dots >= 16)
 MIN_PROGRAMS = 128  # about one program per SM of an H100 or H200 (132)
-MIN_CHUNK = 64  # smaller chunks only where nothing larger divides S: each adds a float32 partial per query row
+MIN_CHUNK = 64  # smaller chunks only where nothing larger divides S: their partials outweigh their keys
 BLOCK_K = 64  # keys per step inside a program: a [block_k, H] tile of k and of v at a time
 MAX_ROWS = 64  # query rows per head (T, rounded up to a power of two >= 16); longer windows are not decode steps
 HEAD_DIMS = (16, 32, 64, 128)
@@ -99,20 +99,20 @@ def supported(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
 
 
 def default_chunk(batch: int, kv_heads: int, keys: int) -> int | None:
-    """The key chunk each program takes: the largest in CHUNKS that divides `keys` and still gives the grid
-    (batch * kv_heads * keys / chunk programs) at least MIN_PROGRAMS programs; where none does, the smallest that
-    divides `keys` but not below MIN_CHUNK (unless nothing larger divides it): more programs than SMs only add
-    partials to write and combine. None when no chunk divides `keys`.
+    """The key chunk each program takes, among the chunks in CHUNKS that divide `keys` and are at least MIN_CHUNK
+    (all that divide it, where none that large does): the largest that still gives the grid (batch * kv_heads *
+    keys / chunk programs) MIN_PROGRAMS programs, else the smallest. Smaller chunks than needed only add float32
+    partials to write and combine (one [G * T, H] block a chunk, as many bytes as 2 G T / chunk of the chunk's
+    keys and values). None when no chunk divides `keys`.
 
     LLaDA-8B (32 kv heads), S = 512: at B = 1, 128 (4 chunks, 128 programs: 256-key chunks would leave half the
     SMs idle, 64-key chunks double the partials for programs the GPU runs in a second wave); at B = 8, 256."""
     dividing = [c for c in CHUNKS if keys % c == 0]
-    if not dividing:
+    candidates = [c for c in dividing if c >= MIN_CHUNK] or dividing
+    if not candidates:
         return None
-    enough = [c for c in dividing if batch * kv_heads * (keys // c) >= MIN_PROGRAMS]
-    if enough:
-        return enough[0]
-    return min((c for c in dividing if c >= MIN_CHUNK), default=dividing[0])
+    enough = [c for c in candidates if batch * kv_heads * (keys // c) >= MIN_PROGRAMS]
+    return enough[0] if enough else candidates[-1]
 
 
 def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
