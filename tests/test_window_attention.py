@@ -41,7 +41,7 @@ CASES = [  # (B, T, N, K, H, S, mask lengths or None, kernel arguments)
     (2, 32, 4, 2, 64, 256, (40, 200), {"chunk": 64, "block_k": 32}),  # GQA; 4 chunks of 2 steps; empty chunks
     (1, 16, 4, 2, 32, 128, None, {"chunk": 32}),  # no mask, 4 chunks
     (2, 8, 2, 1, 16, 64, (30, 64), {"chunk": 16}),  # 8 queries padded to 16 rows; one kv head for both query heads
-    (1, 24, 2, 2, 64, 96, (50,), {}),  # T = 24 padded to 32; S = 96: chunks of 32
+    (1, 24, 2, 2, 64, 96, (50,), {"chunk": 32, "block_k": 16}),  # T = 24 padded to 32; 3 chunks of 2 steps
     (1, 64, 2, 2, 128, 48, (20,), {}),  # T = 64 (the most), H = 128, S = 48: three chunks of 16
 ]
 
@@ -69,7 +69,7 @@ def test_half_precision_matches_float32_attention_to_its_rounding(dtype):
     B, T, N, K, H, S = 2, 32, 4, 2, 64, 256
     q, k, v = operands(B, T, N, K, H, S, dtype)
     mask = padding_mask(B, T, S, (70, 256))
-    out = W.window_attention(q, k, v, mask, interpret=True, chunk=64)
+    out = W.window_attention(q, k, v, mask, interpret=True, chunk=128, block_k=32)
     assert out.dtype == dtype
     wide = np.asarray(xla(*(a.astype(jnp.float32) for a in (q, k, v)), mask))
     ours = np.abs(np.asarray(out, np.float32) - wide).max()
@@ -84,7 +84,7 @@ def test_a_row_with_no_allowed_key_gets_the_mean_value_as_xla_does():
     q, k, v = operands(B, T, N, K, H, S, seed=3)
     mask = np.zeros((B, 1, T, S), bool)
     mask[0, 0, :8, 60:70] = True  # queries 0-7 see keys 60-69 (chunk 1 of 4); queries 8-15 see nothing
-    out = np.asarray(W.window_attention(q, k, v, jnp.asarray(mask), interpret=True, chunk=32))
+    out = np.asarray(W.window_attention(q, k, v, jnp.asarray(mask), interpret=True, chunk=32, block_k=16))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, np.asarray(xla(q, k, v, jnp.asarray(mask))), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[0, 8:], np.broadcast_to(np.asarray(v).mean(axis=1), (8, N, H)), atol=1e-5)
