@@ -102,8 +102,8 @@ def default_chunk(batch: int, kv_heads: int, keys: int) -> int | None:
     """The key chunk each program takes, among the chunks in CHUNKS that divide `keys` and are at least MIN_CHUNK
     (all that divide it, where none that large does): the largest that still gives the grid (batch * kv_heads *
     keys / chunk programs) MIN_PROGRAMS programs, else the smallest. Smaller chunks than needed only add float32
-    partials to write and combine (one [G * T, H] block a chunk, as many bytes as 2 G T / chunk of the chunk's
-    keys and values). None when no chunk divides `keys`.
+    partials to write and combine: a [T, G, H] block a chunk, written and read back, 2 G T / chunk times the bytes
+    of the chunk's bf16 keys and values. None when no chunk divides `keys`.
 
     LLaDA-8B (32 kv heads), S = 512: at B = 1, 128 (4 chunks, 128 programs: 256-key chunks would leave half the
     SMs idle, 64-key chunks double the partials for programs the GPU runs in a second wave); at B = 8, 256."""
