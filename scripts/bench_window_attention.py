@@ -54,10 +54,11 @@ def implementations(shape: dict, batch: int, keys: int) -> dict:
         fns["cudnn"] = lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
     default = W.default_chunk(batch, shape["K"], keys)
     fns[f"kernel chunk={default}"] = lambda q, k, v, m: W.window_attention(q, k, v, m)
-    for chunk in (64, 128, 256):
+    for chunk in (64, 128, 256, keys):
         for warps in (4, 8):
-            if keys % chunk == 0 and (chunk, warps) != (default, 4) and jax.default_backend() == "gpu":
-                fns[f"kernel chunk={chunk} warps={warps}"] = (
+            name = f"kernel chunk={chunk} warps={warps}"
+            if keys % chunk == 0 and (chunk, warps) != (default, 4) and name not in fns and jax.default_backend() == "gpu":
+                fns[name] = (
                     lambda q, k, v, m, c=chunk, w=warps: W.window_attention(q, k, v, m, chunk=c, num_warps=w))
     return fns
 

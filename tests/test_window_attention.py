@@ -43,6 +43,7 @@ CASES = [  # (B, T, N, K, H, S, mask lengths or None, kernel arguments)
     (2, 8, 2, 1, 16, 64, (30, 64), {"chunk": 16}),  # 8 queries padded to 16 rows; one kv head for both query heads
     (1, 24, 2, 2, 64, 96, (50,), {"chunk": 32, "block_k": 16}),  # T = 24 padded to 32; 3 chunks of 2 steps
     (1, 64, 2, 2, 128, 48, (20,), {}),  # T = 64 (the most), H = 128, S = 48: three chunks of 16
+    (2, 16, 4, 2, 32, 128, (40, 128), {"chunk": 128, "block_k": 32}),  # one chunk of 4 steps, normalised in-kernel
 ]
 
 
@@ -77,14 +78,15 @@ def test_half_precision_matches_float32_attention_to_its_rounding(dtype):
     assert ours <= max(theirs, float(jnp.finfo(dtype).eps) * np.abs(wide).max())
 
 
-def test_a_row_with_no_allowed_key_gets_the_mean_value_as_xla_does():
+@pytest.mark.parametrize("chunk", [32, 128], ids=["4-chunks", "1-chunk"])
+def test_a_row_with_no_allowed_key_gets_the_mean_value_as_xla_does(chunk):
     """Fully masked rows and chunks stay finite: XLA's attention gives a row with no allowed key the mean of the
-    values (every score at the same large negative); so does the kernel, through its combine."""
+    values (every score at the same large negative); so does the kernel, through its combine or in one chunk."""
     B, T, N, K, H, S = 1, 16, 2, 2, 32, 128
     q, k, v = operands(B, T, N, K, H, S, seed=3)
     mask = np.zeros((B, 1, T, S), bool)
     mask[0, 0, :8, 60:70] = True  # queries 0-7 see keys 60-69 (chunk 1 of 4); queries 8-15 see nothing
-    out = np.asarray(W.window_attention(q, k, v, jnp.asarray(mask), interpret=True, chunk=32, block_k=16))
+    out = np.asarray(W.window_attention(q, k, v, jnp.asarray(mask), interpret=True, chunk=chunk, block_k=16))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, np.asarray(xla(q, k, v, jnp.asarray(mask))), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[0, 8:], np.broadcast_to(np.asarray(v).mean(axis=1), (8, N, H)), atol=1e-5)
@@ -99,8 +101,8 @@ def test_one_mask_shared_by_every_row():
 
 
 def test_default_chunk_fills_an_h100_without_needless_partials():
-    # LLaDA-8B, S = 512: 4 chunks x 32 kv heads = 128 programs at B = 1; two chunks suffice at B = 8.
-    assert W.default_chunk(1, 32, 512) == 128 and W.default_chunk(8, 32, 512) == 256
+    # LLaDA-8B, S = 512: 4 chunks x 32 kv heads = 128 programs at B = 1; at B = 8 one chunk: 256 programs.
+    assert W.default_chunk(1, 32, 512) == 128 and W.default_chunk(8, 32, 512) == 512
     assert W.default_chunk(1, 32, 2304) == 256  # prompt 2048 + 256: 9 chunks x 32 = 288 programs
     assert W.default_chunk(1, 4, 512) == 64  # Dream-7B's 4 kv heads: not below 64 keys for more programs
     assert W.default_chunk(1, 2, 48) == 16  # only 16 divides 48
@@ -111,7 +113,7 @@ def test_default_chunk_fills_an_h100_without_needless_partials():
 
 def test_bad_chunks_are_refused():
     q, k, v = operands(1, 16, 2, 2, 32, 64)
-    for kwargs in ({"chunk": 48}, {"chunk": 32, "block_k": 64}, {"chunk": 32, "block_k": 8}):
+    for kwargs in ({"chunk": 48}, {"chunk": 32, "block_k": 64}, {"chunk": 32, "block_k": 8}, {"chunk": 24}):
         with pytest.raises(ValueError, match="chunk"):
             W.window_attention(q, k, v, interpret=True, **kwargs)
 
@@ -142,7 +144,8 @@ def test_kernel_attention_declines_what_it_does_not_take():
         W.set_mode("always")
 
 
-@pytest.mark.parametrize("shape", [(1, 32, 32, 32, 512), (8, 32, 28, 4, 2304)], ids=["llada-8b-B1", "dream-7b-B8"])
+@pytest.mark.parametrize("shape", [(1, 32, 32, 32, 512), (8, 32, 32, 32, 512), (8, 32, 28, 4, 2304)],
+                         ids=["llada-8b-B1", "llada-8b-B8-one-chunk", "dream-7b-B8"])
 def test_kernel_lowers_to_one_triton_call_for_a_gpu(shape):
     """Lowered for CUDA on this CPU-only machine: Pallas's Triton lowering accepts the kernel at 8B shapes (bf16,
     head dim 128, a mask; Dream's 7 query heads per kv head), one program per (row, kv head, chunk)."""

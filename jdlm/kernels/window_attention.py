@@ -12,6 +12,9 @@ A small jnp step then combines the chunks:
 
     M = max_c m_c,   out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c
 
+Where the (batch row, kv head) pairs alone give enough programs (B = 8 at LLaDA-8B's 32 kv heads), each program
+takes the whole cache as one chunk and writes its normalised output o / l itself: no partials and no combine.
+
 Masked scores are set to the large finite negative XLA's attention uses (-0.7 * float32 max), not -inf, so a chunk
 with no allowed key gives finite partials that the combine weighs by exp(m_c - M) = 0, and a row with no allowed
 key at all gets the mean of the values, as jax.nn.dot_product_attention gives: no NaN either way.
@@ -33,7 +36,7 @@ from jdlm.quantize import compute_capability
 CHUNKS = (256, 128, 64, 32, 16)  # key chunk sizes tried, largest first (Triton tiles are powers of two, dots >= 16)
 MIN_PROGRAMS = 128  # about one program per SM of an H100 or H200 (132)
 MIN_CHUNK = 64  # smaller chunks only where nothing larger divides S: their partials outweigh their keys
-BLOCK_K = 64  # keys per step inside a program: a [block_k, H] tile of k and of v at a time
+BLOCK_KS = (64, 32, 16)  # keys per step inside a program (a [block_k, H] tile of k and of v): the largest dividing
 MAX_ROWS = 64  # query rows per head (T, rounded up to a power of two >= 16); longer windows are not decode steps
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
@@ -99,15 +102,19 @@ def supported(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
 
 
 def default_chunk(batch: int, kv_heads: int, keys: int) -> int | None:
-    """The key chunk each program takes, among the chunks in CHUNKS that divide `keys` and are at least MIN_CHUNK
-    (all that divide it, where none that large does): the largest that still gives the grid (batch * kv_heads *
-    keys / chunk programs) MIN_PROGRAMS programs, else the smallest. Smaller chunks than needed only add float32
+    """The key chunk each program takes: all of `keys` (one chunk, no combine) where batch * kv_heads programs are
+    at least MIN_PROGRAMS; else, among the chunks in CHUNKS that divide `keys` and are at least MIN_CHUNK (all that
+    divide it, where none that large does), the largest that still gives the grid (batch * kv_heads * keys / chunk
+    programs) MIN_PROGRAMS programs, else the smallest. Smaller chunks than needed only add float32
     partials to write and combine: a [T, G, H] block a chunk, written and read back, 2 G T / chunk times the bytes
     of the chunk's bf16 keys and values. None when no chunk divides `keys`.
 
     LLaDA-8B (32 kv heads), S = 512: at B = 1, 128 (4 chunks, 128 programs: 256-key chunks would leave half the
-    SMs idle, 64-key chunks double the partials for programs the GPU runs in a second wave); at B = 8, 256."""
+    SMs idle, 64-key chunks double the partials for programs the GPU runs in a second wave); at B = 8, 512 (256
+    programs)."""
     dividing = [c for c in CHUNKS if keys % c == 0]
+    if dividing and batch * kv_heads >= MIN_PROGRAMS:
+        return keys
     candidates = [c for c in dividing if c >= MIN_CHUNK] or dividing
     if not candidates:
         return None
@@ -123,8 +130,9 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
     Args:
       q: [B, T, N, H] queries; k, v: [B, S, K, H] keys and values (N = K * G: query head n uses kv head n // G).
       mask: [B or 1, 1, T, S] bool, True where a query may attend to a key; None: every key.
-      chunk: keys per program; default `default_chunk(B, K, S)`. block_k: keys per step within a program (divides
-        chunk); default min(BLOCK_K, chunk). num_warps: Triton warps per program.
+      chunk: keys per program (S: one chunk, normalised in the kernel); default `default_chunk(B, K, S)`.
+      block_k: keys per step within a program (divides chunk); default the largest of BLOCK_KS that divides chunk.
+      num_warps: Triton warps per program.
       interpret: run through Pallas's interpreter (any backend); default: everywhere but on GPU.
 
     Returns:
@@ -133,8 +141,8 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
     chunk = chunk or default_chunk(B, K, S)
-    block_k = block_k or min(BLOCK_K, chunk or BLOCK_K)
-    if chunk is None or S % chunk or chunk % block_k or block_k < 16 or block_k & (block_k - 1):
+    block_k = block_k or next((b for b in BLOCK_KS if chunk and chunk % b == 0), None)
+    if chunk is None or block_k is None or S % chunk or chunk % block_k or block_k < 16 or block_k & (block_k - 1):
         raise ValueError(f"keys S={S}, chunk={chunk}, block_k={block_k}: want chunk dividing S and a power-of-two "
                          "block_k >= 16 dividing chunk")
     if interpret is None:
@@ -144,7 +152,10 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
         q = jnp.pad(q, ((0, 0), (0, rows - T), (0, 0), (0, 0)))
         if mask is not None:
             mask = jnp.pad(mask, ((0, 0), (0, 0), (0, rows - T), (0, 0)))
-    o, m, l = _call(q.reshape(B, rows, K, N // K, H), k, v, mask, chunk, block_k, num_warps, interpret)
+    outs = _call(q.reshape(B, rows, K, N // K, H), k, v, mask, chunk, block_k, num_warps, interpret)
+    if chunk == S:  # normalised in the kernel
+        return outs[0].reshape(B, rows, N, H)[:, :T]
+    o, m, l = outs
     # The combine: o [B, C, T, K, G, H], m and l [B, C, T, K, G] -> [B, T, K, G, H].
     top = jax.lax.optimization_barrier(m.max(axis=1, keepdims=True))  # barrier: as jax's own decode_attention
     weight = jnp.exp(m - top)  # [B, C, T, K, G]: exp(m_c - M)
@@ -159,7 +170,8 @@ def _query_rows(t: int) -> int:
 
 def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, interpret: bool):
     """The pallas_call: q [B, T, K, G, H], k/v [B, S, K, H], mask [B or 1, 1, T, S] or None -> per chunk c the
-    partials o [B, C, T, K, G, H], m and l [B, C, T, K, G] (float32)."""
+    partials o [B, C, T, K, G, H], m and l [B, C, T, K, G] (float32); with one chunk (chunk == S), [the output
+    [B, T, K, G, H] in q's dtype]."""
     B, T, K, G, H = q.shape
     S = k.shape[1]
     chunks = S // chunk
@@ -171,14 +183,18 @@ def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, interpret: bo
         shared = mask.shape[0] == 1 and B > 1  # one mask for every row
         in_specs.append(pl.BlockSpec((None, None, T, chunk), lambda b, h, c: (0 if shared else b, 0, 0, c)))
         operands.append(mask.astype(jnp.int8))  # bytes in memory: Triton loads no i1 tensors from it
-    out_shape = [jax.ShapeDtypeStruct((B, chunks, T, K, G, H), jnp.float32),
-                 jax.ShapeDtypeStruct((B, chunks, T, K, G), jnp.float32),
-                 jax.ShapeDtypeStruct((B, chunks, T, K, G), jnp.float32)]
-    out_specs = [pl.BlockSpec((None, None, T, None, G, H), lambda b, h, c: (b, c, 0, h, 0, 0)),
-                 pl.BlockSpec((None, None, T, None, G), lambda b, h, c: (b, c, 0, h, 0)),
-                 pl.BlockSpec((None, None, T, None, G), lambda b, h, c: (b, c, 0, h, 0))]
+    if chunks == 1:
+        out_shape = [jax.ShapeDtypeStruct((B, T, K, G, H), q.dtype)]
+        out_specs = [pl.BlockSpec((None, T, None, G, H), lambda b, h, c: (b, 0, h, 0, 0))]
+    else:
+        out_shape = [jax.ShapeDtypeStruct((B, chunks, T, K, G, H), jnp.float32),
+                     jax.ShapeDtypeStruct((B, chunks, T, K, G), jnp.float32),
+                     jax.ShapeDtypeStruct((B, chunks, T, K, G), jnp.float32)]
+        out_specs = [pl.BlockSpec((None, None, T, None, G, H), lambda b, h, c: (b, c, 0, h, 0, 0)),
+                     pl.BlockSpec((None, None, T, None, G), lambda b, h, c: (b, c, 0, h, 0)),
+                     pl.BlockSpec((None, None, T, None, G), lambda b, h, c: (b, c, 0, h, 0))]
     kernel = functools.partial(_kernel, groups=G, block_k=block_k, steps=chunk // block_k,
-                               scale=1.0 / math.sqrt(H), masked=mask is not None)
+                               scale=1.0 / math.sqrt(H), masked=mask is not None, normalize=chunks == 1)
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
@@ -191,12 +207,13 @@ def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, interpret: bo
     )(*operands)
 
 
-def _kernel(q_ref, k_ref, v_ref, *refs, groups: int, block_k: int, steps: int, scale: float, masked: bool):
+def _kernel(q_ref, k_ref, v_ref, *refs, groups: int, block_k: int, steps: int, scale: float, masked: bool,
+            normalize: bool):
     """One program (row b, kv head h, chunk c): q_ref [T, G, H]; k_ref, v_ref [chunk, H]; mask_ref [T, chunk] int8
-    (when `masked`); out o_ref [T, G, H], m_ref and l_ref [T, G]. Each query head of the group walks the chunk in
-    turn (its keys stay in L1/L2 for the next head)."""
+    (when `masked`); out o_ref [T, G, H], m_ref and l_ref [T, G]; with `normalize`, only o_ref, holding o / l.
+    Each query head of the group walks the chunk in turn (its keys stay in L1/L2 for the next head)."""
     mask_ref = refs[0] if masked else None
-    o_ref, m_ref, l_ref = refs[-3:]
+    o_ref, *stats = refs[1:] if masked else refs
     T, _, H = q_ref.shape
     for g in range(groups):
         q = q_ref[:, g, :]  # [T, H]
@@ -217,6 +234,9 @@ def _kernel(q_ref, k_ref, v_ref, *refs, groups: int, block_k: int, steps: int, s
 
         init = (jnp.zeros((T, H), jnp.float32), jnp.full((T,), MASKED, jnp.float32), jnp.zeros((T,), jnp.float32))
         o, m, l = jax.lax.fori_loop(0, steps, step, init)
-        o_ref[:, g, :] = o
-        m_ref[:, g] = m
-        l_ref[:, g] = l
+        if normalize:
+            o_ref[:, g, :] = (o / l[:, None]).astype(o_ref.dtype)
+        else:
+            o_ref[:, g, :] = o
+            stats[0][:, g] = m
+            stats[1][:, g] = l
