@@ -1,7 +1,7 @@
 """The window-against-cache attention kernel (jdlm/kernels/window_attention.py), run by Pallas's interpreter on CPU:
 against XLA's attention (float32 and bfloat16, one query head per kv head and grouped, masks that empty whole chunks
 and whole rows), its chunk choice, when it declines, its lowering for CUDA, and the model's cached forward and a
-dual-cache decode with it against without."""
+dual-cache decode with it against without, and its place in a decode at LLaDA-8B shapes."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 import jdlm
 from jdlm import strategies as S
+from jdlm.config import llada_8b
 from jdlm.decoding import loop
 from jdlm.kernels import window_attention as W
-from jdlm.model import KVCache, forward, init_params
+from jdlm.model import KVCache, forward, init_params, param_shapes
 
 
 def operands(B, T, N, K, H, S, dtype=jnp.float32, seed=0):
@@ -187,7 +188,7 @@ def _cached_logits(params, tokens, key_mask, mode):
         return np.asarray(fn(params, tokens, key_mask)), str(jax.make_jaxpr(fn)(params, tokens, key_mask))
 
 
-def test_cached_forward_runs_the_kernel_once_a_layer_and_matches_cudnn_s_path(dream_params):
+def test_cached_forward_runs_the_kernel_once_a_layer_and_matches_the_fused_attention(dream_params):
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, 250, (2, 32)), jnp.int32)
     key_mask = jnp.arange(32)[None] >= jnp.asarray([[0], [5]])  # row 1 left-padded by 5
     on, jaxpr_on = _cached_logits(dream_params, tokens, key_mask, "on")
@@ -219,3 +220,17 @@ def test_dual_cache_decode_with_the_kernel_gives_the_same_tokens(dream_params):
     loop._decode_loop.clear_cache()
     np.testing.assert_array_equal(tokens["on"], tokens["off"])
     assert len(np.unique(tokens["on"][:, -16:])) > 2  # a decode of varied tokens, not one repeated id
+
+
+def test_llada_8b_dual_cache_decode_takes_the_kernel_in_every_layer():
+    """At LLaDA-8B's shapes (parameters as shapes only: nothing allocated), prompt 256 and 256 tokens in blocks of
+    32, the decode's cached step (32 queries against 512 keys) runs the kernel once a layer; the full forwards
+    (512 queries) keep the fused attention."""
+    params = param_shapes(llada_8b())
+    strategy = S.parse_strategy("low_confidence dual gen_length=256 block_length=32 steps=256")
+    arguments = loop._arguments(params, np.zeros((1, 256), np.int32), strategy, None, None)
+    for mode, calls in (("off", 0), ("on", 32)):
+        loop._decode_loop.clear_cache()
+        with W.use_kernel(mode):
+            assert str(loop._decode_loop.trace(*arguments).jaxpr).count("pallas_call") == calls
+    loop._decode_loop.clear_cache()
