@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdlm.config import ModelConfig
-from jdlm.kernels import quantized_linear
+from jdlm.kernels import quantized_linear, window_attention
 from jdlm.quantize import quantized_shapes, scale_name
 
 
@@ -202,8 +202,14 @@ def _attention_with_probs(q, k, v, mask):
     return out, probs.mean(axis=(1, 2))
 
 
-def _attention(q, k, v, mask, implementation):
-    """Fused attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] bool or None -> [B, T, N, H]."""
+def _attention(q, k, v, mask, implementation, cached: bool = False):
+    """Fused attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] bool or None -> [B, T, N, H].
+    `cached`: a window of queries against a KV cache, which jdlm/kernels/window_attention.py's kernel may take
+    (its `set_mode`; off by default)."""
+    if cached:
+        out = window_attention.kernel_attention(q, k, v, mask)
+        if out is not None:
+            return out
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
@@ -321,7 +327,7 @@ def forward(
             attn, probs = _attention_with_probs(q, k, v, mask)
             probs_out.append(probs)
         else:
-            attn = _attention(q, k, v, mask, attention_impl)
+            attn = _attention(q, k, v, mask, attention_impl, cached=cache is not None)
         x = x + linear("BTNH,NHD->BTD", attn, layer, "o")
         h = rms_norm(x, layer["mlp_norm"], cfg.norm_eps)
         x = x + linear("BTF,FD->BTD", swiglu(h, layer), layer, "down")

@@ -7,6 +7,8 @@ embedding left out):
   layers        the step's layer stack: projections, rotary, cache write, cuDNN attention, MLP (jdlm.model's
                 own `qkv_projections`, `swiglu`, `linear`); the caches are loop carries, updated in place
   layers xla-attention    the same with XLA's attention (jax.nn.dot_product_attention implementation="xla")
+  layers kernel-attention the same with jdlm's window attention kernel (jdlm/kernels/window_attention.py, as its
+                mode "on" runs it: the keys split into chunks over the grid)
   layers head-major      the same with the caches laid out [B, K, S, H] and attention as two einsums
   layers no-attention    the same without attention (the window's values read back from the cache instead)
   matmuls       the same stack without attention, rotary and the cache (q, k, v, o, gate, up, down and the norms)
@@ -32,14 +34,15 @@ import jax
 import jax.numpy as jnp
 
 from jdlm import roofline
+from jdlm.kernels import window_attention
 from jdlm.model import keep_in_loop, linear, qkv_projections, rms_norm, rotary, swiglu
 from jdlm.quantize import scale_name
 
 LLADA_8B = {"D": 4096, "N": 32, "K": 32, "H": 128, "F": 12288, "layers": 32}
 QUICK = {"D": 64, "N": 4, "K": 2, "H": 16, "F": 128, "layers": 2}
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-PARTS = ("layers", "layers xla-attention", "layers head-major", "layers no-attention", "matmuls",
-         "matmuls fused")
+PARTS = ("layers", "layers xla-attention", "layers kernel-attention", "layers head-major", "layers no-attention",
+         "matmuls", "matmuls fused")
 
 
 def random_layers(shape: dict, mode: str, key: jax.Array) -> list[dict]:
@@ -115,6 +118,8 @@ def step_fn(shape: dict, part: str):
                 cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v, start, 1)
                 if part == "layers no-attention":  # the window's fresh values, read back from the cache
                     attn = jnp.repeat(jax.lax.dynamic_slice_in_dim(cache_v, start, q.shape[1], 1), N // K, axis=2)
+                elif part == "layers kernel-attention":
+                    attn = window_attention.window_attention(q, cache_k, cache_v)
                 else:
                     xla = part == "layers xla-attention" or jax.default_backend() != "gpu"
                     attn = jax.nn.dot_product_attention(q, cache_k, cache_v, implementation="xla" if xla else "cudnn")
