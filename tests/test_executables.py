@@ -141,3 +141,15 @@ def test_key_changes_with_jdlm_source_and_jax_settings(monkeypatch):
         assert base != executables._key_material("decode_loop", executables._signature(({"a": jnp.ones((2, 3))},)))
     finally:
         jax.config.update("jax_default_matmul_precision", precision)
+
+
+def test_key_changes_with_the_kernels_modes():
+    from jdlm.kernels import quantized_linear, window_attention
+
+    signature = executables._signature(({"a": jnp.ones((2, 3))},))
+    base = executables._key_material("decode_loop", signature)
+    with window_attention.use_kernel("on"):
+        assert executables._key_material("decode_loop", signature) != base
+    with quantized_linear.use_kernel("on"):
+        assert executables._key_material("decode_loop", signature) != base
+    assert executables._key_material("decode_loop", signature) == base

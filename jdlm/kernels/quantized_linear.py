@@ -23,6 +23,11 @@ MODES = ("auto", "on", "fused", "off")
 _mode = "off"  # measured on an H100: no faster than XLA end to end (docs/quantization.md)
 
 
+def current_mode() -> str:
+    """The mode `set_mode` last set (part of the key of a stored decode program: jdlm.decoding.executables)."""
+    return _mode
+
+
 def set_mode(mode: str) -> str:
     """Whether the model's quantised linears use the kernel. Returns the previous mode.
 

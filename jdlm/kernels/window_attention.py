@@ -46,6 +46,11 @@ MODES = ("auto", "on", "off")
 _mode = "off"  # not yet measured on a GPU (docs/performance.md)
 
 
+def current_mode() -> str:
+    """The mode `set_mode` last set (part of the key of a stored decode program: jdlm.decoding.executables)."""
+    return _mode
+
+
 def set_mode(mode: str) -> str:
     """Whether the model's cached forward (a window of queries against a KV cache) runs this kernel. Returns the
     previous mode.
