@@ -128,6 +128,26 @@ def test_an_interrupted_run_resumes_to_the_same_state(base, tokenizer, trajector
         train_sampler(dataclasses.replace(CONFIG, lr=0.5), run, base=base, tokenizer=tokenizer, progress=False)
 
 
+def test_data_parallel_training_matches_one_device(base, tokenizer, tmp_path):
+    """The same run on two (simulated) devices, the batch split over them, ends where one device does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(root / "tests" / "sampler_dp_worker.py"), str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    two = json.loads(run.stdout.strip().splitlines()[-1])
+    assert two["devices"] == 2 and two["held_on"] == ["2"] and two["step"] == CONFIG.steps
+    one = train_sampler(CONFIG, tmp_path / "one", base=base, tokenizer=tokenizer, progress=False)
+    for a, b in zip(jax.tree.leaves(one.weights), two["leaves"]):
+        np.testing.assert_allclose(np.asarray(a, np.float64).ravel(), b, rtol=1e-4, atol=1e-6)
+
+
 def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
     head = active_head(base.config)
     save_head(tmp_path / "head", head, extra={"note": "test"}, base=base)

@@ -38,6 +38,7 @@ from jdlm.model import Params, forward, lm_head
 from jdlm.training.trainer import (
     TrainState,
     claim_run_dir,
+    data_parallel,
     gradient_step,
     warmup_cosine_adamw,
 )
@@ -201,6 +202,8 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
 
     Writes run_dir/sampler_config.json, trajectories.npz (the base's decodes, made once), checkpoints/ (every
     `save_every` steps, at the end and on Ctrl-C), metrics.jsonl; rerunning resumes from the latest checkpoint.
+    Data parallel over every visible device when they divide `batch_size` (the model trainer's `data_parallel`):
+    the loss is a mean over the batch, so the result does not depend on the number of devices.
     """
     import orbax.checkpoint as ocp
 
@@ -223,7 +226,9 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
 
     tx = optimizer(config)
     weights = init_head(base.config, jax.random.key(config.seed)).weights
-    state = SamplerState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights))
+    replicated, split_batch = data_parallel(config.batch_size)  # every visible device, the batch split over them
+    base = jax.device_put(base, replicated)
+    state = jax.device_put(SamplerState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights)), replicated)
     step_fn = make_step(config, base)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
@@ -236,8 +241,9 @@ def train_sampler(config: SamplerTrainConfig, run_dir: str | Path, *, base: Para
                 for step in range(start, config.steps):
                     b = sample_batch(data, config, step)
                     r = b["rows"]
-                    state, metrics = step_fn(state, data.prompt[r], data.prompt_mask[r], data.tokens[r],
-                                             data.order[r], b["t"], b["n"])
+                    batch = jax.device_put((data.prompt[r], data.prompt_mask[r], data.tokens[r], data.order[r],
+                                            b["t"], b["n"]), split_batch)
+                    state, metrics = step_fn(state, *batch)
                     window.append(metrics)
                     done = step + 1
                     if done % config.log_every == 0 or done == config.steps:  # means over the steps since the last

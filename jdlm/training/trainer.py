@@ -211,7 +211,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
         weights = start.weights
     else:
         weights = init_params(model, jax.random.key(config.seed), jnp.float32).weights
-    replicated, split_batch = _data_parallel(config.batch_size)
+    replicated, split_batch = data_parallel(config.batch_size)
     state = jax.device_put(TrainState(step=jnp.int32(0), weights=weights, opt_state=tx.init(weights)), replicated)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1)
     with ocp.CheckpointManager(run_dir / "checkpoints", options=options) as manager:
@@ -264,7 +264,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, on_step: Callable[[int, d
     return state
 
 
-def _data_parallel(batch_size: int):
+def data_parallel(batch_size: int):
     """(sharding of the replicated state, sharding of a batch split over rows) on every visible device.
 
     With one device (or a batch that the devices do not divide) both are that one device: plain training. The
