@@ -236,6 +236,15 @@ def test_sudoku9_givens_uniqueness_and_formats():
     assert len(styles) >= 2
 
 
+def test_sparse_sudoku9_are_made_greedily_and_unique():
+    task = TASKS["sudoku9"].with_difficulty(givens=(24, 25))
+    examples = task.generate("eval", 2, seed=0)
+    for e in examples:
+        grid = sudoku9.parse_grid(e.input)
+        assert sum(1 for d in grid if d) in (24, 25)
+        assert sudoku9.count_solutions(grid) == 1 and task.score(e.input, e.output)
+
+
 def test_sudoku9_symmetric_variants_are_other_valid_unique_puzzles():
     task = TASKS["sudoku9"].with_difficulty(variants=4)
     examples = task.generate("train", 8)
