@@ -310,6 +310,17 @@ def write_manifest(directory: Path, dtype, weights, extra: dict) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def refresh_file_table(directory: Path) -> None:
+    """Rewrites the "files" and "bytes" of `directory`'s manifest.json for the files there now (e.g. after a sampler
+    head was added beside the weights: jdlm/models/tiny/sampler_head), keeping the rest. Written atomically."""
+    from jdlm.files import write_atomically
+
+    manifest = read_manifest(directory)
+    manifest["files"], manifest["bytes"] = file_table(directory)
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_atomically(directory / "manifest.json", lambda tmp: tmp.write_text(text))
+
+
 def read_manifest(directory: Path) -> dict:
     """manifest.json of a jdlm checkpoint, checked enough to be used."""
     path = directory / "manifest.json"

@@ -1,5 +1,6 @@
 """Re-saves a trained sampler head with int8 matrices (per-channel float32 scales), as the packaged head ships:
 a quarter of the bytes (tiny's head: 5.3 MB -> 1.4 MB), its predictions unchanged to 1e-4 in KL (docs/eval/joint).
+Written into a model directory (DST's parent holds a manifest.json), the model's manifest then covers it too.
 
     python scripts/pack_head.py runs/sampler/head jdlm/models/tiny/sampler_head --model tiny
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 import jdlm
+from jdlm.checkpoint import refresh_file_table
 from jdlm.joint.head import HEAD_FILE, load_head, save_head
 
 
@@ -34,6 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:  # written whole, then moved into place
         save_head(Path(tmp) / "head", head, extra=extra, base=base, storage="int8")
         (Path(tmp) / "head").rename(dst)
+    if (dst.parent / "manifest.json").is_file():  # a model's own head: its manifest lists (and verifies) the files
+        refresh_file_table(dst.parent)
     print(f"wrote {dst}")
 
 
