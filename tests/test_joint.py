@@ -162,6 +162,18 @@ def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
         load_head(tmp_path / "missing")
 
 
+def test_an_unreadable_head_json_is_a_checkpoint_error(base, tmp_path):
+    save_head(tmp_path / "head", active_head(base.config), base=base)
+    path = tmp_path / "head" / "head.json"
+    info = json.loads(path.read_text())
+    for text, match in (("{not json", "corrupt"), (json.dumps({"storage": "int8"}), "corrupt"),
+                        (json.dumps({**info, "base_config": [1]}), "corrupt"),
+                        (json.dumps({**info, "storage": "int4"}), "'int4'")):
+        path.write_text(text)
+        with pytest.raises(CheckpointError, match=match):
+            load_head(tmp_path / "head", base)
+
+
 def test_int8_storage_keeps_the_predictions(base, tmp_path):
     head = active_head(base.config)
     save_head(tmp_path / "float", head, base=base)

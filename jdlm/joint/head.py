@@ -106,6 +106,7 @@ def base_fingerprint(base: Params) -> str:
 # The head's matrices and their input axes (the rest, the norms, are vectors and stay float32).
 MATRIX_INPUT_AXES = {"fuse": 1, "q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
 PACKAGED_HEAD = "sampler_head"  # a packaged model's head: jdlm/models/<name>/sampler_head
+STORAGES = ("float32", "int8")  # how `save_head` stores the matrices (head.json's "storage"; float32 when absent)
 
 
 def _matrices(weights: dict):
@@ -142,8 +143,8 @@ def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = Non
     with per-channel scales, see `int8_weights`: how the packaged head ships)."""
     import orbax.checkpoint as ocp
 
-    if storage not in ("float32", "int8"):
-        raise ValueError(f"storage must be float32 or int8, got {storage!r}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     weights = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), head.weights)
@@ -172,7 +173,7 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     was trained for that architecture (and, given the model and a saved fingerprint, for those weights).
 
     Raises:
-      CheckpointError: no head there, or one trained for another model.
+      CheckpointError: no head there, a head.json this jdlm cannot read, or a head trained for another model.
     """
     import orbax.checkpoint as ocp
 
@@ -180,8 +181,15 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     if not (directory / HEAD_FILE).is_file():
         raise CheckpointError(f"no sampler head at {directory} (expected {HEAD_FILE} and weights/; write one with "
                               "`jdlm train-sampler`)")
-    info = json.loads((directory / HEAD_FILE).read_text())
-    config = ModelConfig.from_dict(info["base_config"])
+    try:
+        info = json.loads((directory / HEAD_FILE).read_text())
+        config = ModelConfig.from_dict(info["base_config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{directory / HEAD_FILE} is corrupt ({type(e).__name__}: {e}); export the head "
+                              "again (`jdlm train-sampler`)") from None
+    if info.get("storage", "float32") not in STORAGES:
+        raise CheckpointError(f"the sampler head at {directory} is stored as {info['storage']!r}, which this jdlm "
+                              f"does not read ({', '.join(STORAGES)}); upgrade jdlm")
     if isinstance(base, Params) and info.get("base_fingerprint") not in (None, base_fingerprint(base)):
         raise CheckpointError(f"the sampler head at {directory} was trained for another model's weights (same "
                               "architecture, other weights, e.g. before a retraining): train it again")
