@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jdlm.config import ModelConfig
 from jdlm.errors import CheckpointError
+from jdlm.files import write_atomically
 from jdlm.model import Params, lm_head, rms_norm, rotary
 
 HEAD_FILE = "head.json"
@@ -154,7 +155,8 @@ def save_head(directory: str | Path, head: SamplerHead, extra: dict | None = Non
     info = {"base_config": head.config.to_dict(), "storage": storage, **(extra or {})}
     if base is not None:
         info["base_fingerprint"] = base_fingerprint(base)
-    (directory / HEAD_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    text = json.dumps(info, indent=1) + "\n"
+    write_atomically(directory / HEAD_FILE, lambda tmp: tmp.write_text(text))  # last: a head is whole once it is there
     return directory
 
 
