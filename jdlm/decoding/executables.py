@@ -11,7 +11,8 @@ the arguments alone, with no tracing:
   the entry point's name; the arguments' tree structure, which holds the strategy's classes and static fields and
   the ModelConfig; every leaf's shape, dtype, weak type and device; the versions of jdlm (with a digest of its
   source files), jax, jaxlib and Python; the backend, its version and device kind; JAX's configuration (every
-  `jax.config` value but logging, and its trace context) and XLA_FLAGS.
+  `jax.config` value but logging, and its trace context), XLA_FLAGS, and the modes of jdlm's hand-written kernels
+  (jdlm.kernels' quantized_linear and window_attention).
 
 Knob values are leaves, not part of the key, so a sweep shares one stored program as it shares one compile.
 Arguments that are not plain arrays on one device (tracers: `decode` inside a jit; a mesh), a tree node from
