@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="attention,decode", help="comma-separated: attention, decode")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args(argv)
-    os.environ["JDLM_EXECUTABLE_CACHE"] = "0"  # jdlm's store of compiled decodes: its key does not hold the mode
+    os.environ["JDLM_EXECUTABLE_CACHE"] = "0"  # jdlm's store of compiled decodes off: both modes compile afresh
     shape = QUICK if args.quick else LLADA_8B
     parts = args.parts.split(",")
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "shape": shape,
