@@ -223,6 +223,8 @@ BAD = {
     "joint without a head": (["generate", PROMPT, "--joint", "2"], "no sampler head"),
     "joint head of another model": (["generate", PROMPT, "--joint", "2", "--joint-head", "tiny"], "another model"),
     "joint that does not divide": (["generate", PROMPT, "--joint", "3", "--gen-length", "16"], "does not divide"),
+    "joint larger than a block": (["generate", PROMPT, "--joint", "32", "--gen-length", "64", "--block-length", "16"],
+                                  "--joint 32 gives 2 steps"),
     "joint with a causal model": (["generate", PROMPT, "--model", "tiny-ar", "--joint", "2"], "--joint: only for"),
 }
 

@@ -51,6 +51,10 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
     steps = steps or G
     n_blocks = G // block
     if steps % n_blocks:
+        if not args.steps and getattr(args, "joint", None):  # the steps came from --joint K: G / K
+            raise UsageError(f"--joint {args.joint} gives {steps} steps (--gen-length {G} / {args.joint}), not a "
+                             f"multiple of the number of blocks ({n_blocks} = --gen-length {G} / --block-length "
+                             f"{block}); choose a K that divides the block length, or give --steps")
         raise UsageError(f"--steps {steps} must be a multiple of the number of blocks ({n_blocks} = --gen-length "
                          f"{G} / --block-length {block})")
     schedule = S.Schedule(gen_length=G, block_length=block, steps=steps, temperature=args.temperature,
