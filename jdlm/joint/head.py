@@ -30,6 +30,7 @@ from jdlm.config import ModelConfig
 from jdlm.errors import CheckpointError
 from jdlm.files import write_atomically
 from jdlm.model import Params, lm_head, rms_norm, rotary
+from jdlm.quantize import INPUT_AXES
 
 HEAD_FILE = "head.json"
 
@@ -104,8 +105,9 @@ def base_fingerprint(base: Params) -> str:
     return hashlib.sha256(b"".join(a.tobytes() for a in sample)).hexdigest()[:16]
 
 
-# The head's matrices and their input axes (the rest, the norms, are vectors and stay float32).
-MATRIX_INPUT_AXES = {"fuse": 1, "q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+# The head's matrices and how many leading input axes each has: `fuse`, and the layer's as in the base model's
+# layers (jdlm.quantize.INPUT_AXES). The rest, the norms, are vectors and stay float32.
+MATRIX_INPUT_AXES = {"fuse": 1, **INPUT_AXES}
 PACKAGED_HEAD = "sampler_head"  # a packaged model's head: jdlm/models/<name>/sampler_head
 STORAGES = ("float32", "int8")  # how `save_head` stores the matrices (head.json's "storage"; float32 when absent)
 
