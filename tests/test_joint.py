@@ -200,6 +200,8 @@ def test_int8_storage_keeps_the_predictions(base, tmp_path):
     assert 0 < kl(exact, stored) < 0.01 * kl(exact, marginal)
     with pytest.raises(ValueError, match="storage"):
         save_head(tmp_path / "bad", head, storage="int4")
+    for stored in ("float", "int8"):  # uncommitted: a decode on a mesh may move them (committed ones it refuses)
+        assert not any(leaf.committed for leaf in jax.tree.leaves(load_head(tmp_path / stored, base).weights))
 
 
 def test_the_packaged_head_belongs_to_the_packaged_model():

@@ -25,6 +25,7 @@ from pathlib import Path
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdlm.config import ModelConfig
 from jdlm.errors import CheckpointError
@@ -97,8 +98,6 @@ def base_fingerprint(base: Params) -> str:
     """A short hash of some of the base model's weights (float32 bytes, so bf16 and fp32 loads agree): a head is
     trained for one set of weights, and another model of the same shape would load it without complaint."""
     import hashlib
-
-    import numpy as np
 
     w = base.weights
     sample = [np.asarray(w["final_norm"], np.float32), np.asarray(w["embed"][:16], np.float32)]
@@ -209,4 +208,7 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     with ocp.StandardCheckpointer() as checkpointer:
         weights = checkpointer.restore(directory / "weights", abstract)
-    return SamplerHead(config=config, weights=float_weights(weights) if int8 else weights)
+    weights = float_weights(weights) if int8 else weights
+    # Uncommitted (as jnp.asarray leaves them): a decode on a mesh moves them to its devices, where arrays committed
+    # to the first device would be refused ("incompatible devices": jdlm generate --joint K --mesh data=2).
+    return SamplerHead(config=config, weights=jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), weights))
