@@ -150,11 +150,11 @@ def sampler_loss(head: SamplerHead, base: Params, prompt, prompt_mask, tokens, o
     still_masked = rows(state(t + n), block_start) == cfg.mask_id  # [B, W]
     target_logp = jax.nn.log_softmax(target, axis=-1)
 
-    def kl(logits, rows=True):  # mean over the masked positions of the `rows` [B] selected
+    def kl(logits, selected=True):  # mean over the masked positions of the rows `selected` ([B] bool; all by default)
         logp = jax.nn.log_softmax(logits, axis=-1)
         per_position = jnp.sum(jnp.exp(target_logp) * (target_logp - jnp.where(jnp.isfinite(logp), logp, 0.0)),
                                axis=-1, where=jnp.isfinite(target_logp))
-        counted = still_masked & jnp.asarray(rows)[..., None]
+        counted = still_masked & jnp.asarray(selected)[..., None]
         return jnp.sum(jnp.where(counted, per_position, 0.0)) / jnp.maximum(counted.sum(), 1)
 
     loss = kl(predicted)
