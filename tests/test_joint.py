@@ -15,6 +15,7 @@ from jdlm import strategies as S
 from jdlm.decoding import decode
 from jdlm.errors import CheckpointError, StrategyError
 from jdlm.joint import JointSampler, head_logits, init_head, load_head, save_head
+from jdlm.joint.head import base_fingerprint
 from jdlm.joint.train import (
     SamplerState,
     SamplerTrainConfig,
@@ -160,6 +161,25 @@ def test_head_files_round_trip_and_refuse_another_model(base, tmp_path):
         load_head(tmp_path / "head", peaked_base(seed=5))
     with pytest.raises(CheckpointError, match="no sampler head"):
         load_head(tmp_path / "missing")
+
+
+def test_a_head_loads_with_the_base_in_either_dtype(base, tmp_path):
+    """A head trained on a bfloat16 load of a float32 checkpoint (`train-sampler --dtype bfloat16`) belongs to its
+    float32 load too, and the other way round; a head saved before the fingerprint's rounding still loads."""
+    half = Params(config=base.config, weights=jax.tree.map(lambda w: w.astype(jnp.bfloat16), base.weights))
+    assert base.dtype == jnp.float32 and not np.array_equal(np.asarray(half.weights["embed"], np.float32),
+                                                            np.asarray(base.weights["embed"]))  # rounding changes it
+    head = active_head(base.config)
+    for saved_with, loaded_with in ((half, base), (base, half)):
+        save_head(tmp_path / "head", head, base=saved_with)
+        load_head(tmp_path / "head", loaded_with)
+    path = tmp_path / "head" / "head.json"
+    legacy = {**json.loads(path.read_text()), "base_fingerprint": base_fingerprint(base, jnp.float32)}
+    path.write_text(json.dumps(legacy))
+    load_head(tmp_path / "head", base)
+    other = peaked_base(seed=1)
+    with pytest.raises(CheckpointError, match="another model's weights"):
+        load_head(tmp_path / "head", other)
 
 
 def test_an_unreadable_head_json_is_a_checkpoint_error(base, tmp_path):

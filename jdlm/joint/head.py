@@ -94,13 +94,15 @@ def head_logits(head: SamplerHead, base: Params, hidden: jax.Array, tokens: jax.
 # ---------------------------------------------------------------------------------------------- files
 
 
-def base_fingerprint(base: Params) -> str:
-    """A short hash of some of the base model's weights (float32 bytes, so bf16 and fp32 loads agree): a head is
-    trained for one set of weights, and another model of the same shape would load it without complaint."""
+def base_fingerprint(base: Params, rounding=jnp.bfloat16) -> str:
+    """A short hash of some of the base model's weights, rounded to bfloat16 (so that a bfloat16 and a float32 load
+    of one checkpoint agree, whatever dtype it is stored in): a head is trained for one set of weights, and another
+    model of the same shape would load it without complaint. `rounding=jnp.float32`: the hash heads saved before
+    the rounding carry (the same for a checkpoint stored in bfloat16)."""
     import hashlib
 
     w = base.weights
-    sample = [np.asarray(w["final_norm"], np.float32), np.asarray(w["embed"][:16], np.float32)]
+    sample = [np.asarray(jnp.asarray(a, rounding), np.float32) for a in (w["final_norm"], w["embed"][:16])]
     return hashlib.sha256(b"".join(a.tobytes() for a in sample)).hexdigest()[:16]
 
 
@@ -193,7 +195,8 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     if info.get("storage", "float32") not in STORAGES:
         raise CheckpointError(f"the sampler head at {directory} is stored as {info['storage']!r}, which this jdlm "
                               f"does not read ({', '.join(STORAGES)}); upgrade jdlm")
-    if isinstance(base, Params) and info.get("base_fingerprint") not in (None, base_fingerprint(base)):
+    if isinstance(base, Params) and info.get("base_fingerprint") not in (
+            None, base_fingerprint(base), base_fingerprint(base, jnp.float32)):
         raise CheckpointError(f"the sampler head at {directory} was trained for another model's weights (same "
                               "architecture, other weights, e.g. before a retraining): train it again")
     base = base.config if isinstance(base, Params) else base
