@@ -140,7 +140,7 @@ def test_data_parallel_training_matches_one_device(base, tokenizer, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, str(root / "tests" / "sampler_dp_worker.py"), str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     two = json.loads(run.stdout.strip().splitlines()[-1])
     assert two["devices"] == 2 and two["held_on"] == ["2"] and two["step"] == CONFIG.steps
