@@ -1,11 +1,22 @@
-"""Writing files so that a reader never sees half of one: the one helper every writer in jdlm uses (the CLI's
-outputs, the store of compiled programs, training's data pools, trajectories and metrics)."""
+"""Writing files so that a reader never sees half of one (the CLI's outputs, the store of compiled programs,
+training's data pools, trajectories and metrics, a sampler head's head.json, a manifest's refresh)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def _process_umask() -> int:
+    """The umask, read once at import: reading it means setting it, which is not safe while other threads create
+    files (the store of compiled programs writes from the CLI's decode thread)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+UMASK = _process_umask()
 
 
 def write_atomically(path: str | Path, write) -> Path:
@@ -19,9 +30,7 @@ def write_atomically(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions a plain write would
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes it private; give it the permissions a plain write would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

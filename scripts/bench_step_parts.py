@@ -92,9 +92,9 @@ def step_fn(shape: dict, part: str):
             if part == "matmuls fused":
                 qkv = linear("BTD,DNH->BTNH", h, layer, "qkv")
                 v = qkv[:, :, N + K:]
+                x = x + linear("BTNH,NHD->BTD", jnp.repeat(v, N // K, axis=2), layer, "o")
                 gu = linear("BTD,DF->BTF", rms_norm(x, layer["mlp_norm"], 1e-5), layer, "gate_up")
                 g, u = jnp.split(gu, 2, axis=-1)
-                x = x + linear("BTNH,NHD->BTD", jnp.repeat(v, N // K, axis=2), layer, "o")
                 x = x + linear("BTF,FD->BTD", jax.nn.silu(g) * u, layer, "down")
                 new_caches.append((cache_k, cache_v))
                 continue

@@ -26,7 +26,8 @@ from jdlm.cli.common import (
 )
 from jdlm.cli.examples import NEEDS_8B
 from jdlm.cli.models import check_model, is_causal
-from jdlm.cli.outputs import check_output, write_atomically
+from jdlm.cli.outputs import check_output
+from jdlm.files import write_atomically
 from jdlm.errors import UsageError
 
 

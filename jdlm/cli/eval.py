@@ -17,7 +17,8 @@ from jdlm.cli.args import (
 )
 from jdlm.cli.common import device_mesh, load_guide, load_model, note, stderr_console
 from jdlm.cli.models import check_model, is_causal
-from jdlm.cli.outputs import check_output, write_atomically
+from jdlm.cli.outputs import check_output
+from jdlm.files import write_atomically
 from jdlm.errors import UsageError
 
 

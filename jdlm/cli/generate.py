@@ -40,7 +40,8 @@ from jdlm.cli.examples import (
     shell_prompt,
 )
 from jdlm.cli.models import check_causal_flags, check_model, is_causal
-from jdlm.cli.outputs import check_output, write_atomically
+from jdlm.cli.outputs import check_output
+from jdlm.files import write_atomically
 from jdlm.errors import UsageError
 
 TRACE_KINDS = (".html", ".htm", ".png")

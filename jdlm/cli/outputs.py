@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from jdlm.errors import UsageError
-from jdlm.files import write_atomically  # noqa: F401 (the commands import it from here)
 
 
 def check_output(path: str | None, flag: str, suffixes: tuple[str, ...], *, force: bool = False) -> None:

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                               ("--block-length", d.block_length, "tokens per block (divides --gen-length)"),
                               ("--max-unroll", d.max_unroll, "longest unroll of the head (< --block-length)"),
                               ("--prompt-length", d.prompt_length, "padded prompt length"),
-                              ("--trajectory-batch", d.trajectory_batch, "prompts decoded at once for the trajectories"),
+                              ("--trajectory-batch", d.trajectory_batch, "prompts decoded at once for trajectories"),
                               ("--warmup", d.warmup, "learning-rate warmup steps"),
                               ("--save-every", d.save_every, "steps between checkpoints"),
                               ("--log-every", d.log_every, "steps between metric lines")):

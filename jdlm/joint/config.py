@@ -40,6 +40,10 @@ class SamplerTrainConfig:
     log_every: int = 50
 
     def __post_init__(self):
+        for name in ("trajectories", "trajectory_batch", "steps", "batch_size", "gen_length", "block_length",
+                     "prompt_length", "save_every", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive whole number, got {getattr(self, name)!r}")
         if self.gen_length % self.block_length:
             raise ValueError(f"block_length ({self.block_length}) must divide gen_length ({self.gen_length})")
         if not 1 <= self.max_unroll < self.block_length:

@@ -209,8 +209,13 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
     # On this machine's first device, whatever the saving machine was (a head trained on a GPU loads on a CPU).
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    with ocp.StandardCheckpointer() as checkpointer:
-        weights = checkpointer.restore(directory / "weights", abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            weights = checkpointer.restore(directory / "weights", abstract)
+    except (ValueError, FileNotFoundError, OSError) as e:  # missing or damaged files, or weights of other shapes
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"the sampler head's weights at {directory / 'weights'} cannot be read "
+                              f"({type(e).__name__}: {reason}); train or pack the head again") from None
     weights = float_weights(weights) if int8 else weights
     # Uncommitted (as jnp.asarray leaves them): a decode on a mesh moves them to its devices, where arrays committed
     # to the first device would be refused ("incompatible devices": jdlm generate --joint K --mesh data=2).
