@@ -3,4 +3,5 @@
 weight_only_matmul: x @ (w * scale) for few rows of x and int8 / fp8 weights, one weight, grouped weights or SwiGLU.
 quantized_linear: when jdlm/model.py's quantised linear layers use them (`set_mode`).
 window_attention: a cached step's window of queries against the whole KV cache, the keys split over the grid
-(flash-decoding), and when jdlm/model.py's cached forward uses it (its own `set_mode`)."""
+(flash-decoding), and when jdlm/model.py's cached forward uses it (its own `set_mode`).
+switch: the mode switch both have (`KernelSwitch`)."""

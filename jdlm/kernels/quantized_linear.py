@@ -8,24 +8,22 @@ divides.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import jax
 import jax.numpy as jnp
 
 from jdlm.kernels import weight_only_matmul as wom
-from jdlm.quantize import compute_capability
+from jdlm.kernels.switch import KernelSwitch
 
 MAX_ROWS = 256  # more rows (prefill, full forwards) are not weight-bound: XLA's GEMM
-MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
 MODES = ("auto", "on", "fused", "off")
-_mode = "off"  # measured on an H100: no faster than XLA end to end (docs/quantization.md)
+SWITCH = KernelSwitch("kernel", MODES)  # off: measured on an H100, no faster than XLA end to end (docs/quantization.md)
 
 
 def current_mode() -> str:
-    """The mode `set_mode` last set (part of the key of a stored decode program: jdlm.decoding.executables)."""
-    return _mode
+    """The mode `set_mode` last set."""
+    return SWITCH.mode
 
 
 def set_mode(mode: str) -> str:
@@ -35,34 +33,17 @@ def set_mode(mode: str) -> str:
     "on": one kernel call per weight everywhere (Pallas's interpreter off GPU: for tests);
     "fused": as "on", and a layer's q, k, v in one call and its gate, up and SwiGLU in another;
     "off" (the default): never (XLA's einsum).
-    Read when a function is traced: set it before the first call of a jitted function, or clear jax's caches after
-    (`jax.clear_caches()`)."""
-    global _mode
-    if mode not in MODES:
-        raise ValueError(f"unknown kernel mode {mode!r}; choose one of {', '.join(MODES)}")
-    previous, _mode = _mode, mode
-    return previous
+    Read when a function is traced (`jdlm.kernels.switch.KernelSwitch`)."""
+    return SWITCH.set(mode)
 
 
-@contextlib.contextmanager
 def use_kernel(mode: str):
     """`set_mode(mode)` for the duration of a with-block."""
-    previous = set_mode(mode)
-    try:
-        yield
-    finally:
-        set_mode(previous)
+    return SWITCH.use(mode)
 
 
 def _enabled() -> bool:
-    if _mode != "auto":
-        return _mode != "off"
-    # Under a mesh the weights are split over devices, and a pallas_call has no partitioning rule: XLA would gather
-    # every weight onto every device. Leave sharded matmuls to XLA.
-    if jax.default_backend() != "gpu" or jax.sharding.get_abstract_mesh().size > 1:
-        return False
-    capability = compute_capability(jax.devices()[0])
-    return capability is not None and capability >= MIN_CAPABILITY
+    return SWITCH.auto_applies() if SWITCH.mode == "auto" else SWITCH.mode != "off"
 
 
 def _interpret() -> bool:
@@ -109,7 +90,7 @@ def kernel_projections(x: jax.Array, ws, scales) -> list[jax.Array] | None:
     Returns:
       [[rows..., out_i...] in x's dtype].
     """
-    if _mode != "fused" or not _quantized(*ws) or any(s is None for s in scales):
+    if SWITCH.mode != "fused" or not _quantized(*ws) or any(s is None for s in scales):
         return None
     lead, k = x.shape[:-1], x.shape[-1]
     m, widths = math.prod(lead), [math.prod(w.shape[1:]) for w in ws]
@@ -129,7 +110,7 @@ def kernel_swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, gate_scale, up_s
     Returns:
       [rows..., F] in x's dtype.
     """
-    if _mode != "fused" or not _quantized(gate, up) or gate_scale is None or up_scale is None:
+    if SWITCH.mode != "fused" or not _quantized(gate, up) or gate_scale is None or up_scale is None:
         return None
     lead, (k, n) = x.shape[:-1], gate.shape
     m = math.prod(lead)

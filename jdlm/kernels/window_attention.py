@@ -22,7 +22,6 @@ key at all gets the mean of the values, as jax.nn.dot_product_attention gives: n
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -30,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jdlm.kernels.switch import KernelSwitch
 from jdlm.kernels.weight_only_matmul import triton_params
-from jdlm.quantize import compute_capability
 
 CHUNKS = (256, 128, 64, 32, 16)  # key chunk sizes tried, largest first (Triton tiles are powers of two, dots >= 16)
 MIN_PROGRAMS = 128  # about one program per SM of an H100 or H200 (132)
@@ -41,14 +40,13 @@ MAX_ROWS = 64  # query rows per head (T, rounded up to a power of two >= 16); lo
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's masked score
-MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
 MODES = ("auto", "on", "off")
-_mode = "off"  # not yet measured on a GPU (docs/performance.md)
+SWITCH = KernelSwitch("attention kernel", MODES)  # off: not yet measured on a GPU (docs/performance.md)
 
 
 def current_mode() -> str:
-    """The mode `set_mode` last set (part of the key of a stored decode program: jdlm.decoding.executables)."""
-    return _mode
+    """The mode `set_mode` last set."""
+    return SWITCH.mode
 
 
 def set_mode(mode: str) -> str:
@@ -58,33 +56,17 @@ def set_mode(mode: str) -> str:
     "auto": on an Ampere or newer GPU outside a multi-device mesh, cuDNN / XLA elsewhere;
     "on": everywhere the shapes allow (Pallas's interpreter off GPU: for tests);
     "off" (the default): never.
-    Read when a function is traced: set it before the first call of a jitted function, or clear jax's caches after
-    (`jax.clear_caches()`)."""
-    global _mode
-    if mode not in MODES:
-        raise ValueError(f"unknown attention kernel mode {mode!r}; choose one of {', '.join(MODES)}")
-    previous, _mode = _mode, mode
-    return previous
+    Read when a function is traced (`jdlm.kernels.switch.KernelSwitch`)."""
+    return SWITCH.set(mode)
 
 
-@contextlib.contextmanager
 def use_kernel(mode: str):
     """`set_mode(mode)` for the duration of a with-block."""
-    previous = set_mode(mode)
-    try:
-        yield
-    finally:
-        set_mode(previous)
+    return SWITCH.use(mode)
 
 
 def _enabled() -> bool:
-    if _mode != "auto":
-        return _mode == "on"
-    # A pallas_call has no partitioning rule: under a mesh XLA would gather the sharded cache onto every device.
-    if jax.default_backend() != "gpu" or jax.sharding.get_abstract_mesh().size > 1:
-        return False
-    capability = compute_capability(jax.devices()[0])
-    return capability is not None and capability >= MIN_CAPABILITY
+    return SWITCH.auto_applies() if SWITCH.mode == "auto" else SWITCH.mode == "on"
 
 
 def kernel_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array | None:
