@@ -228,6 +228,9 @@ def test_the_packaged_head_belongs_to_the_packaged_model():
     params, _ = jdlm.load("tiny", jnp.float32)
     sampler = JointSampler.load("tiny", k=4, base=params)  # checks the architecture and the weights' fingerprint
     assert sampler.head.weights["fuse"].dtype == jnp.float32
+    half, _ = jdlm.load("tiny", jnp.bfloat16)
+    assert half.dtype == jnp.bfloat16
+    assert {w.dtype for w in jax.tree.leaves(JointSampler.load("tiny", k=4, base=half).head.weights)} == {half.dtype}
     assert float(jnp.abs(sampler.head.weights["out_norm"]).max()) > 0  # trained: a new head's is all zeros
 
 

@@ -39,9 +39,14 @@ class JointSampler:
 
     @classmethod
     def load(cls, directory, k: int = 2, base=None) -> JointSampler:
-        """A sampler with the head saved in `directory` (`jdlm train-sampler`); `base` (the model's Params or
-        ModelConfig) is checked against what the head was trained for."""
-        return cls(head=load_head(directory, base), k=k)
+        """A sampler with the head saved in `directory` (`jdlm train-sampler`, or a packaged model's name); `base`
+        (the model's Params or ModelConfig) is checked against what the head was trained for. Given the model's
+        Params, the head's weights take the model's dtype (the head computes in it anyway: converted once here,
+        not at every pass of a decode)."""
+        head = load_head(directory, base)
+        if hasattr(base, "weights"):
+            head = head.replace(weights=jax.tree.map(lambda w: w.astype(base.dtype), head.weights))
+        return cls(head=head, k=k)
 
     def check(self, rule: Rule, config) -> None:
         """Raises StrategyError if this sampler cannot run with `rule` on a model of `config`."""
