@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from jdlm.files import write_atomically
+from jdlm.kernels import switch as kernel_switches
 
 FORMAT = "jdlm-executable-1"  # bump when the stored layout or the key changes
 SUBDIR = "jdlm-executables"
@@ -227,19 +228,11 @@ def _key_material(name: str, signature) -> str | None:
              f"jdlm {_jdlm_version()} {_source_digest()}",
              f"jax {jax.__version__} jaxlib {jaxlib.__version__} python {sys.version}",
              f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} LIBTPU_INIT_ARGS={os.environ.get('LIBTPU_INIT_ARGS', '')}",
-             f"kernels {_kernel_modes()}",
+             f"kernels {kernel_switches.all_modes()}",
              repr(settings), repr([_stable_repr(value) for value in context])]
     material = "\n".join(lines)
     # An object's default repr differs from process to process: such a key would never be found again.
     return None if " at 0x" in material else material
-
-
-def _kernel_modes() -> str:
-    """The hand-written kernels' modes, read when a program is traced: a program built with a kernel on is
-    another program than the one built with it off."""
-    from jdlm.kernels import quantized_linear, window_attention
-
-    return f"quantized_linear={quantized_linear.current_mode()} window_attention={window_attention.current_mode()}"
 
 
 def _stable_repr(value) -> str:

@@ -18,7 +18,8 @@ from jdlm.kernels.switch import KernelSwitch
 
 MAX_ROWS = 256  # more rows (prefill, full forwards) are not weight-bound: XLA's GEMM
 MODES = ("auto", "on", "fused", "off")
-SWITCH = KernelSwitch("kernel", MODES)  # off: measured on an H100, no faster than XLA end to end (docs/quantization.md)
+# Off by default: measured on an H100, no faster than XLA end to end (docs/quantization.md).
+SWITCH = KernelSwitch("quantized_linear", "kernel", MODES)
 
 
 def current_mode() -> str:

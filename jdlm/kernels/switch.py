@@ -11,16 +11,29 @@ from jdlm.quantize import compute_capability
 MIN_CAPABILITY = (8, 0)  # Ampere on: Triton's bf16 tensor-core dots
 
 
+SWITCHES: list[KernelSwitch] = []  # every kernel's switch, in the order the kernel modules were imported
+
+
+def all_modes() -> str:
+    """Every kernel's current mode, as text ("quantized_linear=off window_attention=off"), sorted by name."""
+    import jdlm.kernels.quantized_linear  # noqa: F401  (jdlm's kernels register their switches on import)
+    import jdlm.kernels.window_attention  # noqa: F401
+
+    return " ".join(f"{s.name}={s.mode}" for s in sorted(SWITCHES, key=lambda s: s.name))
+
+
 class KernelSwitch:
     """One kernel's mode: one of `modes` ("auto", "on", "off" and the kernel's own); "off" by default.
 
     The mode is read when a function is traced: set it before the first call of a jitted function, or clear jax's
-    caches after (`jax.clear_caches()`). It is part of the key of a stored decode program
-    (jdlm.decoding.executables), so programs traced under different modes are stored apart.
+    caches after (`jax.clear_caches()`). Every switch made is listed in SWITCHES, whose modes (`all_modes`) are
+    part of the key of a stored decode program (jdlm.decoding.executables), so programs traced under different
+    modes are stored apart.
     """
 
-    def __init__(self, what: str, modes: tuple[str, ...], default: str = "off"):
-        self.what, self.modes, self.mode = what, modes, default
+    def __init__(self, name: str, what: str, modes: tuple[str, ...], default: str = "off"):
+        self.name, self.what, self.modes, self.mode = name, what, modes, default
+        SWITCHES.append(self)
 
     def set(self, mode: str) -> str:
         """Sets the mode; returns the previous one."""

@@ -41,7 +41,7 @@ HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's masked score
 MODES = ("auto", "on", "off")
-SWITCH = KernelSwitch("attention kernel", MODES)  # off: not yet measured on a GPU (docs/performance.md)
+SWITCH = KernelSwitch("window_attention", "attention kernel", MODES)  # off: not measured on a GPU yet
 
 
 def current_mode() -> str:
