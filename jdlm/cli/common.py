@@ -31,6 +31,11 @@ def note(console, message: str, style: str = "dim") -> None:
 # ---------------------------------------------------------------- strategy and model
 
 
+def block_length(args) -> int:
+    """--block-length, or by default 32 when it divides --gen-length, else one block of the whole generation."""
+    return args.block_length or (32 if args.gen_length % 32 == 0 else args.gen_length)
+
+
 def build_strategy(args, spec: str | None = None, steps: int | None = None):
     """A `jdlm.Strategy` from the strategy flags; errors name the flag to change.
 
@@ -40,7 +45,7 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
     from jdlm import strategies as S
 
     G = args.gen_length
-    block = args.block_length or (32 if G % 32 == 0 else G)
+    block = block_length(args)
     if block > G:
         raise UsageError(f"--block-length {block} is larger than --gen-length {G}; use a block length that divides "
                          "the generation length")
@@ -51,10 +56,6 @@ def build_strategy(args, spec: str | None = None, steps: int | None = None):
     steps = steps or G
     n_blocks = G // block
     if steps % n_blocks:
-        if not args.steps and getattr(args, "joint", None):  # the steps came from --joint K: G / K
-            raise UsageError(f"--joint {args.joint} gives {steps} steps (--gen-length {G} / {args.joint}), not a "
-                             f"multiple of the number of blocks ({n_blocks} = --gen-length {G} / --block-length "
-                             f"{block}); choose a K that divides the block length, or give --steps")
         raise UsageError(f"--steps {steps} must be a multiple of the number of blocks ({n_blocks} = --gen-length "
                          f"{G} / --block-length {block})")
     schedule = S.Schedule(gen_length=G, block_length=block, steps=steps, temperature=args.temperature,
@@ -187,13 +188,20 @@ def load_guide(args, params):
 
 
 def joint_steps(args) -> int | None:
-    """--steps, or with --joint K and no --steps, --gen-length / K (K tokens per full forward)."""
+    """--steps, or with --joint K and no --steps, --gen-length / K (K tokens per full forward), checked to give
+    every block the same number of steps."""
     if args.steps or not getattr(args, "joint", None):
         return args.steps
-    if args.gen_length % args.joint:
-        raise UsageError(f"--joint {args.joint} does not divide --gen-length {args.gen_length}; give --steps, or a "
-                         "K that divides the generation length")
-    return args.gen_length // args.joint
+    G, K = args.gen_length, args.joint
+    if G % K:
+        raise UsageError(f"--joint {K} does not divide --gen-length {G}; give --steps, or a K that divides the "
+                         "generation length")
+    block = block_length(args)
+    if block <= G and G % block == 0 and (G // K) % (G // block):  # bad lengths themselves: build_strategy says so
+        raise UsageError(f"--joint {K} gives {G // K} steps (--gen-length {G} / {K}), not a multiple of the number "
+                         f"of blocks ({G // block} = --gen-length {G} / --block-length {block}); choose a K that "
+                         "divides the block length, or give --steps")
+    return G // K
 
 
 def attach_joint(args, strategy, params):
