@@ -307,16 +307,21 @@ def write_manifest(directory: Path, dtype, weights, extra: dict) -> None:
         manifest["quantization"] = {"mode": mode, "dtype": MODES[mode][0].name, "weights": list(INPUT_AXES),
                                     "scales": "symmetric, one float32 scale per output channel"}
     manifest.update(extra)
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest_json(directory, manifest)
 
 
 def refresh_file_table(directory: Path) -> None:
     """Rewrites the "files" and "bytes" of `directory`'s manifest.json for the files there now (e.g. after a sampler
     head was added beside the weights: jdlm/models/tiny/sampler_head), keeping the rest. Written atomically."""
-    from jdlm.files import write_atomically
-
     manifest = read_manifest(directory)
     manifest["files"], manifest["bytes"] = file_table(directory)
+    _write_manifest_json(directory, manifest)
+
+
+def _write_manifest_json(directory: Path, manifest: dict) -> None:
+    """manifest.json, written atomically (a reader never sees half of it)."""
+    from jdlm.files import write_atomically
+
     text = json.dumps(manifest, indent=2) + "\n"
     write_atomically(directory / "manifest.json", lambda tmp: tmp.write_text(text))
 
