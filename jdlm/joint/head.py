@@ -204,8 +204,12 @@ def load_head(directory: str | Path, base: ModelConfig | Params | None = None) -
         raise CheckpointError(f"the sampler head at {directory} was trained for another model "
                               f"(d_model {config.d_model}, {config.n_layers} layers, vocab {config.vocab_size})")
     int8 = info.get("storage") == "int8"
-    abstract = jax.eval_shape(lambda: (int8_weights if int8 else lambda w: w)(init_head(config, jax.random.key(0))
-                                                                              .weights))
+
+    def stored_weights():  # the stored layout: float32 matrices, or int8 ones with their scales
+        weights = init_head(config, jax.random.key(0)).weights
+        return int8_weights(weights) if int8 else weights
+
+    abstract = jax.eval_shape(stored_weights)
     # On this machine's first device, whatever the saving machine was (a head trained on a GPU loads on a CPU).
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)

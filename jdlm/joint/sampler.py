@@ -11,6 +11,7 @@ from jdlm.decoding.part import child, part
 from jdlm.decoding.rule import Budget, Rule
 from jdlm.errors import StrategyError
 from jdlm.joint.head import SamplerHead, head_logits, load_head
+from jdlm.model import Params
 
 
 @part
@@ -44,7 +45,7 @@ class JointSampler:
         Params, the head's weights take the model's dtype (the head computes in it anyway: converted once here,
         not at every pass of a decode)."""
         head = load_head(directory, base)
-        if hasattr(base, "weights"):
+        if isinstance(base, Params):
             head = head.replace(weights=jax.tree.map(lambda w: w.astype(base.dtype), head.weights))
         return cls(head=head, k=k)
 
