@@ -2,8 +2,8 @@
 the weight-read floor.
 
 A cached decode step runs every layer over the block's T queries against the KV cache (S keys). This times, per
-step (B rows, T = 32 queries, S = 512 keys, random bf16 or int8 weights of LLaDA-8B's 32 layers; the LM head and
-embedding left out):
+step (B rows, T = 32 queries, S = 512 keys, random bf16 or int8 weights of LLaDA-8B's 32 layers from
+jdlm.bench.random_params and jdlm.quantize; the LM head and embedding left out):
   layers        the step's layer stack: projections, rotary, cache write, cuDNN attention, MLP (jdlm.model's
                 own `qkv_projections`, `swiglu`, `linear`); the caches are loop carries, updated in place
   layers xla-attention    the same with XLA's attention (jax.nn.dot_product_attention implementation="xla")
@@ -33,37 +33,27 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jdlm import roofline
+from jdlm import bench, roofline
 from jdlm.kernels import window_attention
 from jdlm.model import keep_in_loop, linear, qkv_projections, rms_norm, rotary, swiglu
-from jdlm.quantize import scale_name
+from jdlm.quantize import quantize_params, scale_name
 
-LLADA_8B = {"D": 4096, "N": 32, "K": 32, "H": 128, "F": 12288, "layers": 32}
-QUICK = {"D": 64, "N": 4, "K": 2, "H": 16, "F": 128, "layers": 2}
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 PARTS = ("layers", "layers xla-attention", "layers kernel-attention", "layers head-major", "layers no-attention",
          "matmuls", "matmuls fused")
 
 
-def random_layers(shape: dict, mode: str, key: jax.Array) -> list[dict]:
-    """One weight dict per layer in jdlm.model's layout; `mode` "bf16" or "int8" (int8 matrices with float32 scales
-    over their output axes)."""
-    D, N, K, H, F = (shape[n] for n in "DNKHF")
-    shapes = {"q": (D, N, H), "k": (D, K, H), "v": (D, K, H), "o": (N, H, D), "gate": (D, F), "up": (D, F),
-              "down": (F, D)}
-    layers = []
-    for i in range(shape["layers"]):
-        keys = jax.random.split(jax.random.fold_in(key, i), len(shapes))
-        layer = {"attn_norm": jnp.ones((D,), jnp.bfloat16), "mlp_norm": jnp.ones((D,), jnp.bfloat16)}
-        for k, (name, s) in zip(keys, shapes.items()):
-            if mode == "int8":
-                layer[name] = jax.random.randint(k, s, -127, 128, jnp.int8)
-                out_axes = s[1:] if name != "o" else (D,)
-                layer[scale_name(name)] = jnp.full(out_axes, 1e-3 / 127, jnp.float32)
-            else:
-                layer[name] = (jax.random.normal(k, s, jnp.float32) * D ** -0.5).astype(jnp.bfloat16)
-        layers.append(layer)
-    return layers
+def random_layers(model: str, mode: str) -> tuple[dict, list[dict]]:
+    """(shape, layers): random weights of `model` (`jdlm.bench.random_params`), one weight dict per layer in
+    jdlm.model's layout, int8 with float32 scales for `mode` "int8" (`jdlm.quantize.quantize_params`); shape holds
+    the sizes the parts need (D, N, K, H, F, layers)."""
+    params = bench.random_params(model, jnp.bfloat16)
+    if mode == "int8":
+        params = quantize_params(params, "int8")
+    cfg = params.config
+    shape = {"D": cfg.d_model, "N": cfg.n_heads, "K": cfg.n_kv_heads, "H": cfg.head_dim, "F": cfg.mlp_hidden,
+             "layers": cfg.n_layers}
+    return shape, list(params.weights["layers"])
 
 
 def fuse(layer: dict) -> dict:
@@ -167,12 +157,12 @@ def main() -> None:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which parts (comma-separated; default all: {PARTS})")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
-    shape = QUICK if args.quick else LLADA_8B
+    model = "test" if args.quick else "llada-8b"
     queries, keys, steps = (8, 32, 3) if args.quick else (32, 512, 20)
     floors = roofline.measure_floors(jnp.bfloat16, quick=args.quick)
     rows = []
     for mode in args.modes.split(","):
-        layers = random_layers(shape, mode, jax.random.key(0))
+        shape, layers = random_layers(model, mode)
         weight_bytes = sum(a.size * a.dtype.itemsize for layer in layers for n, a in layer.items()
                            if n in PROJECTIONS)
         floor_s = weight_bytes / (floors.copy_gbps * 1e9)
@@ -187,7 +177,8 @@ def main() -> None:
         del layers, fused
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "shape": shape, "queries": queries,
+    meta = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "model": model, "shape": shape,
+            "queries": queries,
             "keys": keys, "floors": floors.as_dict()}
     (out / "step_parts.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
