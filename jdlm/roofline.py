@@ -67,10 +67,10 @@ def measure_floors(dtype=jnp.bfloat16, *, quick: bool = False, repeats: int = 5)
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.random.normal(key_a, (n, n), dtype)
     b = (jax.random.normal(key_b, (n, n), jnp.float32) / n ** 0.5).astype(dtype)  # keeps a @ b @ b ... near 1
-    matmul_s = _median_time(lambda: _chained_matmuls(a, b, inner), repeats) / inner
+    matmul_s = median_time(lambda: _chained_matmuls(a, b, inner), repeats) / inner
     elements = sizes["copy_bytes"] // dtype.itemsize
     x = jnp.ones((elements,), dtype)
-    copy_s = _median_time(lambda: _chained_negations(x, inner), repeats) / inner
+    copy_s = median_time(lambda: _chained_negations(x, inner), repeats) / inner
     return Floors(matmul_tflops=2 * n ** 3 / matmul_s / 1e12, copy_gbps=2 * elements * dtype.itemsize / copy_s / 1e9,
                   dtype=str(dtype), matmul_n=n, copy_bytes=elements * dtype.itemsize, repeats=repeats)
 
@@ -85,7 +85,8 @@ def _chained_negations(x, inner: int):
     return jax.lax.fori_loop(0, inner, lambda _, y: -y, x)  # reads and writes the whole array each time
 
 
-def _median_time(call, repeats: int) -> float:
+def median_time(call, repeats: int) -> float:
+    """Median seconds of `repeats` runs of `call()` (waited for), after one run to compile and warm up."""
     jax.block_until_ready(call())  # compile and warm up
     times = []
     for _ in range(repeats):

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -140,13 +138,7 @@ def time_part(shape: dict, layers: list[dict], part: str, batch: int, queries: i
         return jax.lax.fori_loop(0, steps, body, (x, caches))[0]
 
     x = jax.random.normal(jax.random.key(1), (batch, queries, D), jnp.bfloat16)
-    run(layers, x, caches).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(layers, x, caches).block_until_ready()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+    return roofline.median_time(lambda: run(layers, x, caches), repeats) / steps
 
 
 def main() -> None:

@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdlm import bench, decode
+from jdlm import bench, decode, roofline
 from jdlm import strategies as S
 from jdlm.kernels import window_attention as W
 
@@ -54,12 +52,13 @@ def implementations(shape: dict, batch: int, keys: int) -> dict:
         fns["cudnn"] = lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
     default = W.default_chunk(batch, shape["K"], keys)
     fns[f"kernel chunk={default}"] = lambda q, k, v, m: W.window_attention(q, k, v, m)
+    if jax.default_backend() != "gpu":  # the other tilings only on a GPU
+        return fns
     for chunk in (64, 128, 256, keys):
         for warps in (4, 8):
             name = f"kernel chunk={chunk} warps={warps}"
-            if keys % chunk == 0 and (chunk, warps) != (default, 4) and name not in fns and jax.default_backend() == "gpu":
-                fns[name] = (
-                    lambda q, k, v, m, c=chunk, w=warps: W.window_attention(q, k, v, m, chunk=c, num_warps=w))
+            if keys % chunk == 0 and (chunk, warps) != (default, 4) and name not in fns:
+                fns[name] = lambda q, k, v, m, c=chunk, w=warps: W.window_attention(q, k, v, m, chunk=c, num_warps=w)
     return fns
 
 
@@ -69,13 +68,7 @@ def time_attention(fn, q, k, v, mask, calls: int) -> float:
     def run(q, k, v, mask):
         return jax.lax.fori_loop(0, calls, lambda i, q: (q + 1e-3 * fn(q, k, v, mask)).astype(q.dtype), q)
 
-    run(q, k, v, mask).block_until_ready()
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        run(q, k, v, mask).block_until_ready()
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+    return roofline.median_time(lambda: run(q, k, v, mask), 5) / calls
 
 
 def attention_rows(shape: dict) -> list[dict]:
