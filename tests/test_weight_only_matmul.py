@@ -205,9 +205,8 @@ def test_default_tiling_takes_a_measured_tiling_from_the_table(tmp_path, monkeyp
 
 @pytest.fixture(autouse=True)
 def kernel_mode_restored():
-    previous = L.set_mode("auto")
-    yield
-    L.set_mode(previous)
+    with L.use_kernel("auto"):  # each test starts in "auto" and leaves the mode as it found it
+        yield
 
 
 def test_kernel_einsum_takes_the_model_specs_and_declines_the_rest():

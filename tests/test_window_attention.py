@@ -121,9 +121,8 @@ def test_bad_chunks_are_refused():
 
 @pytest.fixture(autouse=True)
 def kernel_mode_restored():
-    previous = W.set_mode("auto")
-    yield
-    W.set_mode(previous)
+    with W.use_kernel("auto"):  # each test starts in "auto" and leaves the mode as it found it
+        yield
 
 
 def test_kernel_attention_declines_what_it_does_not_take():
