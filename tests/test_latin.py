@@ -32,8 +32,7 @@ def decompose(square: list[int]) -> tuple[tuple[int, ...], list[int], list[int]]
     first_col = [square[n * r + cols[0]] for r in range(n)]  # column order fixed, its first column
     rows = sorted(range(n), key=lambda r: first_col[r])
     reduced = tuple(square[n * r + c] for r in rows for c in cols)
-    inverse = lambda order: [order.index(i) for i in range(n)]  # noqa: E731
-    return reduced, inverse(cols), inverse(rows)
+    return reduced, [cols.index(i) for i in range(n)], [rows.index(i) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------- uniform squares
