@@ -1,10 +1,4 @@
-"""5x5 Latin square completion with several valid answers: a ground where decoding strategies differ (issue 20).
-
-Fill the blanks so every row and column holds 1-5 once (no boxes). With few givens a puzzle has many completions,
-and the scorer accepts any of them. A decoder that commits many cells in one step from independent per-cell
-marginals mixes cells of different completions (each cell likely, together a clash); one cell per step, each
-conditioned on the cells already committed, can follow one completion to the end.
-"""
+"""5x5 Latin squares with several valid completions: a ground where decoding strategies differ (issue 20)."""
 
 from __future__ import annotations
 
@@ -106,12 +100,17 @@ def parse_answer(text: str) -> list[int] | None:
 class Latin(Task):
     """5x5 Latin square. Input: the partial square in one of FORMATS. Output: a completed square, five lines of five.
 
-    The square is uniform over all 5x5 Latin squares and the given cells are a uniform random set, independent of
-    it, so the reference output is a uniform random completion of the givens; puzzles with few givens have many.
-    The scorer accepts any Latin square that keeps the givens.
+    Every row and column holds 1-5 once (no boxes). With few givens a puzzle has many completions, and the scorer
+    accepts any of them: a decoder that commits many cells in one step, each from its own marginal, can take cells
+    of different completions (each likely, together a clash), while one cell per step, each conditioned on the
+    cells already committed, can follow one completion to the end.
+
+    The square is uniform over all 5x5 Latin squares (`random_square`) and the given cells a uniform random set,
+    independent of it, so the reference output is a uniform random completion of the givens. No draw is rejected.
 
     Difficulty: `givens`, the number of filled cells (int or inclusive range, 0..25), drawn uniformly per example:
-    fewer givens, more valid answers. `formats`: the input styles drawn from ("grid" by default).
+    fewer givens, more valid answers (at the default 4-12 about 80% of puzzles have two or more; no puzzle with
+    5 or fewer has one). `formats`: the input styles drawn from ("grid" by default).
     """
 
     name = "latin"
