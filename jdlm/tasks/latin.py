@@ -109,8 +109,8 @@ class Latin(Task):
     independent of it, so the reference output is a uniform random completion of the givens. No draw is rejected.
 
     Difficulty: `givens`, the number of filled cells (int or inclusive range, 0..25), drawn uniformly per example:
-    fewer givens, more valid answers (at the default 4-12 about 80% of puzzles have two or more; no puzzle with
-    5 or fewer has one). `formats`: the input styles drawn from ("grid" by default).
+    fewer givens, more valid answers (at the default 4-12 about 80% of puzzles have two or more; with 5 or fewer
+    givens every puzzle does). `formats`: the input styles drawn from ("grid" by default).
     """
 
     name = "latin"
