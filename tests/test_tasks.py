@@ -84,9 +84,9 @@ def test_bad_arguments_are_reported(name):
 
 
 def test_registry():
-    assert set(TASKS) == {"sudoku", "sudoku9", "countdown", "arithmetic", "multistep", "code", "pycode"}
+    assert set(TASKS) == {"sudoku", "sudoku9", "countdown", "arithmetic", "multistep", "code", "pycode", "latin"}
     assert get_task("sudoku") is TASKS["sudoku"]
-    with pytest.raises(ValueError, match="arithmetic, code, countdown, multistep, pycode, sudoku, sudoku9"):
+    with pytest.raises(ValueError, match="arithmetic, code, countdown, latin, multistep, pycode, sudoku, sudoku9"):
         get_task("chess")
 
 

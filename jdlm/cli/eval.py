@@ -18,9 +18,8 @@ from jdlm.cli.args import (
 from jdlm.cli.common import device_mesh, load_guide, load_model, note, stderr_console
 from jdlm.cli.models import check_model, is_causal
 from jdlm.cli.outputs import check_output
-from jdlm.files import write_atomically
 from jdlm.errors import UsageError
-
+from jdlm.files import write_atomically
 
 UNSAFE_HELP = (
     "run the code task, which executes model-written Python (or set JDLM_RUN_UNSAFE_CODE=1; without either, "
@@ -34,10 +33,10 @@ UNSAFE_HELP = (
 def add_parser(sub) -> None:
     p = command(sub, "eval", "accuracy versus NFE of strategies on the task suite",
                  "Evaluate decoding strategies on jdlm's generated tasks (sudoku, sudoku9, countdown, arithmetic,\n"
-                 "multistep, code, pycode) or on your own examples (--data), and report accuracy, forward passes\n"
-                 "(NFE) and tokens/s per task and strategy. Each task decodes with its own measured generation and\n"
-                 "block length unless --gen-length / --block-length override them. Decoding stops each row at its\n"
-                 "end token.",
+                 "multistep, code, pycode, latin) or on your own examples (--data), and report accuracy, forward\n"
+                 "passes (NFE) and tokens/s per task and strategy. Each task decodes with its own measured generation\n"
+                 "and block length unless --gen-length / --block-length override them. Decoding stops each row at\n"
+                 "its end token.",
                  """
                  jdlm eval --task sudoku --task countdown --limit 8 --batch-size 8
                  jdlm eval --task sudoku --limit 16 --strategy low_confidence --strategy threshold:0.9 --cache dual \\
@@ -49,9 +48,9 @@ def add_parser(sub) -> None:
     model_args(p)
     mesh_args(p)
     p.add_argument("--task", action="append", metavar="NAME",
-                   help="task to evaluate (sudoku, countdown, arithmetic, code); repeat for several "
-                        "(default: all four, code only with --confirm-run-unsafe-code; with --data, the task its "
-                        "format implies, or exactly one)")
+                   help="task to evaluate (sudoku, sudoku9, countdown, arithmetic, multistep, code, pycode, latin); "
+                        "repeat for several (default: all, code only with --confirm-run-unsafe-code; with --data, the "
+                        "task its format implies, or exactly one)")
     p.add_argument("--data", metavar="FILE",
                    help="evaluate the examples of this file instead of the task's own eval split: jsonl "
                         "{\"input\", \"output\"} (with --task); countdown jsonl {\"nums\", \"target\"}; sudoku CSV "

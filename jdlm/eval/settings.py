@@ -45,11 +45,13 @@ class TaskSettings:
 #   multistep           92              93      96 / 32           117              128
 #   code                25              26      32 / 8             24               32
 #   pycode              64              65      80 / 16           135              256
+#   latin               29              30      32 / 32            37               64
 # Blocks are 8 for the short answers (sudoku's 3 blocks follow its rows; code is one line) and 16 or 32 for the
 # long ones (pycode: its bound, 64 characters + EOS). sudoku9 is one block: a 9x9 grid is solved in whatever
-# order its constraints allow, not row by row.
+# order its constraints allow, not row by row. So is latin (5x5, 29 characters): which cells a rule commits
+# together, anywhere in the square, is what it measures.
 ANSWER_TOKENS = {"sudoku": 20, "sudoku9": 82, "countdown": 48, "arithmetic": 65, "multistep": 93, "code": 26,
-                 "pycode": 65}
+                 "pycode": 65, "latin": 30}
 TASK_SETTINGS: dict[str, TaskSettings] = {
     "sudoku": TaskSettings(gen_length=24, block_length=8, prompt_length=32),
     "sudoku9": TaskSettings(gen_length=96, block_length=96, prompt_length=128),
@@ -58,6 +60,7 @@ TASK_SETTINGS: dict[str, TaskSettings] = {
     "multistep": TaskSettings(gen_length=96, block_length=32, prompt_length=128),
     "code": TaskSettings(gen_length=32, block_length=8, prompt_length=32),
     "pycode": TaskSettings(gen_length=80, block_length=16, prompt_length=256),
+    "latin": TaskSettings(gen_length=32, block_length=32, prompt_length=64),
 }
 DEFAULT_BLOCK = 16  # for tasks without measured settings
 
