@@ -25,14 +25,11 @@ BASELINE_VARIANTS = (  # (label, task, difficulty)
     ("sudoku", "sudoku", {}), ("sudoku9", "sudoku9", {}), ("countdown-3", "countdown", {"n_sources": 3}),
     ("countdown-4", "countdown", {"n_sources": 4}), ("countdown-5", "countdown", {"n_sources": 5}),
     ("arithmetic", "arithmetic", {}), ("multistep", "multistep", {}), ("code", "code", {}), ("latin", "latin", {}))
-# Run only when --tasks names them: the shipped `tiny` was not trained on them (latin: several valid answers, where
-# parallel decoding mixes solutions; it needs a model trained with latin in its mixture).
-OPT_IN = ("latin",)
 
 
 def selected(label: str, only) -> bool:
-    """Whether a baseline label or sweep task runs: named in --tasks, or, without --tasks, not opt-in."""
-    return label in only if only is not None else label not in OPT_IN
+    """Whether a baseline label or sweep task runs: every one without --tasks, else those it names."""
+    return only is None or label in only
 
 
 def baseline(params, tok, limit: int, batch_size: int, run_code: bool = False, only=None) -> list:
@@ -57,9 +54,9 @@ def sweep(params, tok, limit: int, batch_size: int, tasks=None, run_code: bool =
           examples: dict | None = None) -> list:
     """Accuracy against NFE: counted rules at 1-8 tokens per step, thresholds, factor, entropy and the caches (the dual
     cache also refreshed every 2 steps: on countdown the plain caches cost the shipped tiny 30 points, the refresh none;
-    docs/eval/retrain3/README.md). `tasks`: names or Tasks, by default the SWEEP_TASKS that are not OPT_IN.
+    docs/eval/retrain3/README.md). `tasks`: names or Tasks, by default every one of SWEEP_TASKS.
     `examples` maps a task to its examples in place of the generated eval split."""
-    tasks = [t for t in SWEEP_TASKS if selected(t, None)] if tasks is None else tasks
+    tasks = SWEEP_TASKS if tasks is None else tasks
     specs = [E.EvalSpec(rule="low_confidence", tokens_per_step=k) for k in (1, 2, 4, 8)]
     specs += [E.EvalSpec(rule=f"threshold:{t}") for t in (0.95, 0.9, 0.8, 0.7, 0.5)]
     specs += [E.EvalSpec(rule="factor:1.0"), E.EvalSpec(rule="entropy", tokens_per_step=2)]
@@ -79,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep-limit", type=int, default=300, help="examples per task in the sweep (0: skip)")
     p.add_argument("--batch-size", type=int, default=125)
     p.add_argument("--tasks", default=None, help="comma-separated baseline labels and sweep tasks to run "
-                   f"(default: all but {', '.join(OPT_IN)}, which the shipped tiny never saw)")
+                   "(default: all)")
     p.add_argument("--examples", action="append", default=[], metavar="TASK=FILE",
                    help="sweep TASK on the examples of a jsonl file (e.g. a harder difficulty) instead of its eval "
                         "split")

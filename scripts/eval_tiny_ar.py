@@ -20,9 +20,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--model", default="tiny-ar")
-    p.add_argument("--tasks", default=",".join(n for n in TASKS if n not in ("code", "pycode", "latin")),
-                   help="comma-separated tasks (code runs model-written Python: only on a machine you trust; latin is "
-                        "left out by default: the shipped tiny-ar never saw it)")
+    p.add_argument("--tasks", default=",".join(n for n in TASKS if n not in ("code", "pycode")),
+                   help="comma-separated tasks (code runs model-written Python: only on a machine you trust)")
     args = p.parse_args()
     params, tok = jdlm.load(args.model, dtype=jnp.float32)
     for name in args.tasks.split(","):
