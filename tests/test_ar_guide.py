@@ -122,8 +122,8 @@ def pair():
 CASES = {  # (schedule, rule, reference rule arguments, guide)
     "authors_one_block": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
                           {"rule": "threshold", "threshold": 1e-6}, S.ARGuide(chunk=8)),
-    "threshold_blocks": ({"gen_length": 32, "block_length": 8, "steps": 32}, S.Threshold(threshold=0.6),
-                         {"rule": "threshold", "threshold": 0.6}, S.ARGuide(chunk=4, accept="top2")),
+    "threshold_blocks": ({"gen_length": 32, "block_length": 8, "steps": 32}, S.Threshold(threshold=0.8),
+                         {"rule": "threshold", "threshold": 0.8}, S.ARGuide(chunk=4, accept="top2")),
     "counts": ({"gen_length": 32, "block_length": 16, "steps": 8}, S.LowConfidence(),
                {"rule": "counts", "steps": 8}, S.ARGuide(chunk=8, accept="threshold", min_prob=0.2)),
     "corrected": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
