@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -98,6 +99,28 @@ def test_greedy_and_sampled_are_two_structures(params):
     compiled, _ = _sweep(params, [S.llada(gen_length=16, steps=16, block_length=8, temperature=t)
                                   for t in (0.0, 0.5, 0.0, 0.9)])
     assert len(compiled) == 2
+
+
+def test_numpy_jax_and_list_prompts_share_one_program(params):
+    strategy = STRATEGIES["llada_low_confidence"]
+    prompt = _prompt(2, length=5)
+    jax.clear_caches()
+    with compiles() as compiled:
+        results = [jdlm.decode(params, p, strategy) for p in (np.asarray(prompt, np.int64), jnp.asarray(prompt),
+                                                               np.asarray(prompt).tolist())]
+    assert len(compiled) == 1
+    for other in results[1:]:
+        np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(results[0].tokens))
+
+
+def test_no_key_is_key_zero(params):
+    strategy = S.llada(gen_length=16, steps=16, block_length=8, temperature=0.9)
+    prompt = _prompt(2, length=5)
+    tokens = [np.asarray(jdlm.decode(params, prompt, strategy, **kw).tokens)
+              for kw in ({}, {"key": jax.random.key(0)}, {}, {"key": jax.random.key(1)})]
+    np.testing.assert_array_equal(tokens[0], tokens[1])
+    np.testing.assert_array_equal(tokens[0], tokens[2])  # the remembered default keys
+    assert (tokens[0] != tokens[3]).any()
 
 
 def test_prompt_mask_none_bool_and_int_share_one_program(params):
