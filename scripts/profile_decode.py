@@ -32,9 +32,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jdlm import bench
+from jdlm import bench, decode
 from jdlm import strategies as S
-from jdlm import decode
 from jdlm.kernels import window_attention
 
 KINDS = {  # the first kind whose any marker is in a kernel's lower-cased name
