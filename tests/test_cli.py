@@ -474,6 +474,17 @@ def test_a_prompt_the_packaged_model_was_not_trained_on_gets_one_note_with_worki
     assert set(examples) <= {command_of(e) for e in shown_examples()}  # so the help test runs each of them
 
 
+def test_every_task_prompt_is_recognised_and_free_text_is_not():
+    from jdlm.cli.examples import is_task_prompt
+    from jdlm.tasks import TASKS
+
+    for name, task in TASKS.items():  # sudoku9, multistep, latin, ... too: the packaged models know them all
+        example = task.generate("eval", 1, seed=0)[0]
+        assert is_task_prompt(task.prompt(example.input)), name
+    assert not is_task_prompt("What is 2 + 2?")
+    assert not is_task_prompt("latin:\n")  # a task line with no input
+
+
 def test_error_hints_show_a_working_example():
     out = jdlm("generate", "   ")
     hint = out.stderr.strip().split("e.g. ", 1)[1]

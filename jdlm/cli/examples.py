@@ -7,6 +7,8 @@ answer with the task's own scorer.
 
 from __future__ import annotations
 
+from jdlm.tasks import TASKS
+
 # One input per task that both packaged models answer correctly with the default flags; names as in jdlm.tasks.
 TASK_INPUTS = {
     "sudoku": "0003\n1000\n3400\n0030",
@@ -42,14 +44,14 @@ def generate_example(task: str, model: str | None = None) -> str:
 
 
 def is_task_prompt(prompt: str) -> bool:
-    """Whether `prompt` has the packaged models' form: a line "TASK:" with a known task, then some input."""
+    """Whether `prompt` has the packaged models' form: a line "TASK:" with any task of jdlm.tasks, then some input."""
     head, _, rest = prompt.strip().partition("\n")
-    return head.strip() in {f"{task}:" for task in TASK_INPUTS} and bool(rest.strip())
+    return head.strip() in {f"{task}:" for task in TASKS} and bool(rest.strip())
 
 
 def packaged_model_note(model: str) -> str:
     """The note for a prompt that the packaged `model` was not trained on: what it can do, one example per task."""
-    lines = [(f"note: the packaged model {model!r} knows only jdlm's four tasks: a line 'TASK:', then the input "
-              "(any other prompt gives text without meaning). One example per task:")]
+    lines = [(f"note: the packaged model {model!r} knows only jdlm's tasks ({', '.join(TASKS)}): a line 'TASK:', "
+              "then the input (any other prompt gives text without meaning). Examples:")]
     lines += [f"  {generate_example(task, model)}   # {WHAT_TASKS_DO[task]}" for task in TASK_INPUTS]
     return "\n".join(lines)
