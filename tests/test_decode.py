@@ -123,6 +123,19 @@ def test_no_key_is_key_zero(params):
     assert (tokens[0] != tokens[3]).any()
 
 
+def test_default_keys_first_made_inside_a_jit_serve_a_decode_outside(params):
+    """The default keys are remembered per batch size: made first by a `decode` inside the caller's jit, they must
+    be an array, not that trace's tracer, for the next decode outside it."""
+    from jdlm.decoding import loop
+
+    strategy = S.llada(gen_length=16, steps=16, block_length=8, temperature=0.9)
+    prompt = _prompt(3, length=5)
+    loop.default_row_keys.cache_clear()
+    inside = jax.jit(lambda w, p: jdlm.decode(w, p, strategy).tokens)(params, prompt)
+    outside = jdlm.decode(params, prompt, strategy).tokens
+    np.testing.assert_array_equal(np.asarray(inside), np.asarray(outside))
+
+
 def test_prompt_mask_none_bool_and_int_share_one_program(params):
     strategy = STRATEGIES["llada_low_confidence"]
     prompt = _prompt(2, length=5)

@@ -133,8 +133,12 @@ def check_guide(params: Params, strategy: Strategy, guide: Params | None) -> Non
 
 @functools.lru_cache(maxsize=16)
 def default_row_keys(batch: int) -> jax.Array:
-    """`row_keys(jax.random.key(0), batch)`, made once per batch size: a decode without a key skips building it."""
-    return row_keys(jax.random.key(0), batch)
+    """`row_keys(jax.random.key(0), batch)`, made once per batch size: a decode without a key skips building it.
+
+    Made eagerly even inside a caller's jit (a `decode` there), so that the cache holds an array, never a tracer.
+    """
+    with jax.ensure_compile_time_eval():
+        return row_keys(jax.random.key(0), batch)
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
