@@ -149,7 +149,9 @@ def test_prompt_mask_none_bool_and_int_share_one_program(params):
         np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(plain.tokens))
     padded_bool = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2, bool))
     padded_int = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2))
-    np.testing.assert_array_equal(np.asarray(padded_int.tokens), np.asarray(padded_bool.tokens))
+    padded_list = jdlm.decode(params, prompt.tolist(), strategy, prompt_mask=[[0, 1, 1, 1, 1]] * 2)
+    for other in (padded_int, padded_list):
+        np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(padded_bool.tokens))
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
