@@ -20,7 +20,7 @@ cache on, the compiled functions are also stored beside it, and a later process 
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,7 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, gui
     if not jnp.issubdtype(params.dtype, jnp.floating):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
-    B, P = prompt.shape
+    B = prompt.shape[0]
     # A mask without padding is no mask: one program for both, and attention keeps its unmasked fast path.
     no_padding = prompt_mask is None or (not isinstance(prompt_mask, jax.core.Tracer) and np.asarray(prompt_mask).all())
     mask = None if no_padding else _as_array(prompt_mask, bool)
