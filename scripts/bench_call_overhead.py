@@ -4,10 +4,11 @@ speed-ups of few-forward strategies fall well short of their NFE ratios).
 For the shipped `tiny` on one 4x4 sudoku prompt (24 new tokens in blocks of 8), low confidence with a fixed number of
 steps, 3 to 24: each call's wall time (median of --repeats) against its NFE, fitted as `fixed + per_forward * NFE`.
 `fixed` is what a call pays whatever its forwards: the host-side checks and argument building of `decode`, the
-dispatch of the compiled loop, its transfers in and out, the loop's set-up and the result's return; `host_ms`, the
-time until `decode` returns, is the host's part of it. Then the same
-calls under cProfile, to split the host's share of `fixed` by function. Writes call_overhead.json under $OUT (or
---out).
+dispatch of the compiled loop, its transfers in and out, the loop's set-up and the result's return. `host_ms` is the
+time until `decode` returns: the host's part where the loop runs on asynchronously (a CPU); on a GPU `decode`
+returns only when the loop has finished (XLA reads a while loop's predicate back to the host every iteration), so
+there it grows with the forwards and is all of the call but the result's return. Then the 3-step calls under
+cProfile, to split the host's share of `fixed` by function. Writes call_overhead.json under $OUT (or --out).
 
     python scripts/bench_call_overhead.py             # the default device (a GPU, where it matters)
     python scripts/bench_call_overhead.py --quick     # fewer repeats (a CPU smoke run)
@@ -35,7 +36,7 @@ from jdlm.tasks import TASKS
 
 def timed_calls(params, prompt, strategy, repeats: int) -> tuple[float, float]:
     """Median seconds of one `decode` call until its tokens are on the host, and until `decode` returns (the host's
-    own part: the loop runs on asynchronously), after one compiling call."""
+    own part where the loop runs on asynchronously; see the module docstring), after one compiling call."""
     np.asarray(jdlm.decode(params, prompt, strategy).tokens)
     whole, host = [], []
     for _ in range(repeats):

@@ -123,6 +123,31 @@ def test_no_key_is_key_zero(params):
     assert (tokens[0] != tokens[3]).any()
 
 
+def test_no_key_follows_the_default_prng_implementation(params):
+    """No key is `jax.random.key(0)` of the PRNG implementation in force, also after the default keys of another
+    were remembered."""
+    strategy = S.llada(gen_length=16, steps=16, block_length=8, temperature=0.9)
+    prompt = _prompt(2, length=5)
+    jdlm.decode(params, prompt, strategy)
+    with jax.default_prng_impl("rbg"):
+        got = jdlm.decode(params, prompt, strategy).tokens
+        want = jdlm.decode(params, prompt, strategy, key=jax.random.key(0)).tokens
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_default_keys_first_made_inside_a_jit_serve_a_decode_outside(params):
+    """The default keys are remembered per batch size: made first by a `decode` inside the caller's jit, they must
+    be an array, not that trace's tracer, for the next decode outside it."""
+    from jdlm.decoding import loop
+
+    strategy = S.llada(gen_length=16, steps=16, block_length=8, temperature=0.9)
+    prompt = _prompt(3, length=5)
+    loop.default_row_keys.cache_clear()
+    inside = jax.jit(lambda w, p: jdlm.decode(w, p, strategy).tokens)(params, prompt)
+    outside = jdlm.decode(params, prompt, strategy).tokens
+    np.testing.assert_array_equal(np.asarray(inside), np.asarray(outside))
+
+
 def test_prompt_mask_none_bool_and_int_share_one_program(params):
     strategy = STRATEGIES["llada_low_confidence"]
     prompt = _prompt(2, length=5)
@@ -136,7 +161,9 @@ def test_prompt_mask_none_bool_and_int_share_one_program(params):
         np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(plain.tokens))
     padded_bool = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2, bool))
     padded_int = jdlm.decode(params, prompt, strategy, prompt_mask=np.array([[0, 1, 1, 1, 1]] * 2))
-    np.testing.assert_array_equal(np.asarray(padded_int.tokens), np.asarray(padded_bool.tokens))
+    padded_list = jdlm.decode(params, prompt.tolist(), strategy, prompt_mask=[[0, 1, 1, 1, 1]] * 2)
+    for other in (padded_int, padded_list):
+        np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(padded_bool.tokens))
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

@@ -8,7 +8,6 @@ import collections
 import itertools
 import math
 import random
-import time
 
 import pytest
 
@@ -174,11 +173,6 @@ def test_mixed_formats_keep_splits_disjoint():
     train, eval_ = task.generate("train", 300), task.generate("eval", 40)
     train_keys, eval_keys = {task.split_key(e.input) for e in train}, {task.split_key(e.input) for e in eval_}
     assert len(train_keys) == 300 and len(eval_keys) == 40 and not train_keys & eval_keys
-    assert len({"\n" in e.input for e in train} | {"." in e.input for e in train}) == 2  # several styles drawn
-
-
-def test_determinism_and_speed():
-    start = time.perf_counter()
-    first = TASK.generate("train", 200, seed=3)
-    assert time.perf_counter() - start < 1.0
-    assert first == TASK.generate("train", 200, seed=3) != TASK.generate("train", 200, seed=4)
+    # (has a newline, has a dot): grid (True, False), dots (True, True), line (False, False)
+    styles = {("\n" in e.input, "." in e.input) for e in train}
+    assert len(styles) == 3  # every style drawn

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -25,12 +25,14 @@ def check_prompt(config: ModelConfig, prompt, prompt_mask, gen_length: int):
     """
     if not hasattr(prompt, "dtype"):
         prompt = np.asarray(prompt)
+    if prompt_mask is not None and not hasattr(prompt_mask, "dtype"):
+        prompt_mask = np.asarray(prompt_mask)
     if not np.issubdtype(prompt.dtype, np.integer):
         raise InputError(f"prompt must hold integer token ids, got dtype {prompt.dtype}; encode text with "
                          "tokenizer.encode(...) first")
     if prompt.ndim == 1:
         prompt = prompt[None]
-        prompt_mask = None if prompt_mask is None else np.asarray(prompt_mask)[None]
+        prompt_mask = None if prompt_mask is None else prompt_mask[None]
     if prompt.ndim != 2:
         raise InputError(f"prompt must have shape [batch, length], got {tuple(prompt.shape)}")
     B, P = prompt.shape

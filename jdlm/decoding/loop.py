@@ -20,7 +20,7 @@ cache on, the compiled functions are also stored beside it, and a later process 
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -103,11 +103,11 @@ def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, gui
     if not jnp.issubdtype(params.dtype, jnp.floating):
         raise TypeError(f"params must hold floating-point weights, got {params.dtype}")
     prompt, prompt_mask = check_prompt(params.config, prompt, prompt_mask, strategy.schedule.gen_length)
-    B, P = prompt.shape
+    B = prompt.shape[0]
     # A mask without padding is no mask: one program for both, and attention keeps its unmasked fast path.
     no_padding = prompt_mask is None or (not isinstance(prompt_mask, jax.core.Tracer) and np.asarray(prompt_mask).all())
     mask = None if no_padding else _as_array(prompt_mask, bool)
-    keys = default_row_keys(B) if key is None else row_keys(key, B)
+    keys = default_row_keys(B, jax.config.jax_default_prng_impl) if key is None else row_keys(key, B)
     strategy = strategy.for_model(params.config)
     tables = strategy.schedule.tables()  # NumPy: the compiled call takes them as they are, with no program of its own
     return params, _as_array(prompt, np.int32), mask, keys, strategy, tables
@@ -132,9 +132,14 @@ def check_guide(params: Params, strategy: Strategy, guide: Params | None) -> Non
 
 
 @functools.lru_cache(maxsize=16)
-def default_row_keys(batch: int) -> jax.Array:
-    """`row_keys(jax.random.key(0), batch)`, made once per batch size: a decode without a key skips building it."""
-    return row_keys(jax.random.key(0), batch)
+def default_row_keys(batch: int, impl: str) -> jax.Array:
+    """`row_keys(jax.random.key(0, impl=impl), batch)`, made once per batch size and PRNG implementation (the
+    `jax_default_prng_impl` of the call): a decode without a key skips building it.
+
+    Made eagerly even inside a caller's jit (a `decode` there), so that the cache holds an array, never a tracer.
+    """
+    with jax.ensure_compile_time_eval():
+        return row_keys(jax.random.key(0, impl=impl), batch)
 
 
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
