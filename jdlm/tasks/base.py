@@ -41,6 +41,14 @@ def as_range(value: int | Iterable[int], name: str, lo: int, hi: int) -> tuple[i
     return pair
 
 
+def as_formats(value: str | Iterable[str], allowed: Iterable[str]) -> tuple[str, ...]:
+    """Reads a `formats` knob given as one name or several; checks each is one of `allowed`."""
+    formats = (value,) if isinstance(value, str) else tuple(value)
+    if not formats or any(f not in allowed for f in formats):
+        raise ValueError(f"formats must be a non-empty subset of {sorted(allowed)}, got {value!r}")
+    return formats
+
+
 class Task(abc.ABC):
     """A generated task. Subclasses are frozen dataclasses whose fields are the difficulty knobs.
 

@@ -8,7 +8,7 @@ import random
 import re
 from collections import Counter
 
-from jdlm.tasks.base import Example, Task, as_range
+from jdlm.tasks.base import Example, Task, as_formats, as_range
 
 MAX_SOURCE = 99  # source numbers are drawn from 1..MAX_SOURCE
 MAX_RESULT = 9999  # no equation may produce more than this
@@ -158,10 +158,7 @@ class Countdown(Task):
     def __post_init__(self):
         object.__setattr__(self, "n_sources", as_range(self.n_sources, "n_sources", 2, MAX_SOURCES))
         as_range(self.max_target, "max_target", 1, MAX_RESULT)
-        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
-        if not formats or any(f not in FORMATS for f in formats):
-            raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}, got {self.formats!r}")
-        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "formats", as_formats(self.formats, FORMATS))
         if not isinstance(self.solutions, int) or self.solutions < 1:
             raise ValueError(f"solutions must be a positive int, got {self.solutions!r}")
 

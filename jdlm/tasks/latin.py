@@ -8,7 +8,8 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from jdlm.tasks.base import Example, Task, as_range
+from jdlm.tasks.base import Example, Task, as_formats, as_range
+from jdlm.tasks.grids import parse_cells, parse_rows
 
 N = 5
 CELLS = N * N
@@ -82,18 +83,12 @@ def format_grid(grid: list[int], style: str = "grid") -> str:
 
 def parse_puzzle(text: str) -> list[int] | None:
     """A flat grid from a puzzle in any of FORMATS (whitespace ignored, 0 or '.' for blanks), or None."""
-    cells = "".join(text.split())
-    if len(cells) != CELLS or any(ch not in DIGITS + "0." for ch in cells):
-        return None
-    return [0 if ch in "0." else int(ch) for ch in cells]
+    return parse_cells(text, CELLS, DIGITS, "0.")
 
 
 def parse_answer(text: str) -> list[int] | None:
     """A flat grid from an answer of five lines of five digits 1-5 (surrounding whitespace ignored), or None."""
-    lines = [line.strip() for line in text.strip().split("\n")]
-    if len(lines) != N or any(len(line) != N or any(ch not in DIGITS for ch in line) for line in lines):
-        return None
-    return [int(ch) for line in lines for ch in line]
+    return parse_rows(text, N, DIGITS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,10 +114,7 @@ class Latin(Task):
 
     def __post_init__(self):
         object.__setattr__(self, "givens", as_range(self.givens, "givens", 0, CELLS))
-        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
-        if not formats or any(f not in FORMATS for f in formats):
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats!r}")
-        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "formats", as_formats(self.formats, FORMATS))
 
     @property
     def max_output_chars(self) -> int:

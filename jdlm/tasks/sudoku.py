@@ -6,6 +6,7 @@ import dataclasses
 import random
 
 from jdlm.tasks.base import Example, Task, as_range
+from jdlm.tasks.grids import parse_rows
 
 N = 4  # grid side; boxes are 2x2
 MAX_BLANKS = 12  # a 4x4 sudoku needs at least 4 givens to have a unique solution
@@ -50,14 +51,6 @@ def _format(grid: list[int]) -> str:
     return "\n".join("".join(map(str, grid[4 * r:4 * r + 4])) for r in range(N))
 
 
-def _parse(text: str, digits: str) -> list[int] | None:
-    """A flat grid from four lines of four characters in `digits`, or None."""
-    lines = [line.strip() for line in text.strip().split("\n")]
-    if len(lines) != N or any(len(line) != N or any(ch not in digits for ch in line) for line in lines):
-        return None
-    return [int(ch) for line in lines for ch in line]
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Sudoku(Task):
     """4x4 sudoku. Input: four lines of four digits, 0 for a blank. Output: the solved grid in the same form.
@@ -88,7 +81,7 @@ class Sudoku(Task):
         return None
 
     def score(self, input: str, output: str) -> bool:
-        puzzle, grid = _parse(input, "01234"), _parse(output, "1234")
+        puzzle, grid = parse_rows(input, N, "01234"), parse_rows(output, N, "1234")
         if puzzle is None or grid is None:
             return False
         keeps_givens = all(p in (0, g) for p, g in zip(puzzle, grid))

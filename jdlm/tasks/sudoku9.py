@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from jdlm.tasks.base import Example, Task, as_range
+from jdlm.tasks.base import Example, Task, as_formats, as_range
+from jdlm.tasks.grids import parse_cells
 
 N = 9
 CELLS = N * N
@@ -175,10 +176,7 @@ def format_grid(grid: list[int], style: str = "line") -> str:
 
 def parse_grid(text: str, blanks: str = "0.") -> list[int] | None:
     """A flat grid from 81 cells written in any of FORMATS (whitespace ignored), or None."""
-    cells = "".join(text.split())
-    if len(cells) != CELLS or any(ch not in "123456789" + blanks for ch in cells):
-        return None
-    return [0 if ch in blanks else int(ch) for ch in cells]
+    return parse_cells(text, CELLS, "123456789", blanks)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -199,10 +197,7 @@ class Sudoku9(Task):
 
     def __post_init__(self):
         object.__setattr__(self, "givens", as_range(self.givens, "givens", MIN_GIVENS, CELLS - 1))
-        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
-        if not formats or any(f not in FORMATS for f in formats):
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats!r}")
-        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "formats", as_formats(self.formats, FORMATS))
         if not isinstance(self.variants, int) or self.variants < 1:
             raise ValueError(f"variants must be a positive int, got {self.variants!r}")
 
