@@ -16,6 +16,7 @@ _EXPORTS = {
     "save": "jdlm.checkpoint", "Tokenizer": "jdlm.tokenizer",
     # the forward pass
     "forward": "jdlm.model", "ForwardOutput": "jdlm.model", "KVCache": "jdlm.model",
+    "fuse_projections": "jdlm.model",  # q|k|v and gate|up as one weight each: faster decoding on GPU
     # decoding (rules, caches and presets live in jdlm.strategies)
     "decode": "jdlm.decoding", "decode_steps": "jdlm.decoding", "DecodeResult": "jdlm.decoding",
     "Strategy": "jdlm.decoding",

@@ -22,7 +22,7 @@ from jdlm import roofline, sharding
 from jdlm import strategies as S
 from jdlm.config import dream_7b, llada_8b, tiny
 from jdlm.decoding import Strategy, decode, executables
-from jdlm.model import Params, forward, param_shapes
+from jdlm.model import Params, forward, is_fused, param_shapes
 from jdlm.quantize import mode_of
 
 RANDOM_MODELS = {"llada-8b": llada_8b, "dream-7b": dream_7b, "test": tiny,
@@ -77,7 +77,8 @@ class BenchResult:
     """One timed strategy; `strategy` is its spec (as `--strategy` reads it), `strategy_config` the whole strategy
     (`jdlm.Strategy.to_dict()`), so the run can be repeated. `mesh`: the mesh the weights lived on, its axis names
     and sizes ({"data": 2, "model": 4}), None on one device; `devices`: how many devices decoded; `quantization`:
-    the linear weights' quantisation ("int8", "fp8"), None for float weights.
+    the linear weights' quantisation ("int8", "fp8"), None for float weights; `fused_projections`: whether each
+    layer's q|k|v and gate|up ran as one matmul each (`jdlm.fuse_projections`).
 
     Against the floors (None on a mesh, where one device's floors do not apply):
       full_forwards, cached_forwards: the forward passes of each kind the decode ran (`DecodeResult.full_forwards`).
@@ -115,6 +116,7 @@ class BenchResult:
     cached_step_ratio: float | None = None
     peak_bytes: int | None = None
     quantization: str | None = None
+    fused_projections: bool = False
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,7 +156,7 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
                        mesh=None if mesh is None else dict(mesh.shape), devices=1 if mesh is None else mesh.size,
                        model=model, dtype=str(params.dtype), forwards=forwards, full_forwards=full,
                        cached_forwards=forwards - full, peak_bytes=peak_bytes(),
-                       quantization=mode_of(params.weights), **against)
+                       quantization=mode_of(params.weights), fused_projections=is_fused(params), **against)
 
 
 def random_prompt(cfg, batch: int, prompt_len: int, seed: int = 0) -> np.ndarray:

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from jdlm.config import ConfigError, load_config, read_config_json
-from jdlm.model import Params, param_shapes
 from jdlm.errors import CheckpointError
+from jdlm.model import Params, is_fused, param_shapes
 from jdlm.quantize import INPUT_AXES, MODES, check_mode, is_quantized_leaf, mode_of, quantize_params
 
 # The newest format this jdlm reads. 2: "files" and "bytes" cover params/ too (version 1 hashed the top-level files
@@ -278,6 +278,9 @@ def save(dst: str | Path, params: Params, *, tokenizer_files: Iterable[Path] = (
     """Saves `params` (and copies `tokenizer_files`) as a jdlm checkpoint directory, atomically.
 
     `overwrite` replaces an existing jdlm checkpoint only (see `check_destination`)."""
+    if is_fused(params):
+        raise CheckpointError("these params have fused projections (jdlm.model.fuse_projections), a layout for "
+                              "running the model only; save the params as loaded (before fusing)")
     with AtomicDirectory(dst, overwrite) as tmp:
         params.config.save(tmp / "config.json")
         write_params(tmp, params.weights)

@@ -45,6 +45,8 @@ MODES: dict[str, tuple[jnp.dtype, float]] = {
 # The quantised weights of a layer and how many leading axes each contracts (the input axes; the rest are output
 # axes, one scale each): q [D, N, H], k/v [D, K, H], gate/up [D, F], down [F, D] contract 1; o [N, H, D] contracts 2.
 INPUT_AXES: dict[str, int] = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
+# The same for a layer fused by jdlm.model.fuse_projections: qkv [D, K, G + 2, H], gate_up [D, 2, F].
+FUSED_INPUT_AXES: dict[str, int] = {"qkv": 1, "o": 2, "gate_up": 1, "down": 1}
 SCALE_SUFFIX = "_scale"
 SCALE_DTYPE = jnp.dtype(jnp.float32)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
@@ -87,7 +89,9 @@ def scale_name(name: str) -> str:
 
 def mode_of(weights) -> str | None:
     """The quantisation of a weights pytree (arrays or ShapeDtypeStructs), or None for float weights."""
-    dtype = jnp.dtype(weights["layers"][0]["q"].dtype) if weights["layers"] else None
+    layer = weights["layers"][0] if weights["layers"] else {}
+    weight = layer.get("q", layer.get("qkv"))  # qkv: a layer fused by jdlm.model.fuse_projections
+    dtype = None if weight is None else jnp.dtype(weight.dtype)
     return next((mode for mode, (stored, _) in MODES.items() if stored == dtype), None)
 
 
@@ -113,13 +117,19 @@ def dequantize_array(w_q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax
     return (w_q.astype(jnp.float32) * scale).astype(dtype)
 
 
+def linear_input_axes(layer: dict) -> dict[str, int]:
+    """The quantisable weights of one layer's dict and their input axes: INPUT_AXES, or FUSED_INPUT_AXES for a
+    fused layer."""
+    return FUSED_INPUT_AXES if "qkv" in layer else INPUT_AXES
+
+
 def quantize_weights(weights: dict, mode: str) -> dict:
     """A weights pytree with every layer's linear weights quantised and their scales added; other leaves as given.
     Each weight is quantised where it lives (its device or shards) and let go once replaced."""
     layers = []
     for layer in weights["layers"]:
         layer = dict(layer)
-        for name, input_axes in INPUT_AXES.items():
+        for name, input_axes in linear_input_axes(layer).items():
             layer[name], layer[scale_name(name)] = quantize_array(layer[name], mode, input_axes)
         layers.append(layer)
     return {**weights, "layers": tuple(layers)}
@@ -145,7 +155,7 @@ def quantized_shapes(weights: dict, mode: str) -> dict:
     layers = []
     for layer in weights["layers"]:
         layer = dict(layer)
-        for name, input_axes in INPUT_AXES.items():
+        for name, input_axes in linear_input_axes(layer).items():
             shape = layer[name].shape
             layer[name] = jax.ShapeDtypeStruct(shape, stored)
             layer[scale_name(name)] = jax.ShapeDtypeStruct(shape[input_axes:], SCALE_DTYPE)
@@ -176,8 +186,8 @@ def dequantized_copies(hlo: str, params) -> dict[str, list[str]]:
     1 byte). An entry in ENTRY means the convert was hoisted out of the decode loop (a full-width copy, read at
     2 bytes a weight every step); an entry in a while body means it runs, unfused, every step."""
     dtype = _HLO_DTYPES.get(jnp.dtype(params.dtype).name, jnp.dtype(params.dtype).name)
-    sizes = {int(np.prod(layer[name].shape)) for layer in params.weights["layers"] for name in INPUT_AXES
-             if scale_name(name) in layer}
+    sizes = {int(np.prod(layer[name].shape)) for layer in params.weights["layers"]
+             for name in linear_input_axes(layer) if scale_name(name) in layer}
     fused = set(re.findall(r"fusion\(.*?calls=(%[\w.\-]+)", hlo))
     found: dict[str, list[str]] = {}
     name = None

@@ -22,13 +22,14 @@ from jdlm.cli.common import (
     load_guide,
     load_model,
     note,
+    runtime_layout,
     stderr_console,
 )
 from jdlm.cli.examples import NEEDS_8B
 from jdlm.cli.models import check_model, is_causal
 from jdlm.cli.outputs import check_output
-from jdlm.files import write_atomically
 from jdlm.errors import UsageError
+from jdlm.files import write_atomically
 
 
 def add_parser(sub) -> None:
@@ -132,7 +133,7 @@ def run(args) -> int:
 
         def random_weights(name):
             params = quantize_params(jbench.random_params(name, jnp.dtype(dtype)), args.quantize)
-            params = params if mesh is None else sharding.shard_params(params, mesh)
+            params = runtime_layout(args, params) if mesh is None else sharding.shard_params(params, mesh)
             guides[name] = load_guide(args, params)
             return params
 

@@ -1,0 +1,127 @@
+"""Which form of a cached decode step's matmuls reads its weights fastest, at LLaDA-8B's linear shapes (issue 21).
+
+A cached step at batch B runs M = 32 x B rows through every linear layer; at small M each matmul's time is its
+weight read. For each weight shape (K, N), this times [M, K] @ [K, N] in several forms and reports the rate it reads
+its weights at (GB/s) and that rate over the copy bandwidth measured in the same run:
+  bf16:          the float matmul (2 bytes a weight);
+  int8_xla:      jdlm's weight-only int8 `linear` (the convert fused into XLA's GEMM);
+  w8a8_int8:     the rows quantised to int8 on the fly (one scale per row), an int8 x int8 -> int32 matmul, both
+                 scales applied to the output; the weight stored [K, N] and, as `_nk`, transposed [N, K];
+  w8a8_fp8:      the same with float8_e4m3fn operands and float32 accumulation.
+The widths compare one weight per projection with the fused layouts: q (4096) against q|k|v (12288), gate (12288)
+against gate|up (24576). Each timed call chains distinct weight copies (at least 160 MB in all, past the 50 MB L2) and
+queues several calls before the clock stops (scripts/bench_weight_only_matmul.py's timer).
+
+    python scripts/bench_matmul_forms.py             # one GPU, about a minute; JSON to $OUT
+    python scripts/bench_matmul_forms.py --quick     # small shapes on CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jdlm import quantize as Q
+from jdlm import roofline
+from jdlm.model import linear
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_weight_only_matmul import chain_timer  # noqa: E402
+
+FULL_SHAPES = {"q": (4096, 4096), "k|v": (4096, 8192), "q|k|v": (4096, 12288), "gate": (4096, 12288),
+               "gate|up": (4096, 24576), "down": (12288, 4096)}
+QUICK_SHAPES = {"q": (128, 128), "q|k|v": (128, 384)}
+CHAIN_BYTES = 160 << 20
+
+
+def int8_rows(x):
+    """x [M, K] -> (int8 [M, K], float32 [M, 1]): per-row symmetric quantisation."""
+    scale = jnp.maximum(jnp.abs(x).max(-1, keepdims=True).astype(jnp.float32), 1e-8) / 127
+    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
+
+
+def fp8_rows(x):
+    scale = jnp.maximum(jnp.abs(x).max(-1, keepdims=True).astype(jnp.float32), 1e-8) / 448
+    return (x / scale).astype(jnp.float8_e4m3fn), scale
+
+
+def forms(dtype):
+    """name -> (prepare(w [K, N] float) -> (w', scale [N]), matmul(x, w', scale) -> [M, N])."""
+    def bf16(x, w, s):
+        return x @ w
+
+    def int8_xla(x, w, s):
+        return linear("MK,KN->MN", x, {"w": w, "w_scale": s}, "w")
+
+    def w8a8(quantise, acc, nk):
+        def fn(x, w, s):
+            xq, xs = quantise(x)
+            dims = (((1,), (1,)), ((), ())) if nk else (((1,), (0,)), ((), ()))
+            y = jax.lax.dot_general(xq, w, dims, preferred_element_type=acc)
+            return (y.astype(jnp.float32) * xs * s).astype(x.dtype)
+        return fn
+
+    def quant(mode, nk=False):
+        def prep(w):
+            q, s = Q.quantize_array(w, mode, input_axes=1)
+            return (q.T if nk else q), s
+        return prep
+
+    plain = (lambda w: (w.astype(dtype), jnp.ones((w.shape[1],), jnp.float32)), bf16)
+    return {"bf16": plain,
+            "int8_xla": (quant("int8"), int8_xla),
+            "w8a8_int8": (quant("int8"), w8a8(int8_rows, jnp.int32, False)),
+            "w8a8_int8_nk": (quant("int8", True), w8a8(int8_rows, jnp.int32, True)),
+            "w8a8_fp8": (quant("fp8"), w8a8(fp8_rows, jnp.float32, False)),
+            "w8a8_fp8_nk": (quant("fp8", True), w8a8(fp8_rows, jnp.float32, True))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes (a CPU smoke run)")
+    p.add_argument("--rows", default="32,256", help="comma-separated M values (default 32,256)")
+    p.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT or .)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    dtype = jnp.float32 if args.quick else jnp.bfloat16
+    floors = roofline.measure_floors(dtype, quick=args.quick)
+    report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "copy_GBps": round(floors.copy_gbps, 1),
+              "results": []}
+    print(f"{report['device']}: copy {floors.copy_gbps:.0f} GB/s", file=sys.stderr, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(0)
+    for name, (k, n) in (QUICK_SHAPES if args.quick else FULL_SHAPES).items():
+        base = jax.random.normal(key, (k, n), jnp.float32) * 0.02
+        for form, (prepare, fn) in forms(dtype).items():
+            try:
+                w, s = prepare(base)
+                copies = 2 if args.quick else max(2, -(-CHAIN_BYTES // w.nbytes))
+                ws = [w + 0 if i else w for i in range(copies)]  # distinct buffers
+                for m in (int(r) for r in args.rows.split(",")):
+                    xs = [jax.random.normal(jax.random.key(i + 1), (m, k), dtype) for i in range(copies)]
+                    seconds, _ = chain_timer(fn, xs, ws, [s] * copies, calls=2 if args.quick else 20)
+                    gbps = w.nbytes / seconds / 1e9
+                    row = {"shape": name, "K": k, "N": n, "M": m, "form": form, "us": round(seconds * 1e6, 2),
+                           "weight_GBps": round(gbps, 1), "of_copy": round(gbps / floors.copy_gbps, 3)}
+                    report["results"].append(row)
+                    print(f"M={m:4d} {name:>8} {form:>13}: {row['us']:8.2f} us {row['weight_GBps']:7.1f} GB/s "
+                          f"({row['of_copy']:.0%})", file=sys.stderr, flush=True)
+            except Exception as e:  # noqa: BLE001  (a form this backend cannot compile: record it, time the others)
+                report["results"].append({"shape": name, "form": form, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                print(f"{name} {form}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr, flush=True)
+            (out / "matmul_forms.json").write_text(json.dumps(report, indent=1) + "\n")
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    (out / "matmul_forms.json").write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

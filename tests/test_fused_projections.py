@@ -1,0 +1,89 @@
+"""Fused projections (jdlm.model.fuse_projections): one q|k|v and one gate|up weight per layer give the same
+forward, decode and quantisation as the separate weights, and the layout stays a runtime one."""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import numpy as np
+import pytest
+
+import jdlm
+from jdlm import quantize as Q
+from jdlm import sharding
+from jdlm import strategies as S
+from jdlm.cli.common import runtime_layout
+from jdlm.errors import ShardingError
+from jdlm.model import forward, fuse_projections, is_fused
+
+# LLaDA's layout (as many kv heads as query heads) and Dream's (grouped kv heads, q/k/v biases, shifted logits).
+LAYOUTS = {
+    "llada": dict(n_heads=4, n_kv_heads=4),
+    "dream": dict(n_heads=6, n_kv_heads=2, qkv_bias=True, logits_shift=True, family="dream"),
+}
+
+
+def params_for(layout: str):
+    cfg = jdlm.tiny(n_layers=2, d_model=32, head_dim=8, mlp_hidden=48, **LAYOUTS[layout])
+    return jdlm.init_params(cfg, jax.random.key(5), std=0.3)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("mode", [None, "int8"])
+def test_forward_is_unchanged(layout, mode):
+    params = Q.quantize_params(params_for(layout), mode)
+    fused = fuse_projections(params)
+    assert is_fused(fused) and not is_fused(params)
+    layer = fused.weights["layers"][0]
+    c = params.config
+    G = c.n_heads // c.n_kv_heads
+    assert layer["qkv"].shape == (c.d_model, c.n_kv_heads, G + 2, c.head_dim)
+    assert layer["gate_up"].shape == (c.d_model, 2, c.mlp_hidden)
+    assert not {"q", "k", "v", "gate", "up"} & set(layer)
+    if mode:
+        assert layer["qkv_scale"].shape == layer["qkv"].shape[1:] and Q.mode_of(fused.weights) == mode
+    assert Q.weight_bytes(fused.weights) == Q.weight_bytes(params.weights)
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, c.mask_id)
+    np.testing.assert_allclose(forward(fused, tokens).logits, forward(params, tokens).logits, atol=1e-5, rtol=1e-5)
+    assert fuse_projections(fused) is fused
+
+
+def test_quantising_commutes_with_fusing():
+    params = params_for("dream")
+    a = fuse_projections(Q.quantize_params(params, "int8")).weights["layers"][1]
+    b = Q.quantize_params(fuse_projections(params), "int8").weights["layers"][1]
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("spec", ["low_confidence dual", "threshold:0.5 prefix"])
+def test_decode_gives_the_same_tokens(spec):
+    params = params_for("dream")
+    prompt = jax.random.randint(jax.random.key(2), (2, 6), 0, params.config.mask_id)
+    strategy = S.parse_strategy(spec, S.Strategy(schedule=S.Schedule(gen_length=8, block_length=4, steps=8)))
+    a, b = jdlm.decode(params, prompt, strategy), jdlm.decode(fuse_projections(params), prompt, strategy)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.nfe, b.nfe)
+
+
+def test_save_refuses_fused_params(tmp_path):
+    with pytest.raises(jdlm.CheckpointError, match="fused projections"):
+        jdlm.save(tmp_path / "ckpt", fuse_projections(params_for("llada")))
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_params_on_a_mesh_are_refused():
+    params = sharding.shard_params(params_for("llada"), sharding.make_mesh(model=1, devices=jax.devices()[:1]))
+    with pytest.raises(ShardingError, match="one device"):
+        fuse_projections(params)
+
+
+def test_the_cli_fuses_on_a_gpu_only_unless_told_not_to(monkeypatch):
+    params = params_for("llada")
+    assert runtime_layout(argparse.Namespace(fuse=True), params) is params  # this CPU: as loaded
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert is_fused(runtime_layout(argparse.Namespace(fuse=True), params))
+    assert runtime_layout(argparse.Namespace(fuse=False), params) is params
+    assert is_fused(runtime_layout(argparse.Namespace(), params))  # a command without the flag
