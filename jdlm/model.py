@@ -186,7 +186,7 @@ def swiglu(h: jax.Array, layer: dict) -> jax.Array:
     return jax.nn.silu(linear("BTD,DF->BTF", h, layer, "gate")) * linear("BTD,DF->BTF", h, layer, "up")
 
 
-def fuse_projections(params: Params) -> Params:
+def fuse_projections(params: Params, *, free_inputs: bool = False) -> Params:
     """`params` with each layer's q, k, v stored as one weight and its gate, up as another, so that a forward runs
     two matmuls where it ran five. At batch 1 a cached decode step's matmuls are short weight reads, and wider ones
     read closer to the memory bandwidth: on an H100 at LLaDA-8B shapes the cached step goes from 6.60 to 6.27 ms
@@ -198,9 +198,12 @@ def fuse_projections(params: Params) -> Params:
     Quantised weights keep their per-channel scales in the same layout (qkv_scale [K, G + 2, H], gate_up_scale
     [2, F]); biases stay apart. `forward` computes the same numbers either way (the same dot products, grouped
     differently). The fused params are for running the model: `jdlm.save` refuses them (save the params as loaded),
-    and so does a mesh (fuse on one device). Params already fused are returned as they are. The result holds new
-    buffers; the input's are freed once nothing else refers to them, so at 8B shapes fusing needs room for a second
-    copy of the layers it fuses (do it before loading anything else)."""
+    and so does a mesh (fuse on one device). Params already fused are returned as they are.
+
+    The result holds new buffers. `free_inputs=True` deletes each layer's separate weights as soon as its fused ones
+    exist, so the peak is the model plus one layer (the input params are unusable afterwards; the CLI does this
+    with the weights it just loaded); otherwise the input's buffers live as long as the caller holds them, and at
+    8B shapes fusing needs room for a second copy of the layers."""
     if is_fused(params) or not params.weights["layers"]:
         return params
     if sharding.mesh_of(params) is not None:
@@ -211,12 +214,18 @@ def fuse_projections(params: Params) -> Params:
     fused = []
     for layer in params.weights["layers"]:
         layer = dict(layer)
+        replaced = []
         for suffix in ("", SCALE_SUFFIX) if scale_name("q") in layer else ("",):
-            q, k, v = (layer.pop(name + suffix) for name in ("q", "k", "v"))
+            q, k, v, gate, up = (layer.pop(name + suffix) for name in ("q", "k", "v", "gate", "up"))
             lead = q.shape[:-2]  # (D,) for a weight, () for a scale
             layer["qkv" + suffix] = jnp.concatenate([q.reshape(*lead, K, G, H), k[..., None, :], v[..., None, :]],
                                                     axis=-2)
-            layer["gate_up" + suffix] = jnp.stack([layer.pop("gate" + suffix), layer.pop("up" + suffix)], axis=-2)
+            layer["gate_up" + suffix] = jnp.stack([gate, up], axis=-2)
+            replaced += [q, k, v, gate, up]
+        if free_inputs:
+            jax.block_until_ready([layer["qkv"], layer["gate_up"]])
+            for array in replaced:
+                array.delete()
         fused.append(layer)
     return params.replace(weights={**params.weights, "layers": tuple(fused)})
 

@@ -80,10 +80,21 @@ def test_params_on_a_mesh_are_refused():
         fuse_projections(params)
 
 
+def test_free_inputs_keeps_the_peak_to_one_layer():
+    params = params_for("dream")
+    tokens = jax.random.randint(jax.random.key(1), (1, 8), 0, params.config.mask_id)
+    expected = forward(params, tokens).logits
+    fused = fuse_projections(params, free_inputs=True)
+    layer = params.weights["layers"][0]
+    assert all(layer[name].is_deleted() for name in ("q", "k", "v", "gate", "up"))
+    assert not layer["o"].is_deleted()  # shared with the fused params
+    np.testing.assert_allclose(forward(fused, tokens).logits, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_the_cli_fuses_on_a_gpu_only_unless_told_not_to(monkeypatch):
     params = params_for("llada")
     assert runtime_layout(argparse.Namespace(fuse=True), params) is params  # this CPU: as loaded
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert is_fused(runtime_layout(argparse.Namespace(fuse=True), params))
     assert runtime_layout(argparse.Namespace(fuse=False), params) is params
-    assert is_fused(runtime_layout(argparse.Namespace(), params))  # a command without the flag
+    assert is_fused(runtime_layout(argparse.Namespace(fuse=True), params))
+    assert is_fused(runtime_layout(argparse.Namespace(), params_for("llada")))  # a command without the flag

@@ -174,7 +174,8 @@ def load_model(args, mesh=None):
 
 def runtime_layout(args, params):
     """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device and without --no-fuse;
-    else as they are. Measured faster on an H100 (docs/performance.md); elsewhere not measured to pay."""
+    else as they are. Measured faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate
+    weights are freed as each layer is fused (the caller's `params` must not be used again)."""
     import jax
 
     from jdlm import sharding
@@ -182,7 +183,7 @@ def runtime_layout(args, params):
 
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return params
-    return fuse_projections(params)
+    return fuse_projections(params, free_inputs=True)
 
 
 def load_guide(args, params):
