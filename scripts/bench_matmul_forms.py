@@ -4,7 +4,8 @@ A cached step at batch B runs M = 32 x B rows through every linear layer; at sma
 weight read. For each weight shape (K, N), this times [M, K] @ [K, N] in several forms and reports the rate it reads
 its weights at (GB/s) and that rate over the copy bandwidth measured in the same run:
   bf16:          the float matmul (2 bytes a weight);
-  int8_xla:      jdlm's weight-only int8 `linear` (the convert fused into XLA's GEMM);
+  int8_xla:      jdlm's weight-only int8 `linear` (the convert fused into XLA's GEMM); `int8_xla_nk` and
+                 `fp8_xla_nk`: the same with the weight stored transposed, [N, K];
   w8a8_int8:     the rows quantised to int8 on the fly (one scale per row), an int8 x int8 -> int32 matmul, both
                  scales applied to the output; the weight stored [K, N] and, as `_nk`, transposed [N, K];
   w8a8_fp8:      the same with float8_e4m3fn operands and float32 accumulation.
@@ -74,9 +75,15 @@ def forms(dtype):
             return (q.T if nk else q), s
         return prep
 
+    def weight_only_nk(x, w, s):  # w [N, K]: the weight's rows are its output channels, K contiguous
+        y = jax.lax.dot_general(x, w.astype(x.dtype), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        return (y * s).astype(x.dtype)
+
     plain = (lambda w: (w.astype(dtype), jnp.ones((w.shape[1],), jnp.float32)), bf16)
     return {"bf16": plain,
             "int8_xla": (quant("int8"), int8_xla),
+            "int8_xla_nk": (quant("int8", True), weight_only_nk),
+            "fp8_xla_nk": (quant("fp8", True), weight_only_nk),
             "w8a8_int8": (quant("int8"), w8a8(int8_rows, jnp.int32, False)),
             "w8a8_int8_nk": (quant("int8", True), w8a8(int8_rows, jnp.int32, True)),
             "w8a8_fp8": (quant("fp8"), w8a8(fp8_rows, jnp.float32, False)),
@@ -87,6 +94,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes (a CPU smoke run)")
     p.add_argument("--rows", default="32,256", help="comma-separated M values (default 32,256)")
+    p.add_argument("--forms", default=None, help="comma-separated forms (default all)")
+    p.add_argument("--shapes", default=None, help="comma-separated shape names (default all)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT or .)")
     args = p.parse_args(argv)
     start = time.perf_counter()
@@ -98,9 +107,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(0)
-    for name, (k, n) in (QUICK_SHAPES if args.quick else FULL_SHAPES).items():
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    for name, (k, n) in ((n, shapes[n]) for n in (args.shapes.split(",") if args.shapes else shapes)):
         base = jax.random.normal(key, (k, n), jnp.float32) * 0.02
         for form, (prepare, fn) in forms(dtype).items():
+            if args.forms and form not in args.forms.split(","):
+                continue
             try:
                 w, s = prepare(base)
                 copies = 2 if args.quick else max(2, -(-CHAIN_BYTES // w.nbytes))

@@ -216,3 +216,22 @@ def test_the_guide_catches_up_on_positions_it_has_not_read(pair):
                                  jnp.asarray(masked), P, mask_id)
     np.testing.assert_array_equal(np.asarray(kept), masked)
     assert int(after.accepted[0]) == G - 6 and int(after.nfe[0]) - int(state.nfe[0]) == 2  # from P: 2 chunks of 8
+
+
+def test_command_buffers_that_capture_loops_are_refused(monkeypatch):
+    from jdlm.decoding.loop import command_buffers_capture_loops
+
+    assert command_buffers_capture_loops("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,WHILE,CONDITIONAL")
+    assert command_buffers_capture_loops("--xla_gpu_enable_command_buffer=fusion,conditional --xla_dump_to=/x")
+    assert not command_buffers_capture_loops("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUDNN")
+    assert not command_buffers_capture_loops("--xla_gpu_enable_command_buffer=WHILE --xla_gpu_enable_command_buffer=")
+    assert not command_buffers_capture_loops("")
+    model = jdlm.init_params(jdlm.tiny(vocab_size=16, d_model=16, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=16,
+                                       mlp_hidden=8, mask_id=M), jax.random.key(1))
+    strategy = S.parse_strategy("threshold:0.5 guide", S.Strategy(schedule=S.Schedule(gen_length=4, block_length=4,
+                                                                                         steps=4)))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=FUSION,WHILE")
+    jdlm.decode(model, np.asarray([[2, 3]]), strategy, guide=GUIDE)  # not a GPU: nothing to refuse
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(StrategyError, match="WHILE"):
+        jdlm.decode(model, np.asarray([[2, 3]]), strategy, guide=GUIDE)

@@ -20,6 +20,8 @@ cache on, the compiled functions are also stored beside it, and a later process 
 from __future__ import annotations
 
 import functools
+import os
+import re
 from collections.abc import Iterator
 
 import jax
@@ -129,6 +131,17 @@ def check_guide(params: Params, strategy: Strategy, guide: Params | None) -> Non
                             "strategy.replace(guide=ARGuide()) (spec word: guide)")
     if guide is not None:
         strategy.guide.check_pair(params, guide)
+        if jax.default_backend() == "gpu" and command_buffers_capture_loops(os.environ.get("XLA_FLAGS", "")):
+            raise StrategyError("XLA_FLAGS turns on command buffers for WHILE or CONDITIONAL, under which an "
+                                "AR-guided decode (a while loop inside the decode's loop) returned wrong tokens on "
+                                "an H100 with jax 0.11.2 (docs/eval/flashdlm.md); remove WHILE and CONDITIONAL from "
+                                "--xla_gpu_enable_command_buffer")
+
+
+def command_buffers_capture_loops(xla_flags: str) -> bool:
+    """Whether an XLA_FLAGS string makes XLA capture while loops or conditionals in GPU command buffers."""
+    kinds = re.findall(r"--xla_gpu_enable_command_buffer=(\S*)", xla_flags)
+    return bool(kinds) and bool({"WHILE", "CONDITIONAL"} & set(kinds[-1].upper().split(",")))
 
 
 @functools.lru_cache(maxsize=16)
