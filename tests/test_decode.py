@@ -247,6 +247,17 @@ def test_cache_refreshed_every_step_equals_no_cache(params, cache, rule):
     np.testing.assert_array_equal(np.asarray(cached.nfe), np.asarray(exact.nfe))
 
 
+def test_step_tables_are_made_once_per_schedule():
+    a = jdlm.Schedule(gen_length=16, block_length=4, steps=8).tables()
+    assert jdlm.Schedule(gen_length=16, block_length=4, steps=8).tables() is a
+    assert a.counts.tolist() == [2, 2, 0, 0] and int(a.steps_in_block) == 2
+    assert not a.counts.flags.writeable and not a.fraction.flags.writeable  # shared: nobody may change them
+    other = jdlm.Schedule(gen_length=16, block_length=4, steps=16).tables()  # another knob value, other tables
+    assert other.counts.tolist() == [1, 1, 1, 1]
+    dream = jdlm.Schedule(gen_length=8, block_length=8, steps=4, counts="dream", keep_idle_steps=True, eps=0.5)
+    assert dream.tables().fraction.tolist() != dataclasses.replace(dream, eps=0.1).tables().fraction.tolist()
+
+
 def test_prompt_is_never_changed_and_trace_orders_reveals(params):
     strategy = S.llada(gen_length=8, steps=8, block_length=8)
     result = jdlm.decode(params, _prompt(1), strategy)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import flax.struct
 import jax
 import numpy as np
@@ -100,15 +103,24 @@ class Schedule:
 
     def tables(self) -> "StepTables":
         """The per-step tables of one block, computed on the host and passed to the compiled loop as arrays (so
-        `steps` and `eps` are values, not structure), padded to `table_length`."""
-        counts = self.block_counts()
-        n = len(counts)
-        fraction = np.ones(self.table_length, np.float32)
-        if self.counts == "dream" and self.keep_idle_steps:  # Dream's 1 - s/t at step i; all at the last step
-            t = torch_linspace_f32(1.0, self.eps, self.steps_per_block + 1)
-            fraction[:-1] = (np.float32(1) - t[1:-1] / t[:-2]).astype(np.float32)
-        return StepTables(counts=np.pad(counts, (0, self.table_length - n)), fraction=fraction,
-                          steps_in_block=np.int32(n))
+        `steps` and `eps` are values, not structure), padded to `table_length`. Made once per distinct schedule
+        (read-only arrays): a decode call at batch 1 on a GPU is short enough for their making to show."""
+        return _tables(dataclasses.replace(self, steps=int(self.steps), eps=float(self.eps)))
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(schedule: Schedule) -> "StepTables":
+    counts = schedule.block_counts()
+    n = len(counts)
+    fraction = np.ones(schedule.table_length, np.float32)
+    if schedule.counts == "dream" and schedule.keep_idle_steps:  # Dream's 1 - s/t at step i; all at the last step
+        t = torch_linspace_f32(1.0, schedule.eps, schedule.steps_per_block + 1)
+        fraction[:-1] = (np.float32(1) - t[1:-1] / t[:-2]).astype(np.float32)
+    padded = np.zeros(schedule.table_length, np.int32)
+    padded[:n] = counts
+    for array in (padded, fraction):
+        array.setflags(write=False)
+    return StepTables(counts=padded, fraction=fraction, steps_in_block=np.int32(n))
 
 
 @flax.struct.dataclass
