@@ -186,12 +186,13 @@ def _round(x: float) -> float:
 def time_full_forward(params: Params, strategy: Strategy, batch: int, prompt_len: int, repeats: int = 3) -> float:
     """Seconds of one full forward as the decode runs it (its rows, the sequence P + G, the logits of its span,
     the KV cache built when the strategy has one): the median of `repeats` after a warm-up. Timed once per shape
-    in a process (the strategies of one cell share it)."""
+    and weight layout (quantisation, fused projections) in a process (the strategies of one cell share it)."""
     rows = 2 * batch if strategy.guidance else batch
     L = prompt_len + strategy.schedule.gen_length
     logits = roofline.logits_positions(strategy, prompt_len)
     start = prompt_len if logits <= strategy.schedule.gen_length else 0
-    shape = (params.config, str(params.dtype), rows, L, start, logits, strategy.cache.reuses_keys)
+    shape = (params.config, str(params.dtype), mode_of(params.weights), is_fused(params), rows, L, start, logits,
+             strategy.cache.reuses_keys)
     if shape not in _forward_seconds:
         tokens = jnp.asarray(random_prompt(params.config, rows, L, seed=1))
         call = functools.partial(_full_forward, params, tokens, start, logits, strategy.cache.reuses_keys)

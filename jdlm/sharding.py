@@ -201,8 +201,12 @@ def shard_params(params, mesh: Mesh):
     Each host must hold the same values (e.g. `init_params` with one seed). To load a checkpoint larger than one
     device, use `jdlm.load(path, mesh=mesh)`, which reads every shard straight to its device.
     """
+    from jdlm.model import is_fused
     from jdlm.quantize import mode_of
 
+    if is_fused(params):
+        raise ShardingError("these params have fused projections (jdlm.fuse_projections), which a mesh does not "
+                            "take; shard the params as loaded (before fusing)")
     weights = jax.device_put(params.weights, param_shardings(params.config, mesh, quantize=mode_of(params.weights)))
     placed = params.replace(weights=weights)
     check_sharded(placed, mesh)

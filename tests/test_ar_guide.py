@@ -226,6 +226,12 @@ def test_command_buffers_that_capture_loops_are_refused(monkeypatch):
     assert not command_buffers_capture_loops("--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUDNN")
     assert not command_buffers_capture_loops("--xla_gpu_enable_command_buffer=WHILE --xla_gpu_enable_command_buffer=")
     assert not command_buffers_capture_loops("")
+    assert command_buffers_capture_loops("--xla_gpu_enable_command_buffer=+WHILE")  # added to XLA's default set
+    assert command_buffers_capture_loops("--xla_gpu_enable_command_buffer=+CONDITIONAL,-CUBLAS")
+    flag = "--xla_gpu_enable_command_buffer="
+    assert command_buffers_capture_loops(f"{flag}+WHILE {flag}+CUDNN")  # each flag edits the set so far
+    assert not command_buffers_capture_loops(f"{flag}+WHILE {flag}-WHILE")
+    assert command_buffers_capture_loops(f"{flag}FUSION {flag}+WHILE")
     model = jdlm.init_params(jdlm.tiny(vocab_size=16, d_model=16, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=16,
                                        mlp_hidden=8, mask_id=M), jax.random.key(1))
     strategy = S.parse_strategy("threshold:0.5 guide", S.Strategy(schedule=S.Schedule(gen_length=4, block_length=4,

@@ -98,3 +98,20 @@ def test_the_cli_fuses_on_a_gpu_only_unless_told_not_to(monkeypatch):
     assert runtime_layout(argparse.Namespace(fuse=False), params) is params
     assert is_fused(runtime_layout(argparse.Namespace(fuse=True), params))
     assert is_fused(runtime_layout(argparse.Namespace(), params_for("llada")))  # a command without the flag
+
+
+def test_sharding_fused_params_is_refused():
+    with pytest.raises(ShardingError, match="fused projections"):
+        sharding.shard_params(fuse_projections(params_for("llada")),
+                              sharding.make_mesh(model=1, devices=jax.devices()[:1]))
+
+
+def test_bench_times_the_full_forward_of_each_layout(monkeypatch):
+    from jdlm import bench
+
+    monkeypatch.setattr(bench, "_forward_seconds", {})
+    params = params_for("llada")
+    strategy = S.Strategy(schedule=S.Schedule(gen_length=8, block_length=4, steps=8))
+    for weights in (params, fuse_projections(params), Q.quantize_params(params, "int8")):
+        bench.time_full_forward(weights, strategy, batch=1, prompt_len=4, repeats=1)
+    assert len(bench._forward_seconds) == 3  # not the separate float weights' time for all three

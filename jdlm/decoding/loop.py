@@ -139,9 +139,17 @@ def check_guide(params: Params, strategy: Strategy, guide: Params | None) -> Non
 
 
 def command_buffers_capture_loops(xla_flags: str) -> bool:
-    """Whether an XLA_FLAGS string makes XLA capture while loops or conditionals in GPU command buffers."""
-    kinds = re.findall(r"--xla_gpu_enable_command_buffer=(\S*)", xla_flags)
-    return bool(kinds) and bool({"WHILE", "CONDITIONAL"} & set(kinds[-1].upper().split(",")))
+    """Whether an XLA_FLAGS string makes XLA capture while loops or conditionals in GPU command buffers. Each
+    --xla_gpu_enable_command_buffer sets the captured kinds ("FUSION,WHILE"; empty: none) or edits the set so far
+    ("+WHILE,-CUBLAS"), starting from XLA's default set, which captures neither."""
+    enabled: set[str] = set()
+    for value in re.findall(r"--xla_gpu_enable_command_buffer=(\S*)", xla_flags):
+        kinds = [kind for kind in value.upper().split(",") if kind]
+        if any(kind[0] in "+-" for kind in kinds):
+            enabled = (enabled | {k[1:] for k in kinds if k[0] == "+"}) - {k[1:] for k in kinds if k[0] == "-"}
+        else:
+            enabled = set(kinds)
+    return bool({"WHILE", "CONDITIONAL"} & enabled)
 
 
 @functools.lru_cache(maxsize=16)
