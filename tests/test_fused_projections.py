@@ -13,7 +13,7 @@ import jdlm
 from jdlm import quantize as Q
 from jdlm import sharding
 from jdlm import strategies as S
-from jdlm.cli.common import runtime_layout
+from jdlm.cli.common import room_to_fuse, runtime_layout
 from jdlm.errors import ShardingError
 from jdlm.model import forward, fuse_projections, is_fused
 
@@ -91,10 +91,24 @@ def test_free_inputs_keeps_the_peak_to_one_layer():
     np.testing.assert_allclose(forward(fused, tokens).logits, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_the_cli_fuses_only_with_room_for_a_second_copy():
+    params = params_for("dream")
+    replaced = sum(layer[n].nbytes for layer in params.weights["layers"] for n in ("q", "k", "v", "gate", "up"))
+    assert room_to_fuse(params, {"bytes_limit": replaced + 100, "bytes_in_use": 100})
+    assert not room_to_fuse(params, {"bytes_limit": replaced + 100, "bytes_in_use": 101})
+    assert not room_to_fuse(params, None) and not room_to_fuse(params, {})  # unknown: leave the weights alone
+
+
+class _RoomyDevice:
+    def memory_stats(self):
+        return {"bytes_limit": 1 << 40, "bytes_in_use": 0}
+
+
 def test_the_cli_fuses_on_a_gpu_only_unless_told_not_to(monkeypatch):
     params = params_for("llada")
     assert runtime_layout(argparse.Namespace(fuse=True), params) is params  # this CPU: as loaded
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [_RoomyDevice()])
     assert runtime_layout(argparse.Namespace(fuse=False), params) is params
     assert is_fused(runtime_layout(argparse.Namespace(fuse=True), params))
     assert is_fused(runtime_layout(argparse.Namespace(), params_for("llada")))  # a command without the flag

@@ -173,9 +173,10 @@ def load_model(args, mesh=None):
 
 
 def runtime_layout(args, params):
-    """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device and without --no-fuse;
-    else as they are. Measured faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate
-    weights are freed as each layer is fused (the caller's `params` must not be used again)."""
+    """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device, without --no-fuse and with
+    room on the device for a second copy of the weights being fused (`room_to_fuse`); else as they are. Measured
+    faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate weights are freed as each
+    layer is fused (the caller's `params` must not be used again)."""
     import jax
 
     from jdlm import sharding
@@ -183,7 +184,21 @@ def runtime_layout(args, params):
 
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return params
+    if not room_to_fuse(params, jax.devices()[0].memory_stats()):
+        return params
     return fuse_projections(params, free_inputs=True)
+
+
+def room_to_fuse(params, memory_stats: dict | None) -> bool:
+    """Whether the device's free memory (`memory_stats()`: bytes_limit - bytes_in_use) holds a second copy of every
+    weight `fuse_projections` replaces (q, k, v, gate, up and their scales): the worst case, where the allocator
+    reuses none of the freed buffers for the fused ones. Unknown stats count as no room: a GPU that just fits the
+    model decodes unfused rather than running out of memory while fusing."""
+    if not memory_stats or "bytes_limit" not in memory_stats:
+        return False
+    names = {f"{n}{s}" for n in ("q", "k", "v", "gate", "up") for s in ("", "_scale")}
+    fused = sum(a.nbytes for layer in params.weights["layers"] for n, a in layer.items() if n in names)
+    return memory_stats["bytes_limit"] - memory_stats.get("bytes_in_use", 0) >= fused
 
 
 def load_guide(args, params):
