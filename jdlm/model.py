@@ -189,8 +189,8 @@ def swiglu(h: jax.Array, layer: dict) -> jax.Array:
 def fuse_projections(params: Params, *, free_inputs: bool = False) -> Params:
     """`params` with each layer's q, k, v stored as one weight and its gate, up as another, so that a forward runs
     two matmuls where it ran five. At batch 1 a cached decode step's matmuls are short weight reads, and wider ones
-    read closer to the memory bandwidth: on an H100 at LLaDA-8B shapes the cached step goes from 6.60 to 6.27 ms
-    (docs/performance.md). Fused layout:
+    read closer to the memory bandwidth: on an H100 at LLaDA-8B shapes (batch 1, dual cache) the cached step goes
+    from 6.57 to 6.29 ms (docs/performance.md). Fused layout:
 
       qkv     [D, K, G + 2, H]: for each kv head, its G = N / K query heads, then its key head and its value head;
       gate_up [D, 2, F]:        gate, then up.
