@@ -155,8 +155,8 @@ def model_args(p: Parser) -> None:
                         "no flag")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="keep each layer's q, k, v and gate, up projections as separate matmuls; by default on a "
-                        "GPU (one device) they run as two wider ones, about 5%% faster cached steps at 8B "
-                        "(jdlm.fuse_projections, docs/performance.md)")
+                        "GPU (one device, with memory to spare for a second copy of them) they run as two wider "
+                        "ones, about 5%% faster cached steps at 8B (jdlm.fuse_projections, docs/performance.md)")
 
 
 def guide_arg(p: Parser) -> None:
