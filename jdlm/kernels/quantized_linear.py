@@ -32,7 +32,8 @@ def set_mode(mode: str) -> str:
 
     "auto": one kernel call per weight on an Ampere or newer GPU outside a multi-device mesh, XLA elsewhere;
     "on": one kernel call per weight everywhere (Pallas's interpreter off GPU: for tests);
-    "fused": as "on", and a layer's q, k, v in one call and its gate, up and SwiGLU in another;
+    "fused": as "on", and a layer's q, k, v in one call and its gate, up and SwiGLU in another (for params whose
+      projections are already one weight each, `jdlm.fuse_projections`, one call per fused weight, as "on");
     "off" (the default): never (XLA's einsum).
     Read when a function is traced (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
