@@ -128,6 +128,11 @@ CASES = {  # (schedule, rule, reference rule arguments, guide)
                {"rule": "counts", "steps": 8}, S.ARGuide(chunk=8, accept="threshold", min_prob=0.2)),
     "corrected": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
                   {"rule": "threshold", "threshold": 1e-6}, S.ARGuide(chunk=8, correct=True)),
+    # chunk > gen_length: every verification is one chunk, run without the loop
+    "one_chunk": ({"gen_length": 32, "block_length": 32, "steps": 32}, S.Threshold(threshold=1e-6),
+                  {"rule": "threshold", "threshold": 1e-6}, S.ARGuide(chunk=33)),
+    "one_chunk_blocks": ({"gen_length": 32, "block_length": 8, "steps": 32}, S.Threshold(threshold=0.8),
+                         {"rule": "threshold", "threshold": 0.8}, S.ARGuide(chunk=40, accept="top2")),
 }
 
 
@@ -147,7 +152,7 @@ def test_matches_reference(pair, case):
     assert (int(result.nfe[0]), int(result.guide_nfe[0])) == (nfe, guide_nfe)
     unguided = jdlm.decode(params, prompt, dataclasses.replace(strategy, guide=None))
     # The guide matters here: it cuts some steps, and still accepts several drafts in some.
-    assert int(result.nfe[0]) != int(unguided.nfe[0]) or case in ("authors_one_block", "corrected")
+    assert int(result.nfe[0]) != int(unguided.nfe[0]) or case in ("authors_one_block", "corrected", "one_chunk")
     assert int(result.nfe[0]) < schedule["gen_length"]
 
 

@@ -106,12 +106,15 @@ class ARGuide:
         return GuideState(kv=out.cache, valid=P * ones, fed_end=P * ones, nfe=ones, accepted=0 * ones)
 
     def verify(self, guide: Params, state: GuideState, tokens, positions, key_mask, proposal, reveal,
-               block_start, mask_id: int):
+               block_start, mask_id: int, prompt_len: int = 0):
         """Cuts the rule's reveals at the guide's first rejection.
 
         Args:
           tokens: [B, L] before this step's reveals; positions [B, L]; key_mask [B, L] or None.
           proposal: [B, W] the rule's drafts for the block; reveal: [B, W] bool, the rule's picks.
+          prompt_len: P (static). When one chunk reaches from P - 1 to the end (chunk > L - P), every verification
+            takes one chunk, and it runs as one, without a loop: a GPU runs a while loop by reading its condition
+            back to the host at each iteration. 0: always the loop.
         Returns:
           (reveal [B, W], proposal [B, W] with the corrections written when `correct`, GuideState).
         """
@@ -163,7 +166,14 @@ class ARGuide:
         w0 = jnp.minimum(state.valid, first_mask - 1)
         carry = (w0, state.kv, jnp.full((B,), L), jnp.zeros((B,), jnp.int32), verifying, state.nfe, state.valid,
                  state.accepted)
-        _, kv, reject, fix, _, nfe, fed_end, accepted = jax.lax.while_loop(lambda c: c[4].any(), chunk, carry)
+        # A chunk starts at min(w0, L - C) with w0 >= P - 1 (the guide's cache is valid up to at least P, and masks
+        # lie after the prompt), so with C > L - P it starts at L - C and reaches the end: one chunk always does.
+        # Rows that do not verify change nothing in it (no writes, no counts), as in a loop that skips them.
+        one_chunk = prompt_len > 0 and C > L - prompt_len
+        if one_chunk:
+            _, kv, reject, fix, _, nfe, fed_end, accepted = chunk(carry)
+        else:
+            _, kv, reject, fix, _, nfe, fed_end, accepted = jax.lax.while_loop(lambda c: c[4].any(), chunk, carry)
 
         at = block_start + jnp.arange(W)  # [W] absolute positions of the block
         kept = reveal & (at[None, :] < reject[:, None])

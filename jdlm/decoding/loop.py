@@ -278,7 +278,7 @@ def step(inputs: DecodeInputs, state: DecodeState, strategy: Strategy) -> Decode
         B, seq = state.tokens.shape[0], inputs.seq  # seq's rows are doubled with guidance: the first B are ours
         reveal, proposal, guide = strategy.guide.verify(inputs.guide, guide, state.tokens, seq.positions[:B],
                                                         None if seq.key_mask is None else seq.key_mask[:B],
-                                                        proposal, reveal, block_start, cfg.mask_id)
+                                                        proposal, reveal, block_start, cfg.mask_id, P)
     if sched.first_token_at_block_start:
         first = candidates & (jnp.arange(W) == 0)
         reveal = jnp.where(state.step_in_block == 0, first, reveal)
