@@ -26,7 +26,7 @@ from jdlm import sharding
 from jdlm.config import ModelConfig
 from jdlm.errors import ShardingError
 from jdlm.kernels import quantized_linear, window_attention
-from jdlm.quantize import SCALE_SUFFIX, quantized_shapes, scale_name
+from jdlm.quantize import mode_of, quantized_shapes, scale_name
 
 
 @flax.struct.dataclass
@@ -186,6 +186,10 @@ def swiglu(h: jax.Array, layer: dict) -> jax.Array:
     return jax.nn.silu(linear("BTD,DF->BTF", h, layer, "gate")) * linear("BTD,DF->BTF", h, layer, "up")
 
 
+# The weights of a layer that `fuse_projections` replaces (with their scales, when quantised).
+SEPARATE_PROJECTIONS = ("q", "k", "v", "gate", "up")
+
+
 def fuse_projections(params: Params, *, free_inputs: bool = False) -> Params:
     """`params` with each layer's q, k, v stored as one weight and its gate, up as another, so that a forward runs
     two matmuls where it ran five. At batch 1 a cached decode step's matmuls are short weight reads, and wider ones
@@ -201,27 +205,28 @@ def fuse_projections(params: Params, *, free_inputs: bool = False) -> Params:
     and so does a mesh (fuse on one device). Params already fused are returned as they are.
 
     The result holds new buffers. `free_inputs=True` deletes each layer's separate weights as soon as its fused ones
-    exist, so the peak is the model plus one layer (the input params are unusable afterwards; the CLI does this
-    with the weights it just loaded); otherwise the input's buffers live as long as the caller holds them, and at
-    8B shapes fusing needs room for a second copy of the layers."""
+    exist (the input params are unusable afterwards; the CLI does this with the weights it just loaded): the peak
+    is the model plus about a layer where the allocator reuses the freed blocks, more where they are fragmented.
+    Otherwise the input's buffers live as long as the caller holds them, and at 8B shapes fusing needs room for a
+    second copy of the layers."""
     if is_fused(params) or not params.weights["layers"]:
         return params
     if sharding.mesh_of(params) is not None:
-        raise ShardingError("fuse_projections runs on params on one device; decode sharded params as "
-                                     "they are (their projections stay apart)")
+        raise ShardingError("fuse_projections runs on params on one device; decode sharded params as they are "
+                            "(their projections stay apart)")
     c = params.config
     K, G, H = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
     fused = []
     for layer in params.weights["layers"]:
         layer = dict(layer)
         replaced = []
-        for suffix in ("", SCALE_SUFFIX) if scale_name("q") in layer else ("",):
-            q, k, v, gate, up = (layer.pop(name + suffix) for name in ("q", "k", "v", "gate", "up"))
+        for name_of in (str, scale_name) if scale_name("q") in layer else (str,):  # the weights, then their scales
+            q, k, v, gate, up = separate = [layer.pop(name_of(name)) for name in SEPARATE_PROJECTIONS]
             lead = q.shape[:-2]  # (D,) for a weight, () for a scale
-            layer["qkv" + suffix] = jnp.concatenate([q.reshape(*lead, K, G, H), k[..., None, :], v[..., None, :]],
+            layer[name_of("qkv")] = jnp.concatenate([q.reshape(*lead, K, G, H), k[..., None, :], v[..., None, :]],
                                                     axis=-2)
-            layer["gate_up" + suffix] = jnp.stack([gate, up], axis=-2)
-            replaced += [q, k, v, gate, up]
+            layer[name_of("gate_up")] = jnp.stack([gate, up], axis=-2)
+            replaced += separate
         if free_inputs:
             jax.block_until_ready([layer["qkv"], layer["gate_up"]])
             for array in replaced:
@@ -363,8 +368,7 @@ def forward(
     # The residual stream runs in the dtype of the layer weights; the embedding table may be kept wider (training
     # keeps it in float32: a bf16 scatter-add in its backward pass is very slow on GPUs).
     x = jnp.take(w["embed"], tokens, axis=0).astype(w["final_norm"].dtype)  # [B, T, D]
-    if any(name.endswith(SCALE_SUFFIX) for name in w["layers"][0]):
-        # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
+    if mode_of(w) is not None:  # quantised: dequantise inside each step of a decode loop (jdlm/quantize.py)
         w = {**w, "layers": tuple(keep_in_loop(layer, tokens) for layer in w["layers"])}
     if extra_embed is not None:
         x = x + extra_embed.astype(x.dtype)

@@ -9,6 +9,7 @@ and 8 (the dual cache, one token per step, prompt 256, 256 new tokens in blocks 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -56,8 +57,8 @@ def main(argv=None) -> int:
         gc.collect()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fused_projections.json").write_text(json.dumps({"floors": floors.__dict__ if hasattr(floors, "__dict__")
-                                                            else str(floors), "rows": rows}, indent=1) + "\n")
+    (out / "fused_projections.json").write_text(json.dumps({"floors": dataclasses.asdict(floors), "rows": rows},
+                                                           indent=1) + "\n")
     return 0
 
 

@@ -196,9 +196,12 @@ def room_to_fuse(params, memory_stats: dict | None) -> bool:
     model decodes unfused rather than running out of memory while fusing."""
     if not memory_stats or "bytes_limit" not in memory_stats:
         return False
-    names = {f"{n}{s}" for n in ("q", "k", "v", "gate", "up") for s in ("", "_scale")}
-    fused = sum(a.nbytes for layer in params.weights["layers"] for n, a in layer.items() if n in names)
-    return memory_stats["bytes_limit"] - memory_stats.get("bytes_in_use", 0) >= fused
+    from jdlm.model import SEPARATE_PROJECTIONS
+    from jdlm.quantize import scale_name
+
+    names = {*SEPARATE_PROJECTIONS, *map(scale_name, SEPARATE_PROJECTIONS)}
+    replaced = sum(a.nbytes for layer in params.weights["layers"] for n, a in layer.items() if n in names)
+    return memory_stats["bytes_limit"] - memory_stats.get("bytes_in_use", 0) >= replaced
 
 
 def load_guide(args, params):
