@@ -22,6 +22,7 @@ from jdlm import roofline, sharding
 from jdlm import strategies as S
 from jdlm.config import dream_7b, llada_8b, tiny
 from jdlm.decoding import Strategy, decode, executables
+from jdlm.kernels import switch as kernel_switches
 from jdlm.model import Params, forward, is_fused, param_shapes
 from jdlm.quantize import mode_of
 
@@ -78,7 +79,9 @@ class BenchResult:
     (`jdlm.Strategy.to_dict()`), so the run can be repeated. `mesh`: the mesh the weights lived on, its axis names
     and sizes ({"data": 2, "model": 4}), None on one device; `devices`: how many devices decoded; `quantization`:
     the linear weights' quantisation ("int8", "fp8"), None for float weights; `fused_projections`: whether each
-    layer's q|k|v and gate|up ran as one matmul each (`jdlm.fuse_projections`).
+    layer's q|k|v and gate|up ran as one matmul each (`jdlm.fuse_projections`); `kernels`: the modes of jdlm's
+    hand-written kernels when the decode was traced (`jdlm.kernels.switch.all_modes()`, e.g.
+    "quantized_linear=off window_attention=auto").
 
     Against the floors (None on a mesh, where one device's floors do not apply):
       full_forwards, cached_forwards: the forward passes of each kind the decode ran (`DecodeResult.full_forwards`).
@@ -117,6 +120,7 @@ class BenchResult:
     peak_bytes: int | None = None
     quantization: str | None = None
     fused_projections: bool = False
+    kernels: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,7 +160,8 @@ def bench_strategy(params: Params, name: str, strategy: Strategy, *, batch: int 
                        mesh=None if mesh is None else dict(mesh.shape), devices=1 if mesh is None else mesh.size,
                        model=model, dtype=str(params.dtype), forwards=forwards, full_forwards=full,
                        cached_forwards=forwards - full, peak_bytes=peak_bytes(),
-                       quantization=mode_of(params.weights), fused_projections=is_fused(params), **against)
+                       quantization=mode_of(params.weights), fused_projections=is_fused(params),
+                       kernels=kernel_switches.all_modes(), **against)
 
 
 def random_prompt(cfg, batch: int, prompt_len: int, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,9 @@ its weights at (GB/s) and that rate over the copy bandwidth measured in the same
                  `fp8_xla_nk`: the same with the weight stored transposed, [N, K];
   w8a8_int8:     the rows quantised to int8 on the fly (one scale per row), an int8 x int8 -> int32 matmul, both
                  scales applied to the output; the weight stored [K, N] and, as `_nk`, transposed [N, K];
-  w8a8_fp8:      the same with float8_e4m3fn operands and float32 accumulation.
+  w8a8_fp8:      the same with float8_e4m3fn operands and float32 accumulation;
+  bf16_splitkS:  the float matmul with K cut into S ranges, one batched GEMM whose float32 partial sums are added
+                 (more thread blocks for a GEMM with few output tiles, such as down at M = 256).
 The widths compare one weight per projection with the fused layouts: q (4096) against q|k|v (12288), gate (12288)
 against gate|up (24576). Each timed call chains distinct weight copies (at least 160 MB in all, past the 50 MB L2) and
 queues several calls before the clock stops (scripts/bench_weight_only_matmul.py's timer).
@@ -79,8 +81,17 @@ def forms(dtype):
         y = jax.lax.dot_general(x, w.astype(x.dtype), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
         return (y * s).astype(x.dtype)
 
+    def split_k(splits):  # K cut into `splits` ranges run as one batched GEMM, the float32 partial sums added
+        def fn(x, w, s):
+            (m, k), n = x.shape, w.shape[1]
+            parts = jnp.einsum("MSK,SKN->SMN", x.reshape(m, splits, k // splits), w.reshape(splits, k // splits, n),
+                               preferred_element_type=jnp.float32)
+            return parts.sum(0).astype(x.dtype)
+        return fn
+
     plain = (lambda w: (w.astype(dtype), jnp.ones((w.shape[1],), jnp.float32)), bf16)
     return {"bf16": plain,
+            **{f"bf16_splitk{s}": (plain[0], split_k(s)) for s in (2, 3, 4)},
             "int8_xla": (quant("int8"), int8_xla),
             "int8_xla_nk": (quant("int8", True), weight_only_nk),
             "fp8_xla_nk": (quant("fp8", True), weight_only_nk),

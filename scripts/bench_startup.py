@@ -9,7 +9,9 @@ creates random weights (`jdlm.bench.random_params`), then decodes one prompt one
 then runs the whole decode as one compiled call (`jdlm.decode`, as `jdlm generate` does). Times are wall-clock from
 the parent's launch of the process (interpreter start and imports included), with the child's breakdown: per
 phase, the seconds JAX spent tracing, lowering and compiling or loading from its cache (`jax.monitoring`), and
-what the store did (programs loaded / stored and the seconds it took).
+what the store did (programs loaded / stored and the seconds it took). Last, `jax_floor`: a process that runs
+nothing of jdlm's, only jax's import, the backend's start and three small first programs (an add, a matmul, cuDNN's
+attention), the second of two such processes: what any JAX program pays on this machine before its own work.
 
     python scripts/bench_startup.py                  # LLaDA-8B shapes, bf16, on a GPU; target: second < 3 s
     python scripts/bench_startup.py --quick          # tiny shapes on a CPU, seconds
@@ -99,6 +101,49 @@ def child(args) -> None:
                       "nfe": int(result.nfe[0])}), flush=True)
 
 
+def floor_child() -> None:
+    """A process that does nothing of jdlm's: imports jax, starts the backend and runs its first small programs (an
+    add, a bf16 matmul, cuDNN's attention on a GPU), each from the persistent cache when a process before filled it.
+    What any JAX program on this machine pays before its own work; prints one JSON line of absolute times."""
+    marks = {"started": time.time()}
+    import jax
+    import jax.numpy as jnp
+
+    marks["jax_imported"] = time.time()
+    from jdlm.cli.common import enable_compilation_cache
+
+    enable_compilation_cache()
+    jax.devices()
+    marks["backend"] = time.time()
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(jnp.zeros((), jnp.float32)))
+    marks["first_op"] = time.time()
+    a = jnp.ones((1024, 1024), jnp.bfloat16)
+    jax.block_until_ready(jax.jit(lambda a: a @ a)(a))
+    marks["first_matmul"] = time.time()
+    q = jnp.ones((1, 64, 4, 128), jnp.bfloat16)
+    impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+    jax.block_until_ready(jax.jit(lambda q: jax.nn.dot_product_attention(q, q, q, implementation=impl))(q))
+    marks["first_attention"] = time.time()
+    print(json.dumps({"marks": marks, "device": jax.devices()[0].device_kind}), flush=True)
+
+
+def launch_floor(args, cache_dir: Path) -> dict:
+    """`floor_child` twice in fresh interpreters sharing `cache_dir` (the first fills it); the second's times
+    relative to its launch."""
+    env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir)}
+    for _ in range(2):
+        launched = time.time()
+        try:
+            out = subprocess.run([sys.executable, __file__, "--floor-child"], capture_output=True, text=True,
+                                 env=env, check=False, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no result within --timeout {args.timeout:g} s"}
+        if out.returncode != 0:
+            return {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
+    marks = json.loads(out.stdout.strip().splitlines()[-1])["marks"]
+    return {f"{name}_s": round(at - launched, 3) for name, at in marks.items()}
+
+
 def _store_counts(executables) -> dict:
     return dict(executables.EVENTS)
 
@@ -141,10 +186,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(p, timeout_s=120.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     fill_shape_defaults(args)
     if args.child:
         child(args)
+        return 0
+    if args.floor_child:
+        floor_child()
         return 0
     out_dir = Path(os.environ.get("OUT", "results"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +205,7 @@ def main(argv=None) -> int:
         failed = {"error": "the first process failed"}
         second = launch(args, cache_dir) if "error" not in first else failed
         without_store = launch(args, cache_dir, store=False) if "error" not in first else failed
+        jax_floor = launch_floor(args, cache_dir)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     seconds = second.get("since_launch", {}).get("first_tokens_s")
@@ -171,7 +221,8 @@ def main(argv=None) -> int:
               "second_first_tokens_s": seconds, "second_under_target": None if seconds is None else seconds < TARGET_S,
               "second_first_tokens_without_store_s": before,
               "cache_files": cache_files, "cache_bytes": cache_bytes,
-              "first_process": first, "second_process": second, "second_process_without_store": without_store}
+              "first_process": first, "second_process": second, "second_process_without_store": without_store,
+              "jax_floor": jax_floor}
     (out_dir / "startup.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return 1 if seconds is None else 0

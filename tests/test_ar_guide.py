@@ -12,7 +12,9 @@ import torch
 
 import jdlm
 from jdlm import strategies as S
+from jdlm.decoding import loop
 from jdlm.errors import StrategyError
+from jdlm.kernels import window_attention
 from jdlm.tasks import TASKS
 from tests.reference.flashdlm import flashdlm_generate, ref_model_from_params
 from tests.test_sampler_parity import MaskExcluded
@@ -246,3 +248,28 @@ def test_command_buffers_that_capture_loops_are_refused(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(StrategyError, match="WHILE"):
         jdlm.decode(model, np.asarray([[2, 3]]), strategy, guide=GUIDE)
+
+
+def test_the_window_attention_kernel_gives_the_same_guided_tokens(pair):
+    """The window attention kernel ("auto", the default, runs it on a GPU) in the cached forwards of both models: the
+    dual cache's steps and the guide's verification against its own cache. Run here in Pallas's interpreter."""
+    params, guide, prompts = pair
+    strategy = S.parse_strategy("threshold:0.6 dual guide chunk=8 gen_length=32 block_length=16 steps=32")
+    # The kernel takes key counts that a power-of-two chunk divides: left-pad the prompt to a multiple of 16.
+    prompt, mask = jdlm.pad_prompts([prompts[0]], params.config.pad_id, buckets=(-(-len(prompts[0]) // 16) * 16,))
+    assert not np.asarray(mask).all()
+    results = {}
+    for mode in ("off", "on"):
+        loop._decode_loop.clear_cache()  # the kernel mode is read when the loop is traced
+        with window_attention.use_kernel(mode):
+            results[mode] = jdlm.decode(params, prompt, strategy, prompt_mask=mask, guide=guide)
+            traced = loop._decode_loop.trace(*loop._arguments(params, prompt, strategy, None, mask, guide), guide)
+            calls = str(traced.jaxpr).count("pallas_call")
+            if mode == "on":  # a dual-cache step per layer of tiny, and a verification per layer of tiny-ar
+                assert calls >= params.config.n_layers + guide.config.n_layers
+            else:
+                assert calls == 0
+    loop._decode_loop.clear_cache()
+    np.testing.assert_array_equal(np.asarray(results["on"].tokens), np.asarray(results["off"].tokens))
+    assert (int(results["on"].nfe[0]), int(results["on"].guide_nfe[0])) == (
+        int(results["off"].nfe[0]), int(results["off"].guide_nfe[0]))

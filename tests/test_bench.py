@@ -174,6 +174,8 @@ def test_startup_script_fills_the_cache_for_the_second_process(tmp_path):
         marks = run["since_launch"]
         assert marks["imported_s"] <= marks["weights_s"] <= marks["first_tokens_s"] <= marks["decoded_s"]
     assert report["second_first_tokens_s"] == report["second_process"]["since_launch"]["first_tokens_s"]
+    floor = report["jax_floor"]
+    assert floor["jax_imported_s"] <= floor["backend_s"] <= floor["first_op_s"] <= floor["first_attention_s"]
 
 
 def test_a_cell_that_cannot_fit_is_skipped_with_its_reason(tmp_path, monkeypatch):

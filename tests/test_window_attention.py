@@ -233,3 +233,19 @@ def test_llada_8b_dual_cache_decode_takes_the_kernel_in_every_layer():
         with W.use_kernel(mode):
             assert str(loop._decode_loop.trace(*arguments).jaxpr).count("pallas_call") == calls
     loop._decode_loop.clear_cache()
+
+
+def test_the_cli_runs_the_kernel_unless_told_not_to(dream_params):
+    """"auto" is the default (the fixture sets it, as a fresh process has it); every model command's
+    --no-attention-kernel turns it off for the process."""
+    from jdlm.cli import build_parser
+    from jdlm.cli.common import runtime_layout
+
+    parser = build_parser()
+    for command in ("generate", "chat", "eval", "bench"):
+        assert parser.parse_args([command]).attention_kernel
+        assert not parser.parse_args([command, "--no-attention-kernel"]).attention_kernel
+    runtime_layout(parser.parse_args(["bench"]), dream_params)
+    assert W.current_mode() == "auto"
+    runtime_layout(parser.parse_args(["bench", "--no-attention-kernel"]), dream_params)
+    assert W.current_mode() == "off"

@@ -157,6 +157,10 @@ def model_args(p: Parser) -> None:
                    help="keep each layer's q, k, v and gate, up projections as separate matmuls; by default on a "
                         "GPU (one device, with memory to spare for a second copy of them) they run as two wider "
                         "ones, about 5%% faster cached steps at 8B (jdlm.fuse_projections, docs/performance.md)")
+    p.add_argument("--no-attention-kernel", dest="attention_kernel", action="store_false",
+                   help="run a cached step's attention with cuDNN instead of jdlm's window attention kernel, which "
+                        "is the default on one GPU (Ampere or newer): 1-3%% faster batch-1 decodes at 8B "
+                        "(jdlm.kernels.window_attention, docs/performance.md)")
 
 
 def guide_arg(p: Parser) -> None:

@@ -176,12 +176,16 @@ def runtime_layout(args, params):
     """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device, without --no-fuse and with
     room on the device for a second copy of the weights being fused (`room_to_fuse`); else as they are. Measured
     faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate weights are freed as each
-    layer is fused (the caller's `params` must not be used again)."""
+    layer is fused (the caller's `params` must not be used again). --no-attention-kernel also turns the window
+    attention kernel off (its default, "auto", runs it on one GPU)."""
     import jax
 
     from jdlm import sharding
+    from jdlm.kernels import window_attention
     from jdlm.model import fuse_projections
 
+    if not getattr(args, "attention_kernel", True):
+        window_attention.set_mode("off")
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return params
     if not room_to_fuse(params, jax.devices()[0].memory_stats()):
