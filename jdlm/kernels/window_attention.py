@@ -42,7 +42,8 @@ DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # jax.nn.dot_product_attention's masked score
 MODES = ("auto", "on", "off")
 # "auto" by default: on one H100 it gains 1-3% of a batch-1 dual-cache decode at LLaDA-8B shapes and costs nothing at
-# batch 8 (docs/performance.md, "A window attention kernel")
+# batch 8, but loses 5-7% at Dream-7B's (4 kv heads for 28 query heads: too few programs, each with 7 heads' rows),
+# so "auto" takes it only where every query head has its own kv head (docs/performance.md, "A window attention kernel")
 SWITCH = KernelSwitch("window_attention", "attention kernel", MODES, default="auto")
 
 
@@ -55,10 +56,10 @@ def set_mode(mode: str) -> str:
     """Whether the model's cached forward (a window of queries against a KV cache) runs this kernel. Returns the
     previous mode.
 
-    "auto" (the default): on an Ampere or newer GPU outside a multi-device mesh, cuDNN / XLA elsewhere;
+    "auto" (the default): on an Ampere or newer GPU outside a multi-device mesh, for models without grouped-query
+      attention (as many kv heads as query heads: LLaDA), cuDNN / XLA elsewhere;
     "on": everywhere the shapes allow (Pallas's interpreter off GPU: for tests);
     "off": never (cuDNN's attention on a GPU).
-    "auto" is the default.
     Read when a function is traced (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
 
@@ -68,14 +69,16 @@ def use_kernel(mode: str):
     return SWITCH.use(mode)
 
 
-def _enabled() -> bool:
-    return SWITCH.auto_applies() if SWITCH.mode == "auto" else SWITCH.mode == "on"
+def _enabled(query_heads: int, kv_heads: int) -> bool:
+    if SWITCH.mode == "auto":
+        return query_heads == kv_heads and SWITCH.auto_applies()
+    return SWITCH.mode == "on"
 
 
 def kernel_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array | None:
-    """`jax.nn.dot_product_attention(q, k, v, mask=mask)` by the kernel when the mode allows it and the shapes fit
-    (`supported`), else None (the caller runs its own attention). Shapes as `window_attention`'s."""
-    if not _enabled() or not supported(q, k, v, mask):
+    """`jax.nn.dot_product_attention(q, k, v, mask=mask)` by the kernel when the mode allows it (`set_mode`) and
+    the shapes fit (`supported`), else None (the caller runs its own attention). Shapes as `window_attention`'s."""
+    if not _enabled(q.shape[2], k.shape[2]) or not supported(q, k, v, mask):
         return None
     return window_attention(q, k, v, mask)
 
