@@ -491,6 +491,35 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
     return params
 
 
+def checkpoint_shapes(path: str | Path, dtype=None, *, quantize: str | None = None) -> Params:
+    """What `load_params(path, dtype, quantize=quantize)` returns, as shapes (`jax.ShapeDtypeStruct` leaves), from
+    config.json and manifest.json alone: no weight is read (for `jdlm.decoding.prefetch`, which finds the decode's
+    stored programs while the weights load). Raises what `load_params` would for a missing or corrupt config or
+    manifest."""
+    check_mode(quantize)
+    directory = resolve(path)
+    try:
+        config = load_config(directory / "config.json")
+    except (ConfigError, OSError) as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+    manifest = read_manifest(directory)
+    stored = jnp.dtype(manifest["dtype"])
+    mode = check_mode(stored_quantization(manifest)) or quantize
+    return param_shapes(config, jnp.dtype(dtype) if dtype is not None else stored, quantize=mode)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a jdlm checkpoint (what `load` returns beside the params)."""
+    from jdlm.tokenizer import Tokenizer
+
+    directory = resolve(path)
+    try:
+        config = load_config(directory / "config.json")
+    except (ConfigError, OSError) as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+    return Tokenizer.from_dir(directory, config)
+
+
 def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None, quantize: str | None = None):
     """Loads a jdlm checkpoint: `(params, tokenizer)`.
 

@@ -4,8 +4,10 @@ Runs the same decode in fresh processes that share a new, empty compilation cach
 the first compiles and fills the cache (JAX's persistent cache and jdlm's store of decode executables,
 `jdlm.decoding.executables`), the second loads every compiled program from it, and a third does the same with the
 store off (JDLM_EXECUTABLE_CACHE=0: JAX's persistent cache alone, which still traces and lowers). Each process
-creates random weights (`jdlm.bench.random_params`), then decodes one prompt one step at a time
-(`jdlm.decoding.decode_steps`, as `jdlm generate --show` does): its first tokens exist after the first step. It
+starts loading the decode's stored programs in the background from the weights' shapes (`jdlm.decoding.prefetch`;
+a fourth process, like the second otherwise, skips that), creates random weights (`jdlm.bench.random_params`),
+then decodes one prompt one step at a time (`jdlm.decoding.decode_steps`, as `jdlm generate --show` does): its
+first tokens exist after the first step. It
 then runs the whole decode as one compiled call (`jdlm.decode`, as `jdlm generate` does). Times are wall-clock from
 the parent's launch of the process (interpreter start and imports included), with the child's breakdown: per
 phase, the seconds JAX spent tracing, lowering and compiling or loading from its cache (`jax.monitoring`), and
@@ -62,20 +64,26 @@ def child(args) -> None:
     from jdlm import strategies as S
     from jdlm.bench_suite import describe_environment
     from jdlm.cli.common import enable_compilation_cache
-    from jdlm.decoding import decode, decode_steps, executables
+    from jdlm.decoding import abstract_params, decode, decode_steps, executables, prefetch
+    from jdlm.model import param_shapes
 
     marks["imported"] = time.time()
     cache = enable_compilation_cache()
     device = jax.devices()[0]
     marks["backend"] = time.time()
-    params = bench.random_params(args.model, jnp.dtype(args.dtype))
-    jax.block_until_ready(params.weights)
-    marks["weights"] = time.time()
-    store = {"weights": _store_counts(executables)}
+    config, dtype = bench.RANDOM_MODELS[args.model](), jnp.dtype(args.dtype)
     base = S.Strategy(schedule=S.Schedule(gen_length=args.gen_length, block_length=args.block_length,
                                           steps=args.gen_length))
     strategy = S.parse_strategy(args.strategy, base)
-    prompt = bench.random_prompt(params.config, 1, args.prompt_length)
+    prompt = bench.random_prompt(config, 1, args.prompt_length)
+    prefetched = 0
+    if not args.no_prefetch:  # the decode's stored programs load while the weights are made
+        shapes = abstract_params(param_shapes(config, dtype))
+        prefetched = prefetch(shapes, prompt, strategy, steps=True) + prefetch(shapes, prompt, strategy)
+    params = bench.random_params(args.model, dtype)
+    jax.block_until_ready(params.weights)
+    marks["weights"] = time.time()
+    store = {"weights": _store_counts(executables)}
     first = next(decode_steps(params, prompt, strategy))
     jax.block_until_ready(first.tokens)
     marks["first_tokens"] = time.time()
@@ -97,6 +105,7 @@ def child(args) -> None:
                       "jax": jax_work, "store": _store_deltas(store),
                       "store_dir": None if executables.store_directory() is None else
                       str(executables.store_directory()),
+                      "prefetched": prefetched,
                       "revealed_first_step": int((first.tokens != params.config.mask_id).sum()),
                       "nfe": int(result.nfe[0])}), flush=True)
 
@@ -158,13 +167,14 @@ def _store_deltas(store: dict) -> dict:
     return out
 
 
-def launch(args, cache_dir: Path, store: bool = True) -> dict:
-    """Runs `child` in a fresh interpreter (with jdlm's store of executables on or off); its times relative to the
-    launch."""
+def launch(args, cache_dir: Path, store: bool = True, prefetch: bool = True) -> dict:
+    """Runs `child` in a fresh interpreter (with jdlm's store of executables on or off, prefetching its programs or
+    not); its times relative to the launch."""
     env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir), "JDLM_EXECUTABLE_CACHE": "1" if store else "0"}
     command = [sys.executable, __file__, "--child", "--model", args.model, "--dtype", args.dtype,
                "--prompt-length", str(args.prompt_length), "--gen-length", str(args.gen_length),
-               "--block-length", str(args.block_length), "--strategy", args.strategy]
+               "--block-length", str(args.block_length), "--strategy", args.strategy] + \
+        ([] if prefetch else ["--no-prefetch"])
     launched = time.time()
     try:
         out = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
@@ -187,6 +197,7 @@ def main(argv=None) -> int:
     add_shape_arguments(p, timeout_s=120.0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-prefetch", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     fill_shape_defaults(args)
     if args.child:
@@ -205,6 +216,7 @@ def main(argv=None) -> int:
         failed = {"error": "the first process failed"}
         second = launch(args, cache_dir) if "error" not in first else failed
         without_store = launch(args, cache_dir, store=False) if "error" not in first else failed
+        without_prefetch = launch(args, cache_dir, prefetch=False) if "error" not in first else failed
         jax_floor = launch_floor(args, cache_dir)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
@@ -212,6 +224,7 @@ def main(argv=None) -> int:
     environment = second.pop("environment", None) or first.get("environment")
     first.pop("environment", None)
     without_store.pop("environment", None)
+    without_prefetch.pop("environment", None)
     before = without_store.get("since_launch", {}).get("first_tokens_s")
     report = {"model": args.model, "dtype": args.dtype, "prompt_length": args.prompt_length,
               "gen_length": args.gen_length, "block_length": args.block_length, "strategy": args.strategy,
@@ -221,7 +234,9 @@ def main(argv=None) -> int:
               "second_first_tokens_s": seconds, "second_under_target": None if seconds is None else seconds < TARGET_S,
               "second_first_tokens_without_store_s": before,
               "cache_files": cache_files, "cache_bytes": cache_bytes,
+              "second_first_tokens_without_prefetch_s": without_prefetch.get("since_launch", {}).get("first_tokens_s"),
               "first_process": first, "second_process": second, "second_process_without_store": without_store,
+              "second_process_without_prefetch": without_prefetch,
               "jax_floor": jax_floor}
     (out_dir / "startup.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

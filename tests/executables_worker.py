@@ -1,6 +1,7 @@
 """Decodes in a fresh process for tests/test_executables.py, with JAX's persistent cache (and so jdlm's store of
 executables) in the folder argv[1]. argv[2]: a JSON list of decodes, {"strategy": text, "prompt_length": n,
-"steps": bool (decode_steps instead of decode)}. Prints one JSON line: per decode, its tokens and NFE, what the
+"steps": bool (decode_steps instead of decode), "prefetch": bool (`jdlm.decoding.prefetch` from the weights'
+shapes first)}. Prints one JSON line: per decode, its tokens and NFE, what the
 store did (`executables.EVENTS`, counted over that decode) and which decode programs JAX lowered (traced)."""
 
 import json
@@ -12,7 +13,8 @@ import numpy as np
 
 import jdlm
 from jdlm import strategies as S
-from jdlm.decoding import executables
+from jdlm.decoding import abstract_params, executables, prefetch
+from jdlm.model import param_shapes
 
 ENTRY_POINTS = ("_decode_loop", "init_state", "_advance")
 
@@ -28,17 +30,20 @@ def main(cache_dir: str, decodes: list[dict]) -> None:
             lowered.extend(entry for entry in ENTRY_POINTS if entry in name)
 
     jax.monitoring.register_event_duration_secs_listener(listen)
-    params = jdlm.init_params(jdlm.tiny(n_layers=2), jax.random.key(0), jnp.float32)
+    config = jdlm.tiny(n_layers=2)
+    params = jdlm.init_params(config, jax.random.key(0), jnp.float32)
     out = []
     for d in decodes:
         before = executables.EVENTS.copy()
         lowered.clear()
         prompt = np.arange(3, 3 + d["prompt_length"])[None]
         strategy = S.parse_strategy(d["strategy"])
+        started = prefetch(abstract_params(param_shapes(config, jnp.float32)), prompt, strategy,
+                           steps=bool(d.get("steps"))) if d.get("prefetch") else None
         result = list(jdlm.decode_steps(params, prompt, strategy))[-1] if d.get("steps") else \
             jdlm.decode(params, prompt, strategy)
         out.append({"tokens": np.asarray(result.tokens).tolist(), "nfe": np.asarray(result.nfe).tolist(),
-                    "events": dict(executables.EVENTS - before), "lowered": list(lowered)})
+                    "events": dict(executables.EVENTS - before), "lowered": list(lowered), "prefetch": started})
     print(json.dumps(out))
 
 

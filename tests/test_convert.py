@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import jdlm
+from jdlm.checkpoint import sha256_file
 from jdlm.convert import ConversionError, convert_checkpoint
 from jdlm.convert.__main__ import main as convert_main
-from jdlm.checkpoint import sha256_file
 from tests.hf_fixtures import build_torch_model, write_hf_checkpoint
 
 
@@ -181,7 +181,8 @@ def test_conversion_memory_stays_near_the_output_size(tmp_path):
     size_mb = sum(a.nbytes for a in tensors.values()) / 2**20
     del tensors
 
-    baseline = _peak_rss_mb("import jax, jax.numpy as jnp, orbax.checkpoint, jdlm.convert; jnp.zeros(1).block_until_ready()")
+    baseline = _peak_rss_mb("import jax, jax.numpy as jnp, orbax.checkpoint, jdlm.convert; "
+                            "jnp.zeros(1).block_until_ready()")
     peak = _peak_rss_mb(f"from jdlm.convert import convert_checkpoint; convert_checkpoint('llada', {str(src)!r}, "
                         f"{str(tmp_path / 'out')!r})")
     print(f"output {size_mb:.0f} MB, baseline {baseline:.0f} MB, peak {peak:.0f} MB")
@@ -234,7 +235,9 @@ def test_current_home_and_root_folders_are_refused(src, tmp_path, monkeypatch, d
     _refuse_reading(monkeypatch)
     with pytest.raises(ConversionError, match=message):
         convert_checkpoint("llada", src, dst, overwrite=True)
-    from jdlm.checkpoint import check_destination  # "/" without a source: refused as the folder above them
+    from jdlm.checkpoint import (
+        check_destination,  # "/" without a source: refused as the folder above them
+    )
 
     with pytest.raises(jdlm.CheckpointError, match="current folder or contains it"):
         check_destination("/", overwrite=True)
@@ -632,3 +635,20 @@ def test_python_m_jdlm_convert_gives_one_line_for_every_user_error(src, tmp_path
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and captured.out == "", captured.err
+
+
+@pytest.mark.parametrize("dtype, quantize", [(None, None), (jnp.float32, None), (jnp.bfloat16, "int8")])
+def test_checkpoint_shapes_are_the_loaded_params_shapes(dtype, quantize):
+    """What `jdlm.decoding.prefetch` keys on before the weights load: every leaf's shape and dtype, and the tree."""
+    import jax
+
+    from jdlm.checkpoint import checkpoint_shapes, load_tokenizer
+
+    loaded = jdlm.load_params("tiny", dtype, quantize=quantize)
+    shapes = checkpoint_shapes("tiny", dtype, quantize=quantize)
+    assert jax.tree.structure(shapes) == jax.tree.structure(loaded)
+    assert [(a.shape, a.dtype) for a in jax.tree.leaves(shapes)] == \
+        [(a.shape, a.dtype) for a in jax.tree.leaves(loaded)]
+    assert load_tokenizer("tiny").encode("sudoku:") == jdlm.load("tiny")[1].encode("sudoku:")
+    with pytest.raises(jdlm.CheckpointError, match="does not exist"):
+        checkpoint_shapes("no-such-checkpoint")

@@ -21,7 +21,8 @@ import pytest
 from jdlm.decoding import executables
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 ENV.pop("JDLM_EXECUTABLE_CACHE", None)
 SPEC = "threshold:0.5 dual gen_length=16 block_length=8"
 DECODE = {"strategy": SPEC, "prompt_length": 5}
@@ -55,20 +56,23 @@ def processes(tmp_path_factory):
     decode_file = next((cache / executables.SUBDIR).glob("decode_loop-*"))
     second = run(cache, [{**DECODE, "strategy": SPEC.replace("0.5", "0.9")}, DECODE, STEPS,
                          {**DECODE, "strategy": SPEC.replace("dual", "prefix")}, {**DECODE, "prompt_length": 6}])
+    prefetched = run(cache, [{**DECODE, "prefetch": True}, {**STEPS, "prefetch": True},
+                             {**DECODE, "prompt_length": 7, "prefetch": True}])
     stored = sorted((cache / executables.SUBDIR).iterdir())
     for path in stored:
         path.write_bytes(b"not a pickle" + path.read_bytes()[:100])
     third = run(cache, [DECODE])
-    return {"first": first, "second": second, "third": third, "stored": stored, "decode_file": decode_file}
+    return {"first": first, "second": second, "prefetched": prefetched, "third": third, "stored": stored,
+            "decode_file": decode_file}
 
 
 def test_first_process_compiles_and_stores(processes):
     decode, steps = processes["first"]
     assert decode["events"] == {"stored": 2} and "_decode_loop" in decode["lowered"]  # with the row keys' program
     assert steps["events"] == {"stored": 2} and {"init_state", "_advance"} <= set(steps["lowered"])
-    # after both processes: the four programs, and two more decode loops from the second (see below)
+    # after the first three processes: the four programs, and three more decode loops (see below)
     assert sorted(p.name.split("-")[0] for p in processes["stored"]) == \
-        ["advance"] + ["decode_loop"] * 3 + ["init", "row_keys_1"]
+        ["advance"] + ["decode_loop"] * 4 + ["init", "row_keys_1"]
 
 
 def test_second_process_runs_the_stored_programs_without_tracing(processes):
@@ -78,6 +82,18 @@ def test_second_process_runs_the_stored_programs_without_tracing(processes):
     assert steps["events"] == {"loaded": 2} and steps["lowered"] == []
     for name, result in [("decode", decode), ("steps", steps)]:
         assert result["tokens"] == first[0]["tokens"] and result["nfe"] == first[0]["nfe"], name
+
+
+def test_prefetch_loads_the_stored_programs_in_the_background(processes):
+    """`prefetch` from the weights' shapes alone (before any weight exists) finds the programs the decode then
+    runs; a shape nothing is stored for starts nothing, and its decode compiles as usual."""
+    decode, steps, unseen = processes["prefetched"]
+    assert decode["prefetch"] == 1 and decode["events"] == {"loaded": 2, "prefetched": 1}  # and the row keys'
+    assert steps["prefetch"] == 2 and steps["events"] == {"loaded": 2, "prefetched": 2}  # init and advance
+    for result in (decode, steps):
+        assert result["lowered"] == []
+        assert result["tokens"] == processes["first"][0]["tokens"] and result["nfe"] == processes["first"][0]["nfe"]
+    assert unseen["prefetch"] == 0 and unseen["events"] == {"stored": 1} and "_decode_loop" in unseen["lowered"]
 
 
 def test_new_structure_or_shape_is_a_new_program(processes):
@@ -153,3 +169,23 @@ def test_key_changes_with_the_kernels_modes():
     with quantized_linear.use_kernel("on"):
         assert executables._key_material("decode_loop", signature) != base
     assert executables._key_material("decode_loop", signature) == base
+
+
+def test_generate_loads_its_decode_while_its_weights_load(tmp_path):
+    """`jdlm generate` run twice on one cache: the second run finds its decode's program from the checkpoint's
+    shapes and the prompt before the weights are read (`prefetch_for_prompt`), and answers the same."""
+    code = ("import json, sys; from jdlm.cli import main; from jdlm.decoding import executables; "
+            "rc = main(['generate', '-m', 'tiny', '--quiet', sys.argv[1]]); "
+            "print(json.dumps([rc, dict(executables.EVENTS)]))")
+    env = {**ENV, "JDLM_COMPILATION_CACHE": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code, "sudoku:\n0003\n1000\n3400\n0030"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        *answer, status = out.stdout.strip().splitlines()
+        runs.append((answer, json.loads(status)))
+    (first_answer, (first_rc, first_events)), (answer, (rc, events)) = runs
+    assert first_rc == rc == 0 and first_answer == answer and answer
+    assert first_events.get("stored", 0) >= 2 and "prefetched" not in first_events  # the row keys and the loop
+    assert events == {"loaded": 2, "prefetched": 1}  # the loop, in the background; the row keys as before

@@ -135,27 +135,29 @@ def prompt_mesh(args):
     return device_mesh(args) if args.mesh else None
 
 
-def load_model(args, mesh=None):
+def load_model(args, mesh=None, tokenizer=None):
     """`(params, tokenizer, note)` for --model/--dtype, sharded over `mesh` when given; `note` is a one-line
     account of what was loaded, for the caller to print once the command is past its checks (an error must stay
-    the only line)."""
+    the only line). `tokenizer`: the model's, already loaded (`prefetch_for_prompt`)."""
     import jax
 
     import jdlm
     from jdlm import sharding
+    from jdlm.checkpoint import load_params
     from jdlm.quantize import mode_of
 
     enable_compilation_cache()
-    dtype = args.dtype
-    if dtype == "auto":
-        dtype = "float32" if jax.default_backend() == "cpu" else None
+    dtype = load_dtype(args)
     if dtype == "float16" and jax.default_backend() == "cpu":  # XLA's CPU matmuls have no float16 kernel
         raise UsageError("--dtype float16 does not run on CPU; use --dtype float32 or bfloat16 (or auto)")
     shards = 1 if mesh is None else mesh.shape[sharding.MODEL]  # restored sharded: a device holds 1/model
     check_checkpoint_memory(model_dir(args.model), dtype, f"--model {args.model}", shards)
     t0 = time.perf_counter()
     try:
-        params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh, quantize=getattr(args, "quantize", None))
+        if tokenizer is None:
+            params, tokenizer = jdlm.load(args.model, dtype=dtype, mesh=mesh, quantize=getattr(args, "quantize", None))
+        else:
+            params = load_params(args.model, dtype=dtype, mesh=mesh, quantize=getattr(args, "quantize", None))
     except jdlm.CheckpointError as e:
         if args.model in PACKAGED_MODELS and "not installed" in str(e):
             raise UsageError(f"{e}, or pass --model DIR with a converted checkpoint (jdlm convert --help)") from None
@@ -172,25 +174,67 @@ def load_model(args, mesh=None):
     return params, tokenizer, loaded
 
 
+def load_dtype(args) -> str | None:
+    """The dtype --dtype asks `jdlm.load` for: "auto" is float32 on CPU and the stored dtype (None) elsewhere."""
+    import jax
+
+    if args.dtype == "auto":
+        return "float32" if jax.default_backend() == "cpu" else None
+    return args.dtype
+
+
 def runtime_layout(args, params):
     """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device, without --no-fuse and with
     room on the device for a second copy of the weights being fused (`room_to_fuse`); else as they are. Measured
     faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate weights are freed as each
     layer is fused (the caller's `params` must not be used again). --no-attention-kernel also turns the window
     attention kernel off (its default, "auto", runs it on one GPU)."""
-    import jax
-
-    from jdlm import sharding
     from jdlm.kernels import window_attention
     from jdlm.model import fuse_projections
 
     if not getattr(args, "attention_kernel", True):
         window_attention.set_mode("off")
+    return fuse_projections(params, free_inputs=True) if will_fuse(args, params) else params
+
+
+def will_fuse(args, params) -> bool:
+    """Whether `runtime_layout` fuses these params (arrays, or their shapes before they are loaded)."""
+    import jax
+
+    from jdlm import sharding
+
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
-        return params
-    if not room_to_fuse(params, jax.devices()[0].memory_stats()):
-        return params
-    return fuse_projections(params, free_inputs=True)
+        return False
+    return room_to_fuse(params, jax.devices()[0].memory_stats())
+
+
+def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps: bool):
+    """Before the weights load: the model's tokenizer (for `load_model` to reuse), and the decode of these messages'
+    ids started loading from jdlm's store of compiled decodes (`jdlm.decoding.prefetch`, from the checkpoint's
+    shapes in the layout `load_model` will give the weights), so that a command run before with the same shapes
+    finds its programs loaded once its weights are. Returns the tokenizer, or None when anything fails here (the
+    load that follows reports a real problem as it always does; this part only saves time)."""
+    import jax
+    import numpy as np
+
+    from jdlm.checkpoint import checkpoint_shapes, load_tokenizer
+    from jdlm.decoding import abstract_params, executables, prefetch
+    from jdlm.model import fuse_projections
+
+    try:
+        tokenizer = load_tokenizer(args.model)
+        enable_compilation_cache()
+        if executables.store_directory() is None or getattr(args, "guide", None) or jax.device_count() != 1:
+            return tokenizer
+        prompt_ids = encode(tokenizer, messages, chat=not args.no_chat)
+        shapes = checkpoint_shapes(args.model, load_dtype(args), quantize=getattr(args, "quantize", None))
+        if will_fuse(args, shapes):
+            shapes = jax.eval_shape(fuse_projections, shapes)
+        prefetch(abstract_params(shapes), np.asarray([prompt_ids], np.int32), strategy,
+                 key=jax.random.key(args.seed), steps=steps)
+        return tokenizer
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def room_to_fuse(params, memory_stats: dict | None) -> bool:
@@ -204,7 +248,8 @@ def room_to_fuse(params, memory_stats: dict | None) -> bool:
     from jdlm.quantize import scale_name
 
     names = {*SEPARATE_PROJECTIONS, *map(scale_name, SEPARATE_PROJECTIONS)}
-    replaced = sum(a.nbytes for layer in params.weights["layers"] for n, a in layer.items() if n in names)
+    replaced = sum(a.size * a.dtype.itemsize for layer in params.weights["layers"] for n, a in layer.items()
+                   if n in names)  # arrays or their shapes
     return memory_stats["bytes_limit"] - memory_stats.get("bytes_in_use", 0) >= replaced
 
 

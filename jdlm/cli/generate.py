@@ -27,6 +27,7 @@ from jdlm.cli.common import (
     load_guide,
     load_model,
     note,
+    prefetch_for_prompt,
     prompt_mesh,
     run_decode,
     stderr_console,
@@ -41,8 +42,8 @@ from jdlm.cli.examples import (
 )
 from jdlm.cli.models import check_causal_flags, check_model, is_causal
 from jdlm.cli.outputs import check_output
-from jdlm.files import write_atomically
 from jdlm.errors import UsageError
+from jdlm.files import write_atomically
 
 TRACE_KINDS = (".html", ".htm", ".png")
 
@@ -131,14 +132,18 @@ def run(args) -> int:
         strategy = build_strategy(args, steps=joint_steps(args))
     console = stderr_console()
     mesh = prompt_mesh(args)
-    params, tokenizer, loaded = load_model(args, mesh)
+    live_view = args.show and console.is_interactive and strategy is not None
+    tokenizer = None
+    if strategy is not None and mesh is None and args.joint is None:  # (the joint head changes the strategy later)
+        tokenizer = prefetch_for_prompt(args, strategy, [{"role": "user", "content": prompt}], steps=live_view)
+    params, tokenizer, loaded = load_model(args, mesh, tokenizer=tokenizer)
     guide = None if causal else load_guide(args, params)
     strategy = None if causal else attach_joint(args, strategy, params)
     prompt_ids = encode(tokenizer, [{"role": "user", "content": prompt}], chat=not args.no_chat)
     from jdlm.cli import viz
 
     live = None
-    if args.show and console.is_interactive and strategy is not None:  # watch the decode, one frame per forward
+    if live_view:  # watch the decode, one frame per forward
         def live(partials):
             return viz.show_live(partials, tokenizer, console, title=f"{args.strategy}: ")
     timed = run_decode(params, tokenizer, prompt_ids, strategy, gen_length=args.gen_length, seed=args.seed,

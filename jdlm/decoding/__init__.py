@@ -13,7 +13,8 @@ from jdlm.decoding import names
 _EXPORTS = {
     # the loop
     "decode": "loop", "decode_steps": "loop", "init_state": "loop", "step": "loop", "running": "loop",
-    "result": "loop", "DecodeResult": "state", "DecodeState": "state", "Trace": "state", "pad_prompts": "inputs",
+    "result": "loop", "prefetch": "loop", "abstract_params": "loop",
+    "DecodeResult": "state", "DecodeState": "state", "Trace": "state", "pad_prompts": "inputs",
     # composing a strategy, and its text / JSON forms
     "Strategy": "strategy", "Schedule": "schedule", "Guidance": "guidance", "llada": "strategy", "dream": "strategy",
     "fast_dllm": "strategy", "parse_strategy": "strategy", "parse_rule": "strategy", "parse_cache": "strategy",

@@ -20,6 +20,10 @@ outside jdlm (its code is not in the digest) or a static field that prints an ob
 `jax.jit` path, and so does any failure to read, load or first run a stored program: the entry point is then
 compiled (from the persistent cache when it can be) and stored again. JDLM_EXECUTABLE_CACHE=0 turns the store off.
 
+`prefetch` starts loading a stored program in a background thread from the arguments' shapes alone (before the
+weights exist, say), and the program's first `call` then takes it from there (`jdlm.decoding.prefetch` for a
+decode's programs; `jdlm generate` does it while its weights load).
+
 Loading a stored program unpickles it: keep the cache directory as private as JAX's own cache, which also holds
 executables.
 """
@@ -27,6 +31,7 @@ executables.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
 import hashlib
 import io
@@ -44,11 +49,11 @@ from jdlm.kernels import switch as kernel_switches
 
 FORMAT = "jdlm-executable-1"  # bump when the stored layout or the key changes
 SUBDIR = "jdlm-executables"
-# What happened in this process: a program's first call "loaded" it from the store, or compiled it and "stored"
-# it, or "failed" to read, load or run a stored one (and compiled it again), or was "unkeyed" (no key across
-# processes: a tree node from outside jdlm, an object address, a JAX without the internals the key reads; compiled,
-# not stored); "unsupported" counts the calls whose arguments take jax.jit's own path. Tests and
-# scripts/bench_startup.py read these.
+# What happened in this process: a program's first call "loaded" it from the store ("prefetched": loaded in the
+# background by `prefetch`), or compiled it and "stored" it, or "failed" to read, load or run a stored one (and
+# compiled it again), or was "unkeyed" (no key across processes: a tree node from outside jdlm, an object address,
+# a JAX without the internals the key reads; compiled, not stored); "unsupported" counts the calls whose arguments
+# take jax.jit's own path. Tests and scripts/bench_startup.py read these.
 EVENTS: collections.Counter = collections.Counter()
 # Seconds spent, reported through jax.monitoring beside JAX's own compile events (the CLI counts them as compile
 # time): reading and loading a stored program, and serializing and writing one.
@@ -57,6 +62,7 @@ STORE_EVENT = "/jdlm/executables/store_duration"
 _LOGGING = {"jax_log_compiles", "jax_logging_level", "jax_debug_log_modules", "jax_explain_cache_misses",
             "jax_pprint_use_color"}
 _loaded: dict = {}  # (name, signature) -> jax.stages.Compiled, for the rest of the process
+_pending: dict = {}  # (name, signature) -> Future of a stored program being loaded in the background (`prefetch`)
 
 
 def call(name: str, jitted, *args):
@@ -76,7 +82,31 @@ def call(name: str, jitted, *args):
     compiled = _loaded.get((name, signature))
     if compiled is not None:
         return compiled(*args)
-    return _first_call(name, jitted, args, signature, directory)
+    return _first_call(name, jitted, args, signature, directory, _pending.pop((name, signature), None))
+
+
+def prefetch(name: str, args) -> bool:
+    """Starts loading the stored program that `call(name, jitted, *args)` would run, in a background thread, so that
+    the loading overlaps whatever the caller does next (making or reading the weights); that `call` then waits for
+    it instead of loading it itself. `args` may hold `jax.ShapeDtypeStruct`s placed on one device
+    (`sharding=jax.sharding.SingleDeviceSharding(device)`) where the call will have arrays: the program is found by
+    the arguments' shapes alone. Returns whether a stored program was found and its loading started (False with the
+    store off, for arguments it does not take, or when nothing is stored under this key yet)."""
+    directory = store_directory()
+    signature = None if directory is None else _guarded(_signature, args)
+    if signature is None or (name, signature) in _loaded or (name, signature) in _pending:
+        return False
+    material = _guarded(_key_material, name, signature)
+    path = None if material is None else _path(directory, name, material)
+    if path is None or not path.is_file():
+        return False
+    _pending[(name, signature)] = _loader().submit(_timed_load, path, material, signature[2])
+    return True
+
+
+@functools.cache
+def _loader() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jdlm-executables")
 
 
 def store_directory() -> Path | None:
@@ -91,6 +121,7 @@ def store_directory() -> Path | None:
 def clear() -> None:
     """Forgets the programs loaded in this process (the stored files stay); `jax.clear_caches()` does it too."""
     _loaded.clear()
+    _pending.clear()
 
 
 clear.cache_clear = clear  # jax.clear_caches() calls cache_clear() on every registered cache
@@ -105,22 +136,23 @@ except (ImportError, AttributeError):  # another jax: jax.clear_caches() leaves 
 # ---------------------------------------------------------------- the first call of a program in this process
 
 
-def _first_call(name, jitted, args, signature, directory: Path):
+def _first_call(name, jitted, args, signature, directory: Path, pending=None):
+    """The program's first call in this process: loaded from the store (by `pending`, a `prefetch`'s Future, when
+    there is one), else compiled and stored."""
     device = signature[2]
     material = _guarded(_key_material, name, signature)
     if material is None:
         EVENTS["unkeyed"] += 1
-    path = None if material is None else directory / f"{name}-{hashlib.sha256(material.encode()).hexdigest()}.bin"
-    if path is not None and path.is_file():
+    path = None if material is None else _path(directory, name, material)
+    if pending is not None or (path is not None and path.is_file()):
         try:
-            started = time.perf_counter()
-            compiled = _load(path, material, device)
-            jax.monitoring.record_event_duration_secs(LOAD_EVENT, time.perf_counter() - started)
+            compiled = pending.result() if pending is not None else _timed_load(path, material, device)
             out = compiled(*args)
         except Exception:  # noqa: BLE001 (unreadable, stale layout, another jax: compile as if it were not there)
             EVENTS["failed"] += 1
         else:
             EVENTS["loaded"] += 1
+            EVENTS["prefetched"] += pending is not None
             _loaded[(name, signature)] = compiled
             return out
     compiled = jitted.lower(*args).compile()  # the persistent cache still spares XLA's compile
@@ -139,6 +171,17 @@ def _guarded(function, *args):
         return function(*args)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _path(directory: Path, name: str, material: str) -> Path:
+    return directory / f"{name}-{hashlib.sha256(material.encode()).hexdigest()}.bin"
+
+
+def _timed_load(path: Path, material: str, device):
+    started = time.perf_counter()
+    compiled = _load(path, material, device)
+    jax.monitoring.record_event_duration_secs(LOAD_EVENT, time.perf_counter() - started)
+    return compiled
 
 
 def _load(path: Path, material: str, device):
@@ -179,7 +222,8 @@ def _signature(args):
     leaves, treedef = jax.tree.flatten(args)
     avals, device, seen = [], None, None
     for leaf in leaves:
-        if not _is_device_array(type(leaf)):  # a tracer, a NumPy value, something else
+        abstract = type(leaf) is jax.ShapeDtypeStruct  # `prefetch`'s stand-in for an array
+        if not abstract and not _is_device_array(type(leaf)):  # a tracer, a NumPy value, something else
             if isinstance(leaf, (np.ndarray, np.generic)):
                 avals.append((leaf.shape, leaf.dtype, False))
                 continue
@@ -194,7 +238,7 @@ def _signature(args):
             elif here != device:
                 return None
             seen = where
-        aval = leaf.aval
+        aval = leaf if abstract else leaf.aval
         avals.append((aval.shape, aval.dtype, aval.weak_type))
     if device is None:
         return None

@@ -97,6 +97,36 @@ def decode_steps(params: Params, prompt, strategy: Strategy, *, key: jax.Array |
         going = bool(going)
 
 
+def prefetch(params: Params, prompt, strategy: Strategy, *, key: jax.Array | None = None, prompt_mask=None,
+             guide: Params | None = None, steps: bool = False) -> int:
+    """Starts loading, in background threads, the stored programs that `decode` (`steps=True`: `decode_steps`) will
+    run with these arguments, so that a new process loads them while it makes or reads its weights. `params` (and
+    `guide`) may be abstract: `jax.ShapeDtypeStruct`s of the weights' shapes, placed on the device they will be on
+    (`abstract_params`); prompt, key and mask as the decode will get them. Needs the store of compiled decodes
+    (`jdlm.decoding.executables`: on with JAX's persistent cache, which the CLI turns on) to hold the programs,
+    i.e. an earlier process ran the same decode. Returns how many programs started loading (0 when there is
+    nothing to load)."""
+    args = _arguments(params, prompt, strategy, key, prompt_mask, guide) + (guide,)
+    if not steps:
+        return int(executables.prefetch("decode_loop", args))
+    started = int(executables.prefetch("init", args))
+    device = next(iter(jax.tree.leaves(params)[0].sharding.device_set))
+    inputs, state = jax.tree.map(lambda a: _on(a, device), jax.eval_shape(_init, *args))
+    return started + int(executables.prefetch("advance", (inputs, state, args[4])))
+
+
+def abstract_params(params: Params, device: jax.Device | None = None) -> Params:
+    """`params` (arrays or shapes, e.g. `jdlm.model.param_shapes(config)`) as `jax.ShapeDtypeStruct`s placed on
+    `device` (default: the first device): what `prefetch` takes before the weights exist."""
+    device = device or jax.devices()[0]
+    return jax.tree.map(lambda a: _on(a, device), params)
+
+
+def _on(aval, device) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=getattr(aval, "weak_type", False),
+                                sharding=jax.sharding.SingleDeviceSharding(device))
+
+
 def _arguments(params: Params, prompt, strategy: Strategy, key, prompt_mask, guide=None):
     """Checks everything on the host and builds the arguments of the compiled functions."""
     if not isinstance(strategy, Strategy):
