@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -169,6 +171,66 @@ def test_key_changes_with_the_kernels_modes():
     with quantized_linear.use_kernel("on"):
         assert executables._key_material("decode_loop", signature) != base
     assert executables._key_material("decode_loop", signature) == base
+
+
+def test_prefetch_under_other_kernel_modes_is_not_run(monkeypatch, tmp_path):
+    """A program prefetched before a kernel mode changed (as the CLI's --no-attention-kernel does after it
+    prefetches) is not the program the call would trace: the call compiles its own instead of running it."""
+    from jdlm.kernels import window_attention
+
+    def traced_under_mode():  # a new function each time: jax's own tracing cache does not answer for the mode
+        return jax.jit(lambda a: a + (1.0 if window_attention.current_mode() == "on" else 0.0))
+
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)
+    x = jnp.ones((2, 3))
+    try:
+        with window_attention.use_kernel("on"):
+            np.testing.assert_array_equal(executables.call("mode_probe", traced_under_mode(), x), x + 1)
+            executables.clear()
+            assert executables.prefetch("mode_probe", (x,))
+        before = executables.EVENTS.copy()
+        with window_attention.use_kernel("off"):
+            out = executables.call("mode_probe", traced_under_mode(), x)
+        np.testing.assert_array_equal(out, x)
+        assert executables.EVENTS - before == {"stored": 1}
+    finally:
+        executables.clear()
+
+
+def test_a_prefetched_load_is_compile_time_only_while_the_call_waits(monkeypatch, tmp_path):
+    """The CLI counts LOAD_EVENT as compile time around the decode call: for a prefetched program, only the seconds
+    the call waited for it, not the part of its load that ran while the weights loaded (PREFETCH_EVENT)."""
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)
+    x, jitted = jnp.ones((2, 3)), jax.jit(lambda a: a * 2)
+    load, started, release = executables._load, threading.Event(), threading.Event()
+
+    def slow_load(*args):
+        started.set()
+        release.wait(30)
+        return load(*args)
+
+    recorded = []
+
+    def listen(event, seconds, **kwargs):
+        recorded.append((event, seconds))
+
+    try:
+        executables.call("wait_probe", jitted, x)
+        executables.clear()
+        monkeypatch.setattr(executables, "_load", slow_load)
+        assert executables.prefetch("wait_probe", (x,))
+        assert started.wait(30)
+        time.sleep(0.3)  # the caller's own work (its weights) while the program loads
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        release.set()
+        np.testing.assert_array_equal(executables.call("wait_probe", jitted, x), x * 2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+        release.set()
+        executables.clear()
+    waited = [seconds for event, seconds in recorded if event == executables.LOAD_EVENT]
+    loading = [seconds for event, seconds in recorded if event == executables.PREFETCH_EVENT]
+    assert len(waited) == 1 and waited[0] < 0.3 and len(loading) == 1 and loading[0] >= 0.3
 
 
 def test_generate_loads_its_decode_while_its_weights_load(tmp_path):
