@@ -187,14 +187,22 @@ def runtime_layout(args, params):
     """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device, without --no-fuse and with
     room on the device for a second copy of the weights being fused (`room_to_fuse`); else as they are. Measured
     faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate weights are freed as each
-    layer is fused (the caller's `params` must not be used again). --no-attention-kernel also turns the window
-    attention kernel off (its default, "auto", runs it on one GPU)."""
-    from jdlm.kernels import window_attention
+    layer is fused (the caller's `params` must not be used again). Also sets the kernels' modes (`set_kernel_modes`).
+    """
     from jdlm.model import fuse_projections
+
+    set_kernel_modes(args)
+    return fuse_projections(params, free_inputs=True) if will_fuse(args, params) else params
+
+
+def set_kernel_modes(args) -> None:
+    """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU); set
+    before any decode is traced or looked up in the store of compiled decodes (`prefetch_for_prompt`), whose keys
+    hold the modes."""
+    from jdlm.kernels import window_attention
 
     if not getattr(args, "attention_kernel", True):
         window_attention.set_mode("off")
-    return fuse_projections(params, free_inputs=True) if will_fuse(args, params) else params
 
 
 def will_fuse(args, params) -> bool:
@@ -224,6 +232,7 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
     try:
         tokenizer = load_tokenizer(args.model)
         enable_compilation_cache()
+        set_kernel_modes(args)
         if executables.store_directory() is None or getattr(args, "guide", None) or jax.device_count() != 1:
             return tokenizer
         prompt_ids = encode(tokenizer, messages, chat=not args.no_chat)
