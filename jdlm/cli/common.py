@@ -196,9 +196,9 @@ def runtime_layout(args, params):
 
 
 def set_kernel_modes(args) -> None:
-    """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU); set
-    before any decode is traced or looked up in the store of compiled decodes (`prefetch_for_prompt`), whose keys
-    hold the modes."""
+    """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU without
+    grouped-query attention); set before any decode is traced or looked up in the store of compiled decodes
+    (`prefetch_for_prompt`), whose keys hold the modes."""
     from jdlm.kernels import window_attention
 
     if not getattr(args, "attention_kernel", True):
