@@ -205,15 +205,20 @@ def set_kernel_modes(args) -> None:
         window_attention.set_mode("off")
 
 
-def will_fuse(args, params) -> bool:
-    """Whether `runtime_layout` fuses these params (arrays, or their shapes before they are loaded)."""
+def will_fuse(args, params, *, loading: bool = False) -> bool:
+    """Whether `runtime_layout` fuses these params: arrays on the device, or with `loading` the shapes of weights
+    not loaded yet, whose bytes are counted as in use, as they will be when `runtime_layout` decides."""
     import jax
 
     from jdlm import sharding
 
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return False
-    return room_to_fuse(params, jax.devices()[0].memory_stats())
+    stats = jax.devices()[0].memory_stats()
+    if loading and stats:
+        weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+        stats = {**stats, "bytes_in_use": stats.get("bytes_in_use", 0) + weights}
+    return room_to_fuse(params, stats)
 
 
 def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps: bool):
@@ -237,7 +242,7 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
             return tokenizer
         prompt_ids = encode(tokenizer, messages, chat=not args.no_chat)
         shapes = checkpoint_shapes(args.model, load_dtype(args), quantize=getattr(args, "quantize", None))
-        if will_fuse(args, shapes):
+        if will_fuse(args, shapes, loading=True):
             shapes = jax.eval_shape(fuse_projections, shapes)
         prefetch(abstract_params(shapes), np.asarray([prompt_ids], np.int32), strategy,
                  key=jax.random.key(args.seed), steps=steps)
