@@ -58,7 +58,7 @@ def processes(tmp_path_factory):
     decode_file = next((cache / executables.SUBDIR).glob("decode_loop-*"))
     second = run(cache, [{**DECODE, "strategy": SPEC.replace("0.5", "0.9")}, DECODE, STEPS,
                          {**DECODE, "strategy": SPEC.replace("dual", "prefix")}, {**DECODE, "prompt_length": 6}])
-    prefetched = run(cache, [{**DECODE, "prefetch": True}, {**STEPS, "prefetch": True},
+    prefetched = run(cache, [{**DECODE, "prefetch": True}, {**STEPS, "prefetch": "unplaced"},
                              {**DECODE, "prompt_length": 7, "prefetch": True}])
     stored = sorted((cache / executables.SUBDIR).iterdir())
     for path in stored:
@@ -87,8 +87,9 @@ def test_second_process_runs_the_stored_programs_without_tracing(processes):
 
 
 def test_prefetch_loads_the_stored_programs_in_the_background(processes):
-    """`prefetch` from the weights' shapes alone (before any weight exists) finds the programs the decode then
-    runs; a shape nothing is stored for starts nothing, and its decode compiles as usual."""
+    """`prefetch` from the weights' shapes alone (before any weight exists; placed on the device or, for the
+    steps, as `param_shapes` gives them) finds the programs the decode then runs; a shape nothing is stored for
+    starts nothing, and its decode compiles as usual."""
     decode, steps, unseen = processes["prefetched"]
     assert decode["prefetch"] == 1 and decode["events"] == {"loaded": 2, "prefetched": 1}  # and the row keys'
     assert steps["prefetch"] == 2 and steps["events"] == {"loaded": 2, "prefetched": 2}  # init and advance
