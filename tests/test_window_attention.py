@@ -269,6 +269,22 @@ def test_generate_turns_the_kernel_off_before_it_prefetches_its_decode(monkeypat
     assert tokenizer is not None and modes == ["off"]
 
 
+def test_generate_keeps_the_tokenizer_when_its_prefetch_fails(monkeypatch, tmp_path):
+    """A prompt too long for the model fails the prefetch (the decode after the load says so, as before); the
+    tokenizer it loaded is still handed to `load_model` rather than loaded a second time."""
+    from jdlm.cli import build_parser
+    from jdlm.cli.common import build_strategy, prefetch_for_prompt
+
+    monkeypatch.setenv("JDLM_COMPILATION_CACHE", str(tmp_path))
+    args = build_parser().parse_args(["generate", "-m", "tiny", "hi"])
+    try:
+        tokenizer = prefetch_for_prompt(args, build_strategy(args), [{"role": "user", "content": "hi " * 400}],
+                                        steps=False)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert tokenizer is not None and tokenizer.encode("sudoku:") == jdlm.load("tiny")[1].encode("sudoku:")
+
+
 def test_auto_takes_the_kernel_on_a_gpu_only_without_grouped_query_attention(monkeypatch):
     """Measured on an H100: faster than cuDNN for LLaDA-8B (32 kv heads for 32 query heads), slower for Dream-7B
     (4 for 28). "auto" on a (faked) GPU runs it for the first kind only; "on" runs it for both."""

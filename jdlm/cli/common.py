@@ -225,8 +225,9 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
     """Before the weights load: the model's tokenizer (for `load_model` to reuse), and the decode of these messages'
     ids started loading from jdlm's store of compiled decodes (`jdlm.decoding.prefetch`, from the checkpoint's
     shapes in the layout `load_model` will give the weights), so that a command run before with the same shapes
-    finds its programs loaded once its weights are. Returns the tokenizer, or None when anything fails here (the
-    load that follows reports a real problem as it always does; this part only saves time)."""
+    finds its programs loaded once its weights are. Returns the tokenizer, or None when it cannot be loaded; a
+    failure after it only skips the prefetch (the load and decode that follow report a real problem, such as a
+    prompt too long, as they always do: this part only saves time)."""
     import jax
     import numpy as np
 
@@ -236,6 +237,9 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
 
     try:
         tokenizer = load_tokenizer(args.model)
+    except Exception:  # noqa: BLE001
+        return None
+    try:
         enable_compilation_cache()
         set_kernel_modes(args)
         if executables.store_directory() is None or getattr(args, "guide", None) or jax.device_count() != 1:
@@ -246,9 +250,9 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
             shapes = jax.eval_shape(fuse_projections, shapes)
         prefetch(abstract_params(shapes), np.asarray([prompt_ids], np.int32), strategy,
                  key=jax.random.key(args.seed), steps=steps)
-        return tokenizer
-    except Exception:  # noqa: BLE001
-        return None
+    except Exception:  # noqa: BLE001, S110 (no prefetch: the load and decode after report what is wrong)
+        pass
+    return tokenizer
 
 
 def room_to_fuse(params, memory_stats: dict | None) -> bool:
