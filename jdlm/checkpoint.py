@@ -494,14 +494,12 @@ def load_params(path: str | Path, dtype=None, *, verify: bool | None = None, mes
 def checkpoint_shapes(path: str | Path, dtype=None, *, quantize: str | None = None) -> Params:
     """What `load_params(path, dtype, quantize=quantize)` returns, as shapes (`jax.ShapeDtypeStruct` leaves), from
     config.json and manifest.json alone: no weight is read (for `jdlm.decoding.prefetch`, which finds the decode's
-    stored programs while the weights load). Raises what `load_params` would for a missing or corrupt config or
-    manifest."""
+    stored programs while the weights load). A CheckpointError for a missing or unreadable config or manifest;
+    the rest of `load_params`'s checks (a Hugging Face checkpoint, a quantisation other than the stored one) are
+    left to it."""
     check_mode(quantize)
     directory = resolve(path)
-    try:
-        config = load_config(directory / "config.json")
-    except (ConfigError, OSError) as e:
-        raise CheckpointError(f"{directory}: {e}") from None
+    config = _read_config(directory)
     manifest = read_manifest(directory)
     stored = jnp.dtype(manifest["dtype"])
     mode = check_mode(stored_quantization(manifest)) or quantize
@@ -513,11 +511,14 @@ def load_tokenizer(path: str | Path):
     from jdlm.tokenizer import Tokenizer
 
     directory = resolve(path)
+    return Tokenizer.from_dir(directory, _read_config(directory))
+
+
+def _read_config(directory: Path):
     try:
-        config = load_config(directory / "config.json")
+        return load_config(directory / "config.json")
     except (ConfigError, OSError) as e:
         raise CheckpointError(f"{directory}: {e}") from None
-    return Tokenizer.from_dir(directory, config)
 
 
 def load(path: str | Path, dtype=None, *, verify: bool | None = None, mesh=None, quantize: str | None = None):

@@ -270,7 +270,7 @@ def _attention_with_probs(q, k, v, mask):
 def _attention(q, k, v, mask, implementation, cached: bool = False):
     """Fused attention: q [B, T, N, H], k/v [B, S, K, H], mask [B, 1, T, S] bool or None -> [B, T, N, H].
     `cached`: a window of queries against a KV cache, which jdlm/kernels/window_attention.py's kernel may take
-    (its `set_mode`; off by default)."""
+    (its `set_mode`; by default "auto": on one GPU, without grouped-query attention)."""
     if cached:
         out = window_attention.kernel_attention(q, k, v, mask)
         if out is not None:

@@ -38,10 +38,13 @@ from startup_args import add_shape_arguments, fill_shape_defaults
 TARGET_S = 3.0
 
 
+# jdlm.decoding.executables' events: store_load_s is loading a stored program (for a prefetched one, what its first
+# call waited for it), store_prefetch_s a background load (`prefetch`), store_write_s storing one
 JAX_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
               "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
               "/jax/core/compile/backend_compile_duration": "compile_or_cache_load_s",
-              "/jdlm/executables/load_duration": "store_load_s",  # jdlm.decoding.executables
+              "/jdlm/executables/load_duration": "store_load_s",
+              "/jdlm/executables/prefetch_duration": "store_prefetch_s",
               "/jdlm/executables/store_duration": "store_write_s"}
 
 

@@ -1,7 +1,7 @@
 """Decodes in a fresh process for tests/test_executables.py, with JAX's persistent cache (and so jdlm's store of
 executables) in the folder argv[1]. argv[2]: a JSON list of decodes, {"strategy": text, "prompt_length": n,
 "steps": bool (decode_steps instead of decode), "prefetch": bool (`jdlm.decoding.prefetch` from the weights'
-shapes first)}. Prints one JSON line: per decode, its tokens and NFE, what the
+shapes first, placed on the device by `abstract_params`) or "unplaced" (from `param_shapes` as they are)}. Prints one JSON line: per decode, its tokens and NFE, what the
 store did (`executables.EVENTS`, counted over that decode) and which decode programs JAX lowered (traced)."""
 
 import json
@@ -38,8 +38,9 @@ def main(cache_dir: str, decodes: list[dict]) -> None:
         lowered.clear()
         prompt = np.arange(3, 3 + d["prompt_length"])[None]
         strategy = S.parse_strategy(d["strategy"])
-        started = prefetch(abstract_params(param_shapes(config, jnp.float32)), prompt, strategy,
-                           steps=bool(d.get("steps"))) if d.get("prefetch") else None
+        shapes = param_shapes(config, jnp.float32)
+        shapes = shapes if d.get("prefetch") == "unplaced" else abstract_params(shapes)
+        started = prefetch(shapes, prompt, strategy, steps=bool(d.get("steps"))) if d.get("prefetch") else None
         result = list(jdlm.decode_steps(params, prompt, strategy))[-1] if d.get("steps") else \
             jdlm.decode(params, prompt, strategy)
         out.append({"tokens": np.asarray(result.tokens).tolist(), "nfe": np.asarray(result.nfe).tolist(),

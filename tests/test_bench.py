@@ -154,6 +154,18 @@ def test_smoke_suite_json_has_every_field_and_finite_ratios(tmp_path, monkeypatc
         assert r["compile_s"] >= 0
 
 
+def test_no_attention_kernel_holds_for_random_weights_on_a_mesh(tmp_path, monkeypatch):
+    """--no-attention-kernel turns the kernel off (and `kernels` says so) also where random weights go onto a mesh,
+    which skips `runtime_layout`."""
+    from jdlm.kernels import window_attention
+
+    with window_attention.use_kernel("auto"):
+        record = _bench(tmp_path, monkeypatch, "--random", "test", "--batch-size", "1", "--prompt-length", "8",
+                        "--repeats", "1", "--strategy", "low_confidence", "--mesh", "data=1", "--no-attention-kernel")
+    (row,) = record["results"]
+    assert row["mesh"] is not None and "window_attention=off" in row["kernels"].split()
+
+
 def test_a_spent_budget_skips_and_lists_every_run(tmp_path, monkeypatch):
     record = _bench(tmp_path, monkeypatch, "--budget", "0")
     assert record["results"] == []

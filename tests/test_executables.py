@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -56,7 +58,7 @@ def processes(tmp_path_factory):
     decode_file = next((cache / executables.SUBDIR).glob("decode_loop-*"))
     second = run(cache, [{**DECODE, "strategy": SPEC.replace("0.5", "0.9")}, DECODE, STEPS,
                          {**DECODE, "strategy": SPEC.replace("dual", "prefix")}, {**DECODE, "prompt_length": 6}])
-    prefetched = run(cache, [{**DECODE, "prefetch": True}, {**STEPS, "prefetch": True},
+    prefetched = run(cache, [{**DECODE, "prefetch": True}, {**STEPS, "prefetch": "unplaced"},
                              {**DECODE, "prompt_length": 7, "prefetch": True}])
     stored = sorted((cache / executables.SUBDIR).iterdir())
     for path in stored:
@@ -85,8 +87,9 @@ def test_second_process_runs_the_stored_programs_without_tracing(processes):
 
 
 def test_prefetch_loads_the_stored_programs_in_the_background(processes):
-    """`prefetch` from the weights' shapes alone (before any weight exists) finds the programs the decode then
-    runs; a shape nothing is stored for starts nothing, and its decode compiles as usual."""
+    """`prefetch` from the weights' shapes alone (before any weight exists; placed on the device or, for the
+    steps, as `param_shapes` gives them) finds the programs the decode then runs; a shape nothing is stored for
+    starts nothing, and its decode compiles as usual."""
     decode, steps, unseen = processes["prefetched"]
     assert decode["prefetch"] == 1 and decode["events"] == {"loaded": 2, "prefetched": 1}  # and the row keys'
     assert steps["prefetch"] == 2 and steps["events"] == {"loaded": 2, "prefetched": 2}  # init and advance
@@ -169,6 +172,66 @@ def test_key_changes_with_the_kernels_modes():
     with quantized_linear.use_kernel("on"):
         assert executables._key_material("decode_loop", signature) != base
     assert executables._key_material("decode_loop", signature) == base
+
+
+def test_prefetch_under_other_kernel_modes_is_not_run(monkeypatch, tmp_path):
+    """A program prefetched before a kernel mode changed (as the CLI's --no-attention-kernel does after it
+    prefetches) is not the program the call would trace: the call compiles its own instead of running it."""
+    from jdlm.kernels import window_attention
+
+    def traced_under_mode():  # a new function each time: jax's own tracing cache does not answer for the mode
+        return jax.jit(lambda a: a + (1.0 if window_attention.current_mode() == "on" else 0.0))
+
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)
+    x = jnp.ones((2, 3))
+    try:
+        with window_attention.use_kernel("on"):
+            np.testing.assert_array_equal(executables.call("mode_probe", traced_under_mode(), x), x + 1)
+            executables.clear()
+            assert executables.prefetch("mode_probe", (x,))
+        before = executables.EVENTS.copy()
+        with window_attention.use_kernel("off"):
+            out = executables.call("mode_probe", traced_under_mode(), x)
+        np.testing.assert_array_equal(out, x)
+        assert executables.EVENTS - before == {"stored": 1}
+    finally:
+        executables.clear()
+
+
+def test_a_prefetched_load_is_compile_time_only_while_the_call_waits(monkeypatch, tmp_path):
+    """The CLI counts LOAD_EVENT as compile time around the decode call: for a prefetched program, only the seconds
+    the call waited for it, not the part of its load that ran while the weights loaded (PREFETCH_EVENT)."""
+    monkeypatch.setattr(executables, "store_directory", lambda: tmp_path)
+    x, jitted = jnp.ones((2, 3)), jax.jit(lambda a: a * 2)
+    load, started, release = executables._load, threading.Event(), threading.Event()
+
+    def slow_load(*args):
+        started.set()
+        release.wait(30)
+        return load(*args)
+
+    recorded = []
+
+    def listen(event, seconds, **kwargs):
+        recorded.append((event, seconds))
+
+    try:
+        executables.call("wait_probe", jitted, x)
+        executables.clear()
+        monkeypatch.setattr(executables, "_load", slow_load)
+        assert executables.prefetch("wait_probe", (x,))
+        assert started.wait(30)
+        time.sleep(0.3)  # the caller's own work (its weights) while the program loads
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        release.set()
+        np.testing.assert_array_equal(executables.call("wait_probe", jitted, x), x * 2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+        release.set()
+        executables.clear()
+    waited = [seconds for event, seconds in recorded if event == executables.LOAD_EVENT]
+    loading = [seconds for event, seconds in recorded if event == executables.PREFETCH_EVENT]
+    assert len(waited) == 1 and waited[0] < 0.3 and len(loading) == 1 and loading[0] >= 0.3
 
 
 def test_generate_loads_its_decode_while_its_weights_load(tmp_path):

@@ -114,6 +114,30 @@ def test_the_cli_fuses_on_a_gpu_only_unless_told_not_to(monkeypatch):
     assert is_fused(runtime_layout(argparse.Namespace(), params_for("llada")))  # a command without the flag
 
 
+def test_prefetch_expects_the_layout_the_loaded_weights_will_get(monkeypatch):
+    """`jdlm generate` picks the layout of the decode it prefetches before its weights are on the device: with room
+    for the fused copy only while they are not, it must expect them separate, as `runtime_layout` will keep them."""
+    from jdlm.cli.common import will_fuse
+
+    shapes = jax.eval_shape(lambda: params_for("llada"))
+    weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+    replaced = sum(layer[n].size * layer[n].dtype.itemsize for layer in shapes.weights["layers"]
+                   for n in ("q", "k", "v", "gate", "up"))
+    limit = {}
+
+    class Device:
+        def memory_stats(self):
+            return {"bytes_limit": limit["bytes"], "bytes_in_use": 0}
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "devices", lambda *a: [Device()])
+    limit["bytes"] = weights + replaced - 1
+    assert will_fuse(argparse.Namespace(fuse=True), shapes)  # the weights' bytes not counted: room
+    assert not will_fuse(argparse.Namespace(fuse=True), shapes, loading=True)
+    limit["bytes"] = weights + replaced
+    assert will_fuse(argparse.Namespace(fuse=True), shapes, loading=True)
+
+
 def test_sharding_fused_params_is_refused():
     with pytest.raises(ShardingError, match="fused projections"):
         sharding.shard_params(fuse_projections(params_for("llada")),

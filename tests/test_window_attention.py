@@ -251,6 +251,40 @@ def test_the_cli_runs_the_kernel_unless_told_not_to(dream_params):
     assert W.current_mode() == "off"
 
 
+def test_generate_turns_the_kernel_off_before_it_prefetches_its_decode(monkeypatch, tmp_path):
+    """`jdlm generate --no-attention-kernel` looks its decode up in the store of compiled decodes (whose keys hold
+    the kernels' modes) with the kernel already off, not under "auto" (the program of the other mode)."""
+    from jdlm import decoding
+    from jdlm.cli import build_parser
+    from jdlm.cli.common import build_strategy, prefetch_for_prompt
+
+    modes = []
+    monkeypatch.setattr(decoding, "prefetch", lambda *args, **kwargs: modes.append(W.current_mode()))
+    monkeypatch.setenv("JDLM_COMPILATION_CACHE", str(tmp_path))
+    args = build_parser().parse_args(["generate", "-m", "tiny", "--no-attention-kernel", "hi"])
+    try:
+        tokenizer = prefetch_for_prompt(args, build_strategy(args), [{"role": "user", "content": "hi"}], steps=False)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert tokenizer is not None and modes == ["off"]
+
+
+def test_generate_keeps_the_tokenizer_when_its_prefetch_fails(monkeypatch, tmp_path):
+    """A prompt too long for the model fails the prefetch (the decode after the load says so, as before); the
+    tokenizer it loaded is still handed to `load_model` rather than loaded a second time."""
+    from jdlm.cli import build_parser
+    from jdlm.cli.common import build_strategy, prefetch_for_prompt
+
+    monkeypatch.setenv("JDLM_COMPILATION_CACHE", str(tmp_path))
+    args = build_parser().parse_args(["generate", "-m", "tiny", "hi"])
+    try:
+        tokenizer = prefetch_for_prompt(args, build_strategy(args), [{"role": "user", "content": "hi " * 400}],
+                                        steps=False)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert tokenizer is not None and tokenizer.encode("sudoku:") == jdlm.load("tiny")[1].encode("sudoku:")
+
+
 def test_auto_takes_the_kernel_on_a_gpu_only_without_grouped_query_attention(monkeypatch):
     """Measured on an H100: faster than cuDNN for LLaDA-8B (32 kv heads for 32 query heads), slower for Dream-7B
     (4 for 28). "auto" on a (faked) GPU runs it for the first kind only; "on" runs it for both."""

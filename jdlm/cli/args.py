@@ -159,7 +159,8 @@ def model_args(p: Parser) -> None:
                         "ones, about 5%% faster cached steps at 8B (jdlm.fuse_projections, docs/performance.md)")
     p.add_argument("--no-attention-kernel", dest="attention_kernel", action="store_false",
                    help="run a cached step's attention with cuDNN instead of jdlm's window attention kernel, which "
-                        "is the default on one GPU (Ampere or newer): 1-3%% faster batch-1 decodes at 8B "
+                        "is the default on one GPU (Ampere or newer) for models with as many kv heads as query "
+                        "heads (LLaDA): 1-3%% faster batch-1 decodes at 8B "
                         "(jdlm.kernels.window_attention, docs/performance.md)")
 
 

@@ -23,6 +23,7 @@ from jdlm.cli.common import (
     load_model,
     note,
     runtime_layout,
+    set_kernel_modes,
     stderr_console,
 )
 from jdlm.cli.examples import NEEDS_8B
@@ -117,6 +118,7 @@ def run(args) -> int:
     console = stderr_console()
     mesh = device_mesh(args)
     enable_compilation_cache()
+    set_kernel_modes(args)  # (runtime_layout does it too, but random weights on a mesh skip it)
     guides = {}  # model -> the --guide weights checked against it, or None
     dtype = {"auto": "float32" if jax.default_backend() == "cpu" else "bfloat16"}.get(args.dtype, args.dtype)
     plan, skipped_for_memory = {}, []  # random shapes: model -> the cells that fit, in order; those that do not

@@ -187,33 +187,47 @@ def runtime_layout(args, params):
     """`params` with fused projections (`jdlm.fuse_projections`) on a GPU, on one device, without --no-fuse and with
     room on the device for a second copy of the weights being fused (`room_to_fuse`); else as they are. Measured
     faster on an H100 (docs/performance.md); elsewhere not measured to pay. The separate weights are freed as each
-    layer is fused (the caller's `params` must not be used again). --no-attention-kernel also turns the window
-    attention kernel off (its default, "auto", runs it on one GPU)."""
-    from jdlm.kernels import window_attention
+    layer is fused (the caller's `params` must not be used again). Also sets the kernels' modes (`set_kernel_modes`).
+    """
     from jdlm.model import fuse_projections
 
-    if not getattr(args, "attention_kernel", True):
-        window_attention.set_mode("off")
+    set_kernel_modes(args)
     return fuse_projections(params, free_inputs=True) if will_fuse(args, params) else params
 
 
-def will_fuse(args, params) -> bool:
-    """Whether `runtime_layout` fuses these params (arrays, or their shapes before they are loaded)."""
+def set_kernel_modes(args) -> None:
+    """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU without
+    grouped-query attention); set before any decode is traced or looked up in the store of compiled decodes
+    (`prefetch_for_prompt`), whose keys hold the modes."""
+    from jdlm.kernels import window_attention
+
+    if not getattr(args, "attention_kernel", True):
+        window_attention.set_mode("off")
+
+
+def will_fuse(args, params, *, loading: bool = False) -> bool:
+    """Whether `runtime_layout` fuses these params: arrays on the device, or with `loading` the shapes of weights
+    not loaded yet, whose bytes are counted as in use, as they will be when `runtime_layout` decides."""
     import jax
 
     from jdlm import sharding
 
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return False
-    return room_to_fuse(params, jax.devices()[0].memory_stats())
+    stats = jax.devices()[0].memory_stats()
+    if loading and stats:
+        weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+        stats = {**stats, "bytes_in_use": stats.get("bytes_in_use", 0) + weights}
+    return room_to_fuse(params, stats)
 
 
 def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps: bool):
     """Before the weights load: the model's tokenizer (for `load_model` to reuse), and the decode of these messages'
     ids started loading from jdlm's store of compiled decodes (`jdlm.decoding.prefetch`, from the checkpoint's
     shapes in the layout `load_model` will give the weights), so that a command run before with the same shapes
-    finds its programs loaded once its weights are. Returns the tokenizer, or None when anything fails here (the
-    load that follows reports a real problem as it always does; this part only saves time)."""
+    finds its programs loaded once its weights are. Returns the tokenizer, or None when it cannot be loaded; a
+    failure after it only skips the prefetch (the load and decode that follow report a real problem, such as a
+    prompt too long, as they always do: this part only saves time)."""
     import jax
     import numpy as np
 
@@ -223,18 +237,22 @@ def prefetch_for_prompt(args, strategy, messages: list[dict[str, str]], *, steps
 
     try:
         tokenizer = load_tokenizer(args.model)
+    except Exception:  # noqa: BLE001
+        return None
+    try:
         enable_compilation_cache()
+        set_kernel_modes(args)
         if executables.store_directory() is None or getattr(args, "guide", None) or jax.device_count() != 1:
             return tokenizer
         prompt_ids = encode(tokenizer, messages, chat=not args.no_chat)
         shapes = checkpoint_shapes(args.model, load_dtype(args), quantize=getattr(args, "quantize", None))
-        if will_fuse(args, shapes):
+        if will_fuse(args, shapes, loading=True):
             shapes = jax.eval_shape(fuse_projections, shapes)
         prefetch(abstract_params(shapes), np.asarray([prompt_ids], np.int32), strategy,
                  key=jax.random.key(args.seed), steps=steps)
-        return tokenizer
-    except Exception:  # noqa: BLE001
-        return None
+    except Exception:  # noqa: BLE001, S110 (no prefetch: the load and decode after report what is wrong)
+        pass
+    return tokenizer
 
 
 def room_to_fuse(params, memory_stats: dict | None) -> bool:

@@ -101,11 +101,13 @@ def prefetch(params: Params, prompt, strategy: Strategy, *, key: jax.Array | Non
              guide: Params | None = None, steps: bool = False) -> int:
     """Starts loading, in background threads, the stored programs that `decode` (`steps=True`: `decode_steps`) will
     run with these arguments, so that a new process loads them while it makes or reads its weights. `params` (and
-    `guide`) may be abstract: `jax.ShapeDtypeStruct`s of the weights' shapes, placed on the device they will be on
-    (`abstract_params`); prompt, key and mask as the decode will get them. Needs the store of compiled decodes
+    `guide`) may be abstract: `jax.ShapeDtypeStruct`s of the weights' shapes (`jdlm.model.param_shapes`), taken as
+    on the first device unless placed on another (`abstract_params`); prompt, key and mask as the decode will get
+    them. Needs the store of compiled decodes
     (`jdlm.decoding.executables`: on with JAX's persistent cache, which the CLI turns on) to hold the programs,
     i.e. an earlier process ran the same decode. Returns how many programs started loading (0 when there is
     nothing to load)."""
+    params, guide = _placed(params), None if guide is None else _placed(guide)
     args = _arguments(params, prompt, strategy, key, prompt_mask, guide) + (guide,)
     if not steps:
         return int(executables.prefetch("decode_loop", args))
@@ -120,6 +122,12 @@ def abstract_params(params: Params, device: jax.Device | None = None) -> Params:
     `device` (default: the first device): what `prefetch` takes before the weights exist."""
     device = device or jax.devices()[0]
     return jax.tree.map(lambda a: _on(a, device), params)
+
+
+def _placed(params: Params) -> Params:
+    """Shapes placed nowhere (`param_shapes`) as on the first device, where a decode's weights are by default;
+    arrays and placed shapes as they are."""
+    return abstract_params(params) if getattr(jax.tree.leaves(params)[0], "sharding", None) is None else params
 
 
 def _on(aval, device) -> jax.ShapeDtypeStruct:

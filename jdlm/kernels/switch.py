@@ -15,7 +15,7 @@ SWITCHES: list[KernelSwitch] = []  # every kernel's switch, in the order the ker
 
 
 def all_modes() -> str:
-    """Every kernel's current mode, as text ("quantized_linear=off window_attention=off"), sorted by name."""
+    """Every kernel's current mode, as text ("quantized_linear=off window_attention=auto"), sorted by name."""
     import jdlm.kernels.quantized_linear  # noqa: F401  (jdlm's kernels register their switches on import)
     import jdlm.kernels.window_attention  # noqa: F401
 
