@@ -1,8 +1,9 @@
 """Decodes in a fresh process for tests/test_executables.py, with JAX's persistent cache (and so jdlm's store of
 executables) in the folder argv[1]. argv[2]: a JSON list of decodes, {"strategy": text, "prompt_length": n,
 "steps": bool (decode_steps instead of decode), "prefetch": bool (`jdlm.decoding.prefetch` from the weights'
-shapes first, placed on the device by `abstract_params`) or "unplaced" (from `param_shapes` as they are)}. Prints one JSON line: per decode, its tokens and NFE, what the
-store did (`executables.EVENTS`, counted over that decode) and which decode programs JAX lowered (traced)."""
+shapes first, placed on the device by `abstract_params`) or "unplaced" (from `param_shapes` as they are)}. Prints
+one JSON line: per decode, its tokens and NFE, what the store did (`executables.EVENTS`, counted over that decode)
+and which decode programs JAX lowered (traced)."""
 
 import json
 import sys

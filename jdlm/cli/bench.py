@@ -237,7 +237,8 @@ def _print_bench(results, source: str, floors) -> None:
     device = results[0].device if results else "?"
     rates = "" if floors is None else f" (floors: {floors.matmul_tflops:,.3g} TFLOP/s, {floors.copy_gbps:,.3g} GB/s)"
     table = Table(title=f"decode throughput: {source} on {device}{rates}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, caption="/floor: time over the least time at the measured rates (docs/performance.md); step: "
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption="/floor: time over the least time at the measured rates (docs/performance.md); step: "
                           "a cached step, ms", caption_justify="left")
     table.add_column("strategy", min_width=14, overflow="fold")
     for column in ("B", "P", "tok/s", "NFE", "run s", "/floor", "step", "/floor", "compile"):
