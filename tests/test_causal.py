@@ -23,14 +23,22 @@ def with_config(params, **changes):
     return jdlm.Params(config=dataclasses.replace(params.config, **changes), weights=params.weights)
 
 
+@jax.jit
+def _causal_logits(params, tokens):
+    return jdlm.forward(params, tokens, causal=True).logits
+
+
 def reference_greedy(params, prompt: list[int], gen_length: int) -> list[int]:
     """A plain Python loop: a full causal forward over everything so far, argmax of the last position (the mask
-    token excluded), until an end token or `gen_length` tokens; no cache, nothing compiled across steps."""
+    token excluded), until an end token or `gen_length` tokens; no cache. Each forward runs over a buffer of the
+    final length whose positions past the tokens so far hold padding: causal attention never lets a position see a
+    later one, so they change nothing, and one compiled forward serves every step."""
     cfg = params.config
     tokens = list(prompt)
     out = []
     for _ in range(gen_length):
-        logits = jdlm.forward(params, jnp.asarray([tokens], jnp.int32), causal=True).logits[0, -1]
+        buffer = tokens + [cfg.pad_id] * (len(prompt) + gen_length - len(tokens))
+        logits = _causal_logits(params, jnp.asarray([buffer], jnp.int32))[0, len(tokens) - 1]
         logits = np.array(logits, np.float32)
         logits[cfg.mask_id] = -np.inf
         token = int(np.argmax(logits))
