@@ -103,10 +103,9 @@ def prefetch(params: Params, prompt, strategy: Strategy, *, key: jax.Array | Non
     run with these arguments, so that a new process loads them while it makes or reads its weights. `params` (and
     `guide`) may be abstract: `jax.ShapeDtypeStruct`s of the weights' shapes (`jdlm.model.param_shapes`), taken as
     on the first device unless placed on another (`abstract_params`); prompt, key and mask as the decode will get
-    them. Needs the store of compiled decodes
-    (`jdlm.decoding.executables`: on with JAX's persistent cache, which the CLI turns on) to hold the programs,
-    i.e. an earlier process ran the same decode. Returns how many programs started loading (0 when there is
-    nothing to load)."""
+    them. Needs the store of compiled decodes (`jdlm.decoding.executables`: on with JAX's persistent cache, which
+    the CLI turns on) to hold the programs, i.e. an earlier process ran the same decode. Returns how many programs
+    started loading (0 when there is nothing to load)."""
     params, guide = _placed(params), None if guide is None else _placed(guide)
     args = _arguments(params, prompt, strategy, key, prompt_mask, guide) + (guide,)
     if not steps:
