@@ -144,16 +144,23 @@ def launch_floor(args, cache_dir: Path) -> dict:
     relative to its launch."""
     env = {**os.environ, "JDLM_COMPILATION_CACHE": str(cache_dir)}
     for _ in range(2):
-        launched = time.time()
-        try:
-            out = subprocess.run([sys.executable, __file__, "--floor-child"], capture_output=True, text=True,
-                                 env=env, check=False, timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            return {"error": f"no result within --timeout {args.timeout:g} s"}
-        if out.returncode != 0:
-            return {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
-    marks = json.loads(out.stdout.strip().splitlines()[-1])["marks"]
-    return {f"{name}_s": round(at - launched, 3) for name, at in marks.items()}
+        launched, report = run_child([sys.executable, __file__, "--floor-child"], env, args.timeout)
+        if "error" in report:
+            return report
+    return {f"{name}_s": round(at - launched, 3) for name, at in report["marks"].items()}
+
+
+def run_child(command: list[str], env: dict, timeout: float) -> tuple[float, dict]:
+    """(launch time, the child's last stdout line as JSON), or an {"error": ...} report for a child that failed or
+    ran past `timeout` (killed: nothing of it is left holding the device)."""
+    launched = time.time()
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return launched, {"error": f"no result within --timeout {timeout:g} s"}
+    if out.returncode != 0:
+        return launched, {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
+    return launched, json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _store_counts(executables) -> dict:
@@ -178,14 +185,9 @@ def launch(args, cache_dir: Path, store: bool = True, prefetch: bool = True) -> 
                "--prompt-length", str(args.prompt_length), "--gen-length", str(args.gen_length),
                "--block-length", str(args.block_length), "--strategy", args.strategy] + \
         ([] if prefetch else ["--no-prefetch"])
-    launched = time.time()
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=args.timeout)
-    except subprocess.TimeoutExpired:  # the child is killed: nothing of it is left holding the device
-        return {"error": f"no result within --timeout {args.timeout:g} s"}
-    if out.returncode != 0:
-        return {"error": f"exit code {out.returncode}: {out.stderr[-2000:]}"}
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    launched, report = run_child(command, env, args.timeout)
+    if "error" in report:
+        return report
     marks = report.pop("marks")
     since = {f"{name}_s": round(marks[name] - launched, 3) for name in marks}
     steps = {"import_s": marks["imported"] - marks["started"], "import_jax_s": marks["jax_imported"] - marks["started"],

@@ -211,13 +211,13 @@ def will_fuse(args, params, *, loading: bool = False) -> bool:
     import jax
 
     from jdlm import sharding
+    from jdlm.quantize import weight_bytes
 
     if not getattr(args, "fuse", True) or jax.default_backend() != "gpu" or sharding.mesh_of(params) is not None:
         return False
     stats = jax.devices()[0].memory_stats()
     if loading and stats:
-        weights = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
-        stats = {**stats, "bytes_in_use": stats.get("bytes_in_use", 0) + weights}
+        stats = {**stats, "bytes_in_use": stats.get("bytes_in_use", 0) + weight_bytes(params.weights)}
     return room_to_fuse(params, stats)
 
 
@@ -263,11 +263,10 @@ def room_to_fuse(params, memory_stats: dict | None) -> bool:
     if not memory_stats or "bytes_limit" not in memory_stats:
         return False
     from jdlm.model import SEPARATE_PROJECTIONS
-    from jdlm.quantize import scale_name
+    from jdlm.quantize import scale_name, weight_bytes
 
     names = {*SEPARATE_PROJECTIONS, *map(scale_name, SEPARATE_PROJECTIONS)}
-    replaced = sum(a.size * a.dtype.itemsize for layer in params.weights["layers"] for n, a in layer.items()
-                   if n in names)  # arrays or their shapes
+    replaced = weight_bytes([a for layer in params.weights["layers"] for n, a in layer.items() if n in names])
     return memory_stats["bytes_limit"] - memory_stats.get("bytes_in_use", 0) >= replaced
 
 
