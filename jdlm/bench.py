@@ -81,7 +81,7 @@ class BenchResult:
     the linear weights' quantisation ("int8", "fp8"), None for float weights; `fused_projections`: whether each
     layer's q|k|v and gate|up ran as one matmul each (`jdlm.fuse_projections`); `kernels`: the modes of jdlm's
     hand-written kernels when the decode was traced (`jdlm.kernels.switch.all_modes()`, e.g.
-    "quantized_linear=off window_attention=auto").
+    "float_linear=auto quantized_linear=off window_attention=auto").
 
     Against the floors (None on a mesh, where one device's floors do not apply):
       full_forwards, cached_forwards: the forward passes of each kind the decode ran (`DecodeResult.full_forwards`).

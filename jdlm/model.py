@@ -25,7 +25,7 @@ import numpy as np
 from jdlm import sharding
 from jdlm.config import ModelConfig
 from jdlm.errors import ShardingError
-from jdlm.kernels import quantized_linear, window_attention
+from jdlm.kernels import float_linear, quantized_linear, window_attention
 from jdlm.quantize import mode_of, quantized_shapes, scale_name
 
 
@@ -146,10 +146,12 @@ def linear(spec: str, x: jax.Array, layer: dict, name: str) -> jax.Array:
     scale applied to the output channels, so the weight is read in 1 byte: on a GPU with few rows (a cached decode
     step) by jdlm/kernels' weight-only matmul (jdlm/kernels/quantized_linear.py), else by XLA, which fuses the
     convert into its GEMM.
-    Float weights take the plain einsum, unchanged."""
+    Float weights take the plain einsum, or with few rows on a Hopper GPU jdlm/kernels' matmul kernel
+    (jdlm/kernels/float_linear.py)."""
     scale = layer.get(scale_name(name))
     if scale is None:
-        return jnp.einsum(spec, x, layer[name])
+        y = float_linear.kernel_einsum(spec, x, layer[name])
+        return jnp.einsum(spec, x, layer[name]) if y is None else y
     y = quantized_linear.kernel_einsum(spec, x, layer[name], scale)
     if y is not None:
         return y
@@ -174,9 +176,15 @@ def qkv_projections(h: jax.Array, layer: dict) -> tuple[jax.Array, jax.Array, ja
 
 
 def swiglu(h: jax.Array, layer: dict) -> jax.Array:
-    """silu(h @ gate) * (h @ up): h [B, T, D] -> [B, T, F]; for quantised weights in the kernel's "fused" mode one
-    kernel call; one matmul for a fused layer's `gate_up` [D, 2, F] (`fuse_projections`)."""
+    """silu(h @ gate) * (h @ up): h [B, T, D] -> [B, T, F]; one matmul for a fused layer's `gate_up` [D, 2, F]
+    (`fuse_projections`); one kernel call, the SwiGLU included, for float gate_up with few rows on a Hopper GPU
+    (jdlm/kernels/float_linear.py) and for quantised weights in the quantised kernel's "fused" mode."""
     if "gate_up" in layer:
+        scale = layer.get(scale_name("gate_up"))
+        fused = (float_linear.kernel_swiglu(h, layer["gate_up"]) if scale is None
+                 else quantized_linear.kernel_stacked_swiglu(h, layer["gate_up"], scale))
+        if fused is not None:
+            return fused
         y = linear("BTD,DIF->BTIF", h, layer, "gate_up")
         return jax.nn.silu(y[:, :, 0]) * y[:, :, 1]
     fused = quantized_linear.kernel_swiglu(h, layer["gate"], layer["up"], layer.get(scale_name("gate")),

@@ -10,12 +10,15 @@ its weights at (GB/s) and that rate over the copy bandwidth measured in the same
                  scales applied to the output; the weight stored [K, N] and, as `_nk`, transposed [N, K];
   w8a8_fp8:      the same with float8_e4m3fn operands and float32 accumulation;
   bf16_splitkS:  the float matmul with K cut into S ranges, one batched GEMM whose float32 partial sums are added
-                 (more thread blocks for a GEMM with few output tiles, such as down at M = 256).
+                 (more thread blocks for a GEMM with few output tiles, such as down at M = 256);
+  pallas_T:      the float matmul through jdlm's Pallas (Triton) matmul kernel at tiling T, given with --pallas as
+                 "block_m,block_n,block_k,splits,warps,stages" (block_m capped at M's power of two), checked
+                 against bf16's output.
 The widths compare one weight per projection with the fused layouts: q (4096) against q|k|v (12288), gate (12288)
 against gate|up (24576). Each timed call chains distinct weight copies (at least 160 MB in all, past the 50 MB L2) and
 queues several calls before the clock stops (scripts/bench_weight_only_matmul.py's timer).
 
-    python scripts/bench_matmul_forms.py             # one GPU, about a minute; JSON to $OUT
+    python scripts/bench_matmul_forms.py             # one GPU, about a minute; JSON to $OUT (--dream: Dream-7B)
     python scripts/bench_matmul_forms.py --quick     # small shapes on CPU, seconds
 """
 
@@ -30,9 +33,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdlm import quantize as Q
 from jdlm import roofline
+from jdlm.kernels import weight_only_matmul as wom
 from jdlm.model import linear
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,6 +45,8 @@ from bench_weight_only_matmul import chain_timer  # noqa: E402
 
 FULL_SHAPES = {"q": (4096, 4096), "k|v": (4096, 8192), "q|k|v": (4096, 12288), "gate": (4096, 12288),
                "gate|up": (4096, 24576), "down": (12288, 4096)}
+DREAM_SHAPES = {"q": (3584, 3584), "q|k|v": (3584, 4608), "gate": (3584, 18944), "gate|up": (3584, 37888),
+                "down": (18944, 3584)}  # Dream-7B's (--dream)
 QUICK_SHAPES = {"q": (128, 128), "q|k|v": (128, 384)}
 CHAIN_BYTES = 160 << 20
 
@@ -55,7 +62,21 @@ def fp8_rows(x):
     return (x / scale).astype(jnp.float8_e4m3fn), scale
 
 
-def forms(dtype):
+def pallas_form(spec: str, interpret: bool):
+    """The float matmul through the weight-only kernel's Pallas program at tiling `spec`
+    ("block_m,block_n,block_k,splits,warps,stages"; block_m capped at M rounded up to a power of two >= 16)."""
+    block_m, block_n, block_k, splits, warps, stages = (int(v) for v in spec.split(","))
+
+    def fn(x, w, s):
+        rows = max(16, 1 << max(0, x.shape[0] - 1).bit_length())
+        tiling = wom.Tiling(block_m=min(block_m, rows), block_n=block_n, block_k=block_k, splits=splits,
+                            num_warps=warps, num_stages=stages)
+        tiling.check(*x.shape, w.shape[1])
+        return wom._matmuls(x, [w], [s], tiling, interpret)[0]
+    return fn
+
+
+def forms(dtype, pallas=()):
     """name -> (prepare(w [K, N] float) -> (w', scale [N]), matmul(x, w', scale) -> [M, N])."""
     def bf16(x, w, s):
         return x @ w
@@ -98,7 +119,9 @@ def forms(dtype):
             "w8a8_int8": (quant("int8"), w8a8(int8_rows, jnp.int32, False)),
             "w8a8_int8_nk": (quant("int8", True), w8a8(int8_rows, jnp.int32, True)),
             "w8a8_fp8": (quant("fp8"), w8a8(fp8_rows, jnp.float32, False)),
-            "w8a8_fp8_nk": (quant("fp8", True), w8a8(fp8_rows, jnp.float32, True))}
+            "w8a8_fp8_nk": (quant("fp8", True), w8a8(fp8_rows, jnp.float32, True)),
+            **{"pallas_" + spec.replace(",", "_"): (plain[0], pallas_form(spec, jax.default_backend() != "gpu"))
+               for spec in pallas}}
 
 
 def main(argv=None) -> int:
@@ -107,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="32,256", help="comma-separated M values (default 32,256)")
     p.add_argument("--forms", default=None, help="comma-separated forms (default all)")
     p.add_argument("--shapes", default=None, help="comma-separated shape names (default all)")
+    p.add_argument("--dream", action="store_true", help="Dream-7B's linear shapes instead of LLaDA-8B's")
+    p.add_argument("--pallas", action="append", default=[],
+                   help="a Pallas tiling to time as a form: block_m,block_n,block_k,splits,warps,stages (repeatable)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT or .)")
     args = p.parse_args(argv)
     start = time.perf_counter()
@@ -118,10 +144,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(0)
-    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    shapes = QUICK_SHAPES if args.quick else DREAM_SHAPES if args.dream else FULL_SHAPES
     for name, (k, n) in ((n, shapes[n]) for n in (args.shapes.split(",") if args.shapes else shapes)):
         base = jax.random.normal(key, (k, n), jnp.float32) * 0.02
-        for form, (prepare, fn) in forms(dtype).items():
+        reference = {}  # M -> bf16's first output, to check the Pallas forms against
+        for form, (prepare, fn) in forms(dtype, args.pallas).items():
             if args.forms and form not in args.forms.split(","):
                 continue
             try:
@@ -130,10 +157,15 @@ def main(argv=None) -> int:
                 ws = [w + 0 if i else w for i in range(copies)]  # distinct buffers
                 for m in (int(r) for r in args.rows.split(",")):
                     xs = [jax.random.normal(jax.random.key(i + 1), (m, k), dtype) for i in range(copies)]
-                    seconds, _ = chain_timer(fn, xs, ws, [s] * copies, calls=2 if args.quick else 20)
+                    seconds, first = chain_timer(fn, xs, ws, [s] * copies, calls=2 if args.quick else 20)
                     gbps = w.nbytes / seconds / 1e9
                     row = {"shape": name, "K": k, "N": n, "M": m, "form": form, "us": round(seconds * 1e6, 2),
                            "weight_GBps": round(gbps, 1), "of_copy": round(gbps / floors.copy_gbps, 3)}
+                    if form == "bf16":
+                        reference[m] = first
+                    elif form.startswith("pallas_") and m in reference:
+                        row["max_diff_vs_bf16"] = float(np.abs(first - reference[m]).max()
+                                                        / np.abs(reference[m]).max())
                     report["results"].append(row)
                     print(f"M={m:4d} {name:>8} {form:>13}: {row['us']:8.2f} us {row['weight_GBps']:7.1f} GB/s "
                           f"({row['of_copy']:.0%})", file=sys.stderr, flush=True)

@@ -86,8 +86,10 @@ def test_second_call_with_same_shapes_does_not_recompile(params):
     ("asrd", lambda v: S.parse_strategy(f"asrd:{v} gen_length=16 block_length=8")),
 ])
 def test_sweeping_a_knob_compiles_once(params, name, make):
-    if name in ("wino", "asrd") and params.config.logits_shift:
-        pytest.skip("the revocable rules refuse Dream-shaped models by design (their StrategyError is tested)")
+    if name in ("wino", "asrd") and params.config.logits_shift:  # refused by design for Dream-shaped models
+        with pytest.raises(jdlm.errors.StrategyError, match="unshifted models"):
+            jdlm.decode(params, _prompt(2, length=5), make(0.5))
+        return
     values = [0.3, 0.45, 0.6, 0.75, 0.9]
     compiled, results = _sweep(params, [make(v) for v in values])
     assert len(compiled) == 1, f"{name}: {len(compiled)} compilations for {len(values)} values"

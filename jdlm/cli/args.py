@@ -162,6 +162,10 @@ def model_args(p: Parser) -> None:
                         "is the default on one GPU (Ampere or newer) for models with as many kv heads as query "
                         "heads (LLaDA): 1-3%% faster batch-1 decodes at 8B "
                         "(jdlm.kernels.window_attention, docs/performance.md)")
+    p.add_argument("--no-matmul-kernel", dest="matmul_kernel", action="store_false",
+                   help="run a batch-1 cached step's float matmuls with XLA instead of jdlm's matmul kernel, which "
+                        "is the default on one Hopper GPU: about 2%% faster batch-1 decodes at 8B "
+                        "(jdlm.kernels.float_linear, docs/performance.md)")
 
 
 def guide_arg(p: Parser) -> None:

@@ -197,12 +197,15 @@ def runtime_layout(args, params):
 
 def set_kernel_modes(args) -> None:
     """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU without
-    grouped-query attention); set before any decode is traced or looked up in the store of compiled decodes
-    (`prefetch_for_prompt`), whose keys hold the modes."""
-    from jdlm.kernels import window_attention
+    grouped-query attention), --no-matmul-kernel the float matmul kernel (its "auto": one Hopper GPU); set before
+    any decode is traced or looked up in the store of compiled decodes (`prefetch_for_prompt`), whose keys hold the
+    modes."""
+    from jdlm.kernels import float_linear, window_attention
 
     if not getattr(args, "attention_kernel", True):
         window_attention.set_mode("off")
+    if not getattr(args, "matmul_kernel", True):
+        float_linear.set_mode("off")
 
 
 def will_fuse(args, params, *, loading: bool = False) -> bool:

@@ -56,6 +56,18 @@ def _quantized(*weights) -> bool:
     return all(w is not None and jnp.dtype(w.dtype) in wom.WEIGHT_DTYPES for w in weights)
 
 
+def matmul_axes(spec: str, x_shape: tuple, w_shape: tuple) -> tuple[tuple, tuple] | None:
+    """(x's row axes, w's output axes) of an einsum that is a matmul in disguise: `spec` "rows, contracted -> rows,
+    out" with x's contracted axes last and w's first (as every linear in jdlm/model.py); None for any other spec."""
+    inputs, out = spec.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+    contracted = "".join(a for a in lhs if a in rhs)
+    c = len(contracted)
+    if not c or not lhs.endswith(contracted) or not rhs.startswith(contracted) or out != lhs[:-c] + rhs[c:]:
+        return None
+    return tuple(x_shape[:-c]), tuple(w_shape[c:])
+
+
 def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> jax.Array | None:
     """`(einsum(spec, x, w) * scale).astype(x.dtype)` by the kernel, or None (see the module docstring; also when
     `spec` is not "rows, contracted -> rows, out" with x's contracted axes last and w's first, as every linear in
@@ -69,14 +81,12 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> ja
     """
     if not _enabled() or not _quantized(w):
         return None
-    inputs, out = spec.replace(" ", "").split("->")
-    lhs, rhs = inputs.split(",")
-    contracted = "".join(a for a in lhs if a in rhs)
-    c = len(contracted)
-    if not c or not lhs.endswith(contracted) or not rhs.startswith(contracted) or out != lhs[:-c] + rhs[c:]:
+    axes = matmul_axes(spec, x.shape, w.shape)
+    if axes is None:
         return None
-    lead, outs = x.shape[:-c], w.shape[c:]
-    m, k, n = math.prod(lead), math.prod(w.shape[:c]), math.prod(outs)
+    lead, outs = axes
+    m, n = math.prod(lead), math.prod(outs)
+    k = w.size // n
     if m > MAX_ROWS or wom.default_tiling(m, k, n) is None:
         return None
     y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), scale.reshape(n), interpret=_interpret())
@@ -119,4 +129,24 @@ def kernel_swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, gate_scale, up_s
     if m > MAX_ROWS or wom.model_tiling(m, k, n) is None:
         return None
     y = wom.swiglu_weight_only_matmul(x.reshape(m, k), gate, up, gate_scale, up_scale, interpret=_interpret())
+    return y.reshape(*lead, n)
+
+
+def kernel_stacked_swiglu(x: jax.Array, gate_up: jax.Array, scale: jax.Array) -> jax.Array | None:
+    """`kernel_swiglu` for quantised gate and up stacked as `jdlm.fuse_projections` stores them (mode "fused"), or
+    None.
+
+    Args:
+      x: [rows..., D] float; gate_up: [D, 2, F] int8 or float8_e4m3fn; scale: [2, F] float32.
+
+    Returns:
+      [rows..., F] in x's dtype.
+    """
+    if SWITCH.mode != "fused" or not _quantized(gate_up):
+        return None
+    lead, (k, _, n) = x.shape[:-1], gate_up.shape
+    m = math.prod(lead)
+    if m > MAX_ROWS or wom.model_tiling(m, k, n) is None:
+        return None
+    y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, scale, interpret=_interpret())
     return y.reshape(*lead, n)

@@ -15,8 +15,13 @@ afterwards (XLA fuses that sum with the cast). The per-column scale is applied o
 few rows of x as the narrow right one), a layout that suits Hopper's tensor cores when M is small.
 
 `grouped_weight_only_matmul` runs several weights that share K in one launch (a layer's q, k and v), and
-`swiglu_weight_only_matmul` the SwiGLU MLP's gate and up together, writing only silu(gate) * up. When jdlm's model
-uses which: jdlm/kernels/quantized_linear.py.
+`swiglu_weight_only_matmul` the SwiGLU MLP's gate and up together, writing only silu(gate) * up (`stacked_swiglu_matmul`
+the same from one [K, 2, F] weight, `jdlm.fuse_projections`' gate_up). When jdlm's model uses which:
+jdlm/kernels/quantized_linear.py.
+
+Float weights in x's dtype (no scale) go through the same kernel, read as they are: at batch 1 on an H100 a cached
+step's q|k|v, gate|up + SwiGLU and down matmuls run faster this way than as XLA's GEMMs (`float_tiling`;
+jdlm/kernels/float_linear.py says when jdlm uses it).
 """
 
 from __future__ import annotations
@@ -139,20 +144,45 @@ def model_tiling(m: int, k: int, n: int, num_sms: int | None = None, *, column_m
     return dataclasses.replace(best, num_stages=max(2, min(4, SHARED_BYTES // stage_bytes)))
 
 
+def float_tiling(m: int, k: int, n: int, num_sms: int | None = None, *, splits: bool = True) -> Tiling | None:
+    """A tiling for [m, k] @ [k, n] with float weights (2 bytes a weight), or None when no tile divides K or N.
+
+    The rule measured best on an H100 at M = 32 (`scripts/bench_matmul_forms.py --pallas`, docs/performance.md):
+    one row block (up to 64 rows); column tiles of 128 where they give at least half as many programs as the GPU has
+    SMs, else of 64 (or the largest power of two that divides N) with K split over 2, 3, ... programs until they do;
+    K tiles of 128 when split, else 64 (or smaller where K needs it); 4 warps, 4 pipeline stages. `splits=False`:
+    never split K (the SwiGLU kernel)."""
+    block_m = min(64, max(16, 1 << max(0, m - 1).bit_length()))
+    row_blocks = -(-m // block_m)
+    wanted = (num_sms or sm_count()) / 2
+    if n % 128 == 0 and row_blocks * n // 128 >= wanted:
+        block_n = 128
+    else:
+        block_n = next((b for b in BLOCKS[1:] if n % b == 0), None)
+    split = 1
+    if block_n is not None and block_n < 128 and splits and k % 128 == 0:
+        programs, steps = row_blocks * n // block_n, k // 128
+        split = next((s for s in range(1, steps + 1) if steps % s == 0 and programs * s >= wanted), 1)
+    block_k = 128 if split > 1 else next((b for b in BLOCKS[1:] if k % b == 0), None)
+    if block_n is None or block_k is None:
+        return None
+    return Tiling(block_m=block_m, block_n=block_n, block_k=block_k, splits=split, num_warps=4, num_stages=4)
+
+
 def sm_count() -> int:
     return int(getattr(jax.devices()[0], "core_count", None) or DEFAULT_SMS)
 
 
-def weight_only_matmul(x: jax.Array, w: jax.Array, scale: jax.Array, *, tiling: Tiling | None = None,
+def weight_only_matmul(x: jax.Array, w: jax.Array, scale: jax.Array | None, *, tiling: Tiling | None = None,
                        interpret: bool | None = None, **tiling_fields) -> jax.Array:
     """x @ (w * scale) with the weight converted to x's dtype in the kernel and float32 accumulation.
 
     Args:
       x: [M, K] float (bfloat16 on GPU; float32 works too).
-      w: [K, N] int8 or float8_e4m3fn.
-      scale: [N] float32, one per output column.
-      tiling: how to cut the matmul; default `default_tiling(M, K, N)`, with any of Tiling's fields given as keyword
-        arguments (block_n=64, splits=4, ...) replacing its values.
+      w: [K, N] int8 or float8_e4m3fn; or in x's dtype, with no scale (x @ w).
+      scale: [N] float32, one per output column; None for a float weight.
+      tiling: how to cut the matmul; default `default_tiling(M, K, N)` (`float_tiling` for a float weight), with any
+        of Tiling's fields given as keyword arguments (block_n=64, splits=4, ...) replacing its values.
       interpret: run the kernel through Pallas's interpreter (any backend); default: everywhere but on GPU.
 
     Returns:
@@ -160,7 +190,8 @@ def weight_only_matmul(x: jax.Array, w: jax.Array, scale: jax.Array, *, tiling: 
     """
     _check_operands(x, [w], [scale])
     (m, k), n = x.shape, w.shape[1]
-    tiling = _tiling(tiling, tiling_fields, default_tiling(m, k, n), k, n)
+    default = float_tiling(m, k, n) if scale is None else default_tiling(m, k, n)
+    tiling = _tiling(tiling, tiling_fields, default, k, n)
     tiling.check(m, k, n)
     return _matmuls(x, [w], [scale], tiling, interpret)[0]
 
@@ -214,12 +245,49 @@ def swiglu_weight_only_matmul(x: jax.Array, gate: jax.Array, up: jax.Array, gate
     return _matmuls(x, [gate, up], [gate_scale, up_scale], tiling, interpret, swiglu=True)[0]
 
 
+def stacked_swiglu_matmul(x: jax.Array, gate_up: jax.Array, scale: jax.Array | None = None, *,
+                          tiling: Tiling | None = None, interpret: bool | None = None, **tiling_fields) -> jax.Array:
+    """`swiglu_weight_only_matmul` for gate and up stacked in one weight, as `jdlm.fuse_projections` stores them:
+    each program reads its column tile of gate and of up from the one array (no copy of either half).
+
+    Args:
+      x: [M, K] float; gate_up: [K, 2, F] (gate, then up) int8 or float8_e4m3fn, or in x's dtype;
+      scale: [2, F] float32 for a quantised weight, None for a float one.
+      tiling: default `float_tiling(M, K, F)` for a float weight, `model_tiling(M, K, F)` without K splits for a
+        quantised one; splits must be 1.
+
+    Returns:
+      [M, F] in x's dtype.
+    """
+    if gate_up.ndim != 3 or gate_up.shape[1] != 2:
+        raise ValueError(f"gate_up must be [K, 2, F], got {gate_up.shape}")
+    k, _, n = gate_up.shape
+    stacked = gate_up.reshape(k, 2 * n)  # gate in columns [0, F), up in [F, 2F)
+    half = jax.ShapeDtypeStruct((k, n), gate_up.dtype)  # gate's and up's shapes, for the checks
+    _check_operands(x, [half, half], [None, None] if scale is None else [scale[0], scale[1]])
+    m = x.shape[0]
+    default = (float_tiling(m, k, n, splits=False) if scale is None
+               else model_tiling(m, k, n, max_splits=1, weights=2))
+    tiling = _tiling(tiling, tiling_fields, default, k, n)
+    tiling.check(m, k, n)
+    if tiling.splits != 1:
+        raise ValueError(f"splits={tiling.splits}: the SwiGLU kernel needs each program's whole K sum (splits=1)")
+    flat_scale = None if scale is None else scale.reshape(2 * n)
+    return _matmuls(x, [stacked, stacked], [flat_scale, flat_scale], tiling, interpret, swiglu=True,
+                    widths=(n, n), offsets=(0, n // tiling.block_n))[0]
+
+
 def _check_operands(x, ws, scales) -> None:
+    if len({scale is None for scale in scales}) > 1:
+        raise ValueError("give every weight a scale (quantised weights) or none (float weights), not a mix")
     for w, scale in zip(ws, scales, strict=True):
-        if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0] or scale.shape != w.shape[1:]:
-            raise ValueError(f"want x [M, K], w [K, N], scale [N]; got {x.shape}, {w.shape}, {scale.shape}")
-        if jnp.dtype(w.dtype) not in WEIGHT_DTYPES:
-            raise ValueError(f"w must be int8 or float8_e4m3fn, not {w.dtype}")
+        scale_shape = None if scale is None else scale.shape
+        if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0] or scale_shape not in (None, w.shape[1:]):
+            raise ValueError(f"want x [M, K], w [K, N], scale [N]; got {x.shape}, {w.shape}, {scale_shape}")
+        if scale is None and w.dtype != x.dtype:
+            raise ValueError(f"a weight without a scale must have x's dtype {x.dtype}, not {w.dtype}")
+        if scale is not None and jnp.dtype(w.dtype) not in WEIGHT_DTYPES:
+            raise ValueError(f"a scaled w must be int8 or float8_e4m3fn, not {w.dtype}")
 
 
 def _tiling(tiling: Tiling | None, fields: dict, default: Tiling | None, k: int, n: int) -> Tiling:
@@ -230,15 +298,21 @@ def _tiling(tiling: Tiling | None, fields: dict, default: Tiling | None, k: int,
     return dataclasses.replace(tiling, **fields)
 
 
-def _matmuls(x, ws, scales, tiling: Tiling, interpret: bool | None, swiglu: bool = False) -> list[jax.Array]:
-    """Pads x to whole row blocks, runs the kernel, adds up the K splits' partial sums and casts to x's dtype."""
+def _matmuls(x, ws, scales, tiling: Tiling, interpret: bool | None, swiglu: bool = False, widths=None,
+             offsets=None) -> list[jax.Array]:
+    """Pads x to whole row blocks, runs the kernel, adds up the K splits' partial sums and casts to x's dtype.
+    `scales` are all None for float weights; `widths` / `offsets` (in column tiles) read each weight as that many
+    columns from that tile on (default: the whole weight)."""
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     m = x.shape[0]
     rows = tiling.padded_rows(m)
     padded = jnp.pad(x, ((0, rows - m), (0, 0))) if rows != m else x
+    scales = [s.astype(jnp.float32) for s in scales if s is not None]
+    widths = widths or tuple(w.shape[1] for w in ws)
+    offsets = offsets or (0,) * len(ws)
     outs = []
-    for partials in _call(padded, ws, [s.astype(jnp.float32) for s in scales], tiling, interpret, swiglu):
+    for partials in _call(padded, ws, scales, tiling, interpret, swiglu, widths, offsets):
         if tiling.swap_ab:  # [splits, N, rows] -> [splits, rows, N]
             partials = jnp.swapaxes(partials, 1, 2)
         out = partials[0] if tiling.splits == 1 else partials.sum(axis=0)
@@ -246,22 +320,24 @@ def _matmuls(x, ws, scales, tiling: Tiling, interpret: bool | None, swiglu: bool
     return outs
 
 
-def _call(x, ws, scales, tiling: Tiling, interpret: bool, swiglu: bool) -> list[jax.Array]:
-    """The pallas_call: per weight, [splits, rows, N_i] partial products (scaled; [splits, N_i, rows] with swap_ab),
-    float32 when they still need adding up, else x's dtype; with `swiglu`, one output silu(gate) * up."""
+def _call(x, ws, scales, tiling: Tiling, interpret: bool, swiglu: bool, widths, offsets) -> list[jax.Array]:
+    """The pallas_call: per weight, [splits, rows, N_i] partial products (scaled when `scales` are given;
+    [splits, N_i, rows] with swap_ab), float32 when they still need adding up, else x's dtype; with `swiglu`, one
+    output silu(gate) * up. Weight i is read as its `widths[i]` columns from column tile `offsets[i]` on."""
     rows, k = x.shape
     t = tiling
     span = k // t.splits  # the K rows each program reduces over
-    tiles = [w.shape[1] // t.block_n for w in ws]
+    tiles = [width // t.block_n for width in widths]
     # Program column j: with swiglu, tile j of both weights; else tile j - starts[i] of the weight i it falls in.
     starts = [0] * len(ws) if swiglu else [sum(tiles[:i]) for i in range(len(ws))]
     grid = (rows // t.block_m, tiles[0] if swiglu else sum(tiles), t.splits)  # row blocks fastest: they share w
     out_dtype = x.dtype if t.splits == 1 else jnp.float32
-    columns = [_column_map(start, size, grid[1]) for start, size in zip(starts, tiles)]
+    columns = [_column_map(start, size, grid[1], offset) for start, size, offset in zip(starts, tiles, offsets)]
     in_specs = [pl.BlockSpec((t.block_m, span), lambda i, j, s: (i, s))]  # x rows, this split's K range
     in_specs += [pl.BlockSpec((span, t.block_n), _weight_map(c)) for c in columns]  # split's K range, column tile
-    in_specs += [pl.BlockSpec((t.block_n,), _scale_map(c)) for c in columns]
-    outputs = [(w.shape[1], c) for w, c in zip(ws, columns)][: 1 if swiglu else len(ws)]
+    in_specs += [pl.BlockSpec((t.block_n,), _scale_map(c)) for c in columns[: len(scales)]]
+    outputs = [(width, _column_map(start, size, grid[1], 0)) for width, start, size in zip(widths, starts, tiles)]
+    outputs = outputs[: 1 if swiglu else len(ws)]
     if t.swap_ab:
         out_shapes = [jax.ShapeDtypeStruct((t.splits, n, rows), out_dtype) for n, _ in outputs]
         out_specs = [pl.BlockSpec((None, t.block_n, t.block_m), _out_map(c, swap_ab=True)) for _, c in outputs]
@@ -269,7 +345,7 @@ def _call(x, ws, scales, tiling: Tiling, interpret: bool, swiglu: bool) -> list[
         out_shapes = [jax.ShapeDtypeStruct((t.splits, rows, n), out_dtype) for n, _ in outputs]
         out_specs = [pl.BlockSpec((None, t.block_m, t.block_n), _out_map(c, swap_ab=False)) for _, c in outputs]
     kernel = functools.partial(_kernel, block_k=t.block_k, steps=span // t.block_k, swap_ab=t.swap_ab,
-                               starts=tuple(starts), tiles=tuple(tiles), swiglu=swiglu)
+                               starts=tuple(starts), tiles=tuple(tiles), swiglu=swiglu, scaled=bool(scales))
     return pl.pallas_call(
         kernel,
         out_shape=out_shapes,
@@ -282,12 +358,13 @@ def _call(x, ws, scales, tiling: Tiling, interpret: bool, swiglu: bool) -> list[
     )(x, *ws, *scales)
 
 
-def _column_map(start: int, size: int, columns: int):
+def _column_map(start: int, size: int, columns: int, offset: int = 0):
     """A weight's column tile for program column j: j - start, clamped into the weight's `size` tiles (programs
-    whose column lies in another weight's range compute an index for it, but never touch that block)."""
+    whose column lies in another weight's range compute an index for it, but never touch that block), plus the
+    tile `offset` the weight's columns start at in its array."""
     if start == 0 and size == columns:
-        return lambda j: j
-    return lambda j: jnp.clip(j - start, 0, size - 1)
+        return lambda j: j + offset
+    return lambda j: jnp.clip(j - start, 0, size - 1) + offset
 
 
 def _weight_map(column):
@@ -304,20 +381,25 @@ def _out_map(column, swap_ab: bool):
     return lambda i, j, s: (s, i, column(j))
 
 
-def _kernel(x_ref, *refs, block_k: int, steps: int, swap_ab: bool, starts: tuple, tiles: tuple, swiglu: bool):
-    """One program: x_ref [block_m, span]; per weight w_ref [span, block_n] and scale_ref [block_n]; out_refs
-    [block_m, block_n] ([block_n, block_m] with swap_ab)."""
+def _kernel(x_ref, *refs, block_k: int, steps: int, swap_ab: bool, starts: tuple, tiles: tuple, swiglu: bool,
+            scaled: bool):
+    """One program: x_ref [block_m, span]; per weight w_ref [span, block_n] and (when `scaled`) scale_ref
+    [block_n]; out_refs [block_m, block_n] ([block_n, block_m] with swap_ab)."""
     count = len(tiles)
-    w_refs, scale_refs, out_refs = refs[:count], refs[count:2 * count], refs[2 * count:]
+    scale_count = count if scaled else 0
+    w_refs, scale_refs = refs[:count], refs[count:count + scale_count]
+    out_refs = refs[count + scale_count:]
     if swiglu:
         gate, up = _tile_products(x_ref, w_refs, scale_refs, block_k, steps, swap_ab)
         out_refs[0][...] = (jax.nn.silu(gate) * up).astype(out_refs[0].dtype)
         return
     j = pl.program_id(1)
-    for w_ref, scale_ref, out_ref, start, size in zip(w_refs, scale_refs, out_refs, starts, tiles, strict=True):
+    for w_ref, scale_ref, out_ref, start, size in zip(w_refs, scale_refs or [None] * count, out_refs, starts, tiles,
+                                                      strict=True):
 
         def store(w_ref=w_ref, scale_ref=scale_ref, out_ref=out_ref):
-            (product,) = _tile_products(x_ref, [w_ref], [scale_ref], block_k, steps, swap_ab)
+            (product,) = _tile_products(x_ref, [w_ref], [] if scale_ref is None else [scale_ref], block_k, steps,
+                                        swap_ab)
             out_ref[...] = product.astype(out_ref.dtype)
 
         if count == 1:
@@ -327,14 +409,15 @@ def _kernel(x_ref, *refs, block_k: int, steps: int, swap_ab: bool, starts: tuple
 
 
 def _tile_products(x_ref, w_refs, scale_refs, block_k: int, steps: int, swap_ab: bool) -> list[jax.Array]:
-    """Each weight's scaled float32 product tile over this program's K range, from one pass over the x tiles."""
+    """Each weight's float32 product tile over this program's K range, from one pass over the x tiles; scaled by
+    `scale_refs` where given (quantised weights), as is for float ones (no scale_refs)."""
 
     def accumulate(i, accs):
         start = pl.multiple_of(i * block_k, block_k)
         x = x_ref[:, pl.ds(start, block_k)]  # [block_m, block_k]
         out = []
         for acc, w_ref in zip(accs, w_refs):
-            w = w_ref[pl.ds(start, block_k), :].astype(x.dtype)  # [block_k, block_n]: 1 byte a weight from memory
+            w = w_ref[pl.ds(start, block_k), :].astype(x.dtype)  # [block_k, block_n], 1 byte a weight if quantised
             if swap_ab:  # [block_n, block_m] = w^T x^T
                 out.append(acc + jax.lax.dot_general(w, x, (((0,), (1,)), ((), ())),
                                                      preferred_element_type=jnp.float32))
@@ -344,6 +427,8 @@ def _tile_products(x_ref, w_refs, scale_refs, block_k: int, steps: int, swap_ab:
 
     shape = (w_refs[0].shape[1], x_ref.shape[0]) if swap_ab else (x_ref.shape[0], w_refs[0].shape[1])
     accs = jax.lax.fori_loop(0, steps, accumulate, tuple(jnp.zeros(shape, jnp.float32) for _ in w_refs))
+    if not scale_refs:
+        return list(accs)
     scales = [ref[...] for ref in scale_refs]  # [block_n] each
     return [acc * (scale[:, None] if swap_ab else scale[None, :]) for acc, scale in zip(accs, scales)]
 
