@@ -45,8 +45,9 @@ def operands(shape: dict, batch: int, keys: int):
     return q, k, v, jnp.broadcast_to(mask[:, None, None, :], (batch, 1, T, keys))
 
 
-def implementations(shape: dict, batch: int, keys: int) -> dict:
-    """{name: attention(q, k, v, mask)} to time at this shape."""
+def implementations(shape: dict, batch: int, keys: int, sweep: bool = False) -> dict:
+    """{name: attention(q, k, v, mask)} to time at this shape; `sweep`: also every keys-per-step, stages and warps
+    at the default chunk."""
     fns = {"xla": lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m, implementation="xla")}
     if jax.default_backend() == "gpu":
         fns["cudnn"] = lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m, implementation="cudnn")
@@ -59,6 +60,14 @@ def implementations(shape: dict, batch: int, keys: int) -> dict:
             name = f"kernel chunk={chunk} warps={warps}"
             if keys % chunk == 0 and (chunk, warps) != (default, 4) and name not in fns:
                 fns[name] = lambda q, k, v, m, c=chunk, w=warps: W.window_attention(q, k, v, m, chunk=c, num_warps=w)
+    if sweep:  # keys per step and pipelining stages at the default chunk
+        for block_k in (32, 64, 128):
+            for stages in (1, 2, 3, 4):
+                for warps in (4, 8):
+                    if default % block_k == 0:
+                        fns[f"kernel chunk={default} block_k={block_k} stages={stages} warps={warps}"] = (
+                            lambda q, k, v, m, b=block_k, s=stages, w=warps:
+                            W.window_attention(q, k, v, m, block_k=b, num_stages=s, num_warps=w))
     return fns
 
 
@@ -71,13 +80,13 @@ def time_attention(fn, q, k, v, mask, calls: int) -> float:
     return roofline.median_time(lambda: run(q, k, v, mask), 5) / calls
 
 
-def attention_rows(shape: dict) -> list[dict]:
+def attention_rows(shape: dict, sweep: bool = False, cases=None) -> list[dict]:
     rows = []
-    for batch, keys in shape["cases"]:
+    for batch, keys in cases or shape["cases"]:
         q, k, v, mask = operands(shape, batch, keys)
         wide = [a.astype(jnp.float32) for a in (q, k, v)]
         reference = np.asarray(jax.nn.dot_product_attention(*wide, mask=mask, implementation="xla"))
-        for name, fn in implementations(shape, batch, keys).items():
+        for name, fn in implementations(shape, batch, keys, sweep).items():
             row = {"batch": batch, "keys": keys, "attention": name}
             try:
                 out = np.asarray(jax.jit(fn)(q, k, v, mask), np.float32)
@@ -116,13 +125,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
     p.add_argument("--parts", default="attention,decode", help="comma-separated: attention, decode")
+    p.add_argument("--sweep", action="store_true", help="also time keys per step x stages x warps (GPU)")
+    p.add_argument("--cases", default=None, help="B:S,... cases of the attention part (default 1:512,8:512,1:2304)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args(argv)
     os.environ["JDLM_EXECUTABLE_CACHE"] = "0"  # jdlm's store of compiled decodes off: both modes compile afresh
     shape = QUICK if args.quick else LLADA_8B
     parts = args.parts.split(",")
+    cases = [tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")] if args.cases else None
     report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "shape": shape,
-              "attention": attention_rows(shape) if "attention" in parts else [],
+              "attention": attention_rows(shape, args.sweep and jax.default_backend() == "gpu", cases)
+              if "attention" in parts else [],
               "decode": decode_rows(args.quick) if "decode" in parts else []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

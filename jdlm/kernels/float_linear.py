@@ -24,6 +24,9 @@ from jdlm.kernels.switch import KernelSwitch
 from jdlm.quantize import compute_capability
 
 MAX_ROWS = 64  # a batch-1 cached step's block; at 256 rows (batch 8) XLA's GEMMs were faster (docs/performance.md)
+# "auto" leaves smaller weights to XLA: a small model's matmuls are launch-bound, not weight reads, and the kernel
+# measured no faster there (the shipped tiny model's dual-cache decode on an H100, docs/performance.md)
+MIN_AUTO_WEIGHT_BYTES = 16 << 20
 AUTO_CAPABILITY = (9, 0)  # measured faster on Hopper; Ampere unmeasured, so XLA there
 MODES = ("auto", "on", "off")
 SWITCH = KernelSwitch("float_linear", "float matmul kernel", MODES, default="auto")
@@ -32,7 +35,8 @@ SWITCH = KernelSwitch("float_linear", "float matmul kernel", MODES, default="aut
 def set_mode(mode: str) -> str:
     """Whether the model's float linears with few rows use the kernel. Returns the previous mode.
 
-    "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh; "on": everywhere (Pallas's
+    "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh, for weights of at least
+    MIN_AUTO_WEIGHT_BYTES (16 MiB: LLaDA-8B's smallest is 32 MiB); "on": everywhere, any size (Pallas's
     interpreter off GPU: for tests); "off": never (XLA's einsum). Read when a function is traced
     (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
@@ -43,10 +47,10 @@ def use_kernel(mode: str):
     return SWITCH.use(mode)
 
 
-def _enabled() -> bool:
+def _enabled(weight_bytes: int) -> bool:
     if SWITCH.mode != "auto":
         return SWITCH.mode == "on"
-    if not SWITCH.auto_applies():
+    if weight_bytes < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
         return False
     capability = compute_capability(jax.devices()[0])
     return capability is not None and capability >= AUTO_CAPABILITY
@@ -70,7 +74,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
       spec: e.g. "BTD,DKSH->BTKSH" (x [B, T, D], w [D, K, S, H]) or "BTF,FD->BTD".
       x: [rows..., contracted...] float; w: [contracted..., out...] in x's dtype.
     """
-    if not _enabled() or w.dtype != x.dtype:
+    if not _enabled(w.nbytes) or w.dtype != x.dtype:
         return None
     axes = matmul_axes(spec, x.shape, w.shape)
     if axes is None:
@@ -95,7 +99,7 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
     Returns:
       [rows..., F] in x's dtype.
     """
-    if not _enabled() or gate_up.dtype != x.dtype:
+    if not _enabled(gate_up.nbytes) or gate_up.dtype != x.dtype:
         return None
     lead, (k, _, n) = x.shape[:-1], gate_up.shape
     m = math.prod(lead)

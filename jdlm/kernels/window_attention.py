@@ -117,7 +117,7 @@ def default_chunk(batch: int, kv_heads: int, keys: int) -> int | None:
 
 def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
                      chunk: int | None = None, block_k: int | None = None, num_warps: int = 4,
-                     interpret: bool | None = None) -> jax.Array:
+                     num_stages: int = 2, interpret: bool | None = None) -> jax.Array:
     """Softmax(q k^T / sqrt(H), masked) v with the keys split into chunks over the grid (module docstring).
 
     Args:
@@ -125,7 +125,7 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
       mask: [B or 1, 1, T, S] bool, True where a query may attend to a key; None: every key.
       chunk: keys per program (S: one chunk, normalised in the kernel); default `default_chunk(B, K, S)`.
       block_k: keys per step within a program (divides chunk); default the largest of BLOCK_KS that divides chunk.
-      num_warps: Triton warps per program.
+      num_warps: Triton warps per program; num_stages: Triton's software-pipelining stages.
       interpret: run through Pallas's interpreter (any backend); default: everywhere but on GPU.
 
     Returns:
@@ -145,7 +145,7 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
         q = jnp.pad(q, ((0, 0), (0, rows - T), (0, 0), (0, 0)))
         if mask is not None:
             mask = jnp.pad(mask, ((0, 0), (0, 0), (0, rows - T), (0, 0)))
-    outs = _call(q.reshape(B, rows, K, N // K, H), k, v, mask, chunk, block_k, num_warps, interpret)
+    outs = _call(q.reshape(B, rows, K, N // K, H), k, v, mask, chunk, block_k, num_warps, num_stages, interpret)
     if chunk == S:  # normalised in the kernel
         return outs[0].reshape(B, rows, N, H)[:, :T]
     o, m, l = outs
@@ -161,7 +161,7 @@ def _query_rows(t: int) -> int:
     return max(16, 1 << max(0, t - 1).bit_length())
 
 
-def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, interpret: bool):
+def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, num_stages: int, interpret: bool):
     """The pallas_call: q [B, T, K, G, H], k/v [B, S, K, H], mask [B or 1, 1, T, S] or None -> per chunk c the
     partials o [B, C, T, K, G, H], m and l [B, C, T, K, G] (float32); with one chunk (chunk == S), [the output
     [B, T, K, G, H] in q's dtype]."""
@@ -194,7 +194,7 @@ def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, interpret: bo
         grid=(B, K, chunks),
         in_specs=in_specs,
         out_specs=out_specs,
-        compiler_params=None if interpret else triton_params(num_warps, 2),
+        compiler_params=None if interpret else triton_params(num_warps, num_stages),
         interpret=interpret,
         name="window_attention",
     )(*operands)
