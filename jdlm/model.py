@@ -177,12 +177,11 @@ def qkv_projections(h: jax.Array, layer: dict) -> tuple[jax.Array, jax.Array, ja
 
 def swiglu(h: jax.Array, layer: dict) -> jax.Array:
     """silu(h @ gate) * (h @ up): h [B, T, D] -> [B, T, F]; one matmul for a fused layer's `gate_up` [D, 2, F]
-    (`fuse_projections`); one kernel call, the SwiGLU included, for float gate_up with few rows on a Hopper GPU
-    (jdlm/kernels/float_linear.py) and for quantised weights in the quantised kernel's "fused" mode."""
+    (`fuse_projections`), or one kernel call with the SwiGLU included for a float gate_up with few rows on a Hopper
+    GPU (jdlm/kernels/float_linear.py); for separate quantised weights in the quantised kernel's "fused" mode one
+    kernel call."""
     if "gate_up" in layer:
-        scale = layer.get(scale_name("gate_up"))
-        fused = (float_linear.kernel_swiglu(h, layer["gate_up"]) if scale is None
-                 else quantized_linear.kernel_stacked_swiglu(h, layer["gate_up"], scale))
+        fused = float_linear.kernel_swiglu(h, layer["gate_up"])
         if fused is not None:
             return fused
         y = linear("BTD,DIF->BTIF", h, layer, "gate_up")

@@ -160,18 +160,6 @@ def test_fused_forward_runs_four_float_kernels_a_layer_and_matches_xla(fused_par
     assert np.abs(off).max() > 1
 
 
-def test_quantized_fused_layers_take_the_stacked_swiglu_in_fused_mode(fused_params, monkeypatch):
-    params = Q.quantize_params(fused_params, "int8")
-    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 250, (2, 12)), jnp.int32)
-    calls = []
-    stacked = W.stacked_swiglu_matmul
-    monkeypatch.setattr(W, "stacked_swiglu_matmul", lambda *a, **kw: calls.append(1) or stacked(*a, **kw))
-    fused, jaxpr = _logits(params, tokens, "off", "fused")
-    assert len(calls) >= params.config.n_layers and jaxpr.count("pallas_call") == 4 * params.config.n_layers
-    xla, _ = _logits(params, tokens, "off", "off")
-    np.testing.assert_allclose(fused, xla, rtol=1e-4, atol=1e-4 * np.abs(xla).max())
-
-
 def test_dual_cache_decode_with_the_float_kernel_gives_xla_s_tokens():
     """The decode loop with the kernel in every cached step's float matmul (full forwards stay with XLA) writes the
     tokens XLA's matmuls write."""

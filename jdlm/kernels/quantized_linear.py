@@ -131,22 +131,3 @@ def kernel_swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, gate_scale, up_s
     y = wom.swiglu_weight_only_matmul(x.reshape(m, k), gate, up, gate_scale, up_scale, interpret=_interpret())
     return y.reshape(*lead, n)
 
-
-def kernel_stacked_swiglu(x: jax.Array, gate_up: jax.Array, scale: jax.Array) -> jax.Array | None:
-    """`kernel_swiglu` for quantised gate and up stacked as `jdlm.fuse_projections` stores them (mode "fused"), or
-    None.
-
-    Args:
-      x: [rows..., D] float; gate_up: [D, 2, F] int8 or float8_e4m3fn; scale: [2, F] float32.
-
-    Returns:
-      [rows..., F] in x's dtype.
-    """
-    if SWITCH.mode != "fused" or not _quantized(gate_up):
-        return None
-    lead, (k, _, n) = x.shape[:-1], gate_up.shape
-    m = math.prod(lead)
-    if m > MAX_ROWS or wom.model_tiling(m, k, n) is None:
-        return None
-    y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, scale, interpret=_interpret())
-    return y.reshape(*lead, n)
