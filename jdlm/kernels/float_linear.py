@@ -79,9 +79,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
     axes = matmul_axes(spec, x.shape, w.shape)
     if axes is None:
         return None
-    lead, outs = axes
-    m, n = math.prod(lead), math.prod(outs)
-    k = w.size // n
+    lead, outs, m, k, n = axes
     tiling = wom.float_tiling(m, k, n)
     if not _fits(m, tiling):
         return None

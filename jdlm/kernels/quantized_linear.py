@@ -56,16 +56,18 @@ def _quantized(*weights) -> bool:
     return all(w is not None and jnp.dtype(w.dtype) in wom.WEIGHT_DTYPES for w in weights)
 
 
-def matmul_axes(spec: str, x_shape: tuple, w_shape: tuple) -> tuple[tuple, tuple] | None:
-    """(x's row axes, w's output axes) of an einsum that is a matmul in disguise: `spec` "rows, contracted -> rows,
-    out" with x's contracted axes last and w's first (as every linear in jdlm/model.py); None for any other spec."""
+def matmul_axes(spec: str, x_shape: tuple, w_shape: tuple) -> tuple[tuple, tuple, int, int, int] | None:
+    """(x's row axes, w's output axes, M, K, N) of an einsum that is an [M, K] @ [K, N] matmul in disguise: `spec`
+    "rows, contracted -> rows, out" with x's contracted axes last and w's first (as every linear in jdlm/model.py);
+    None for any other spec."""
     inputs, out = spec.replace(" ", "").split("->")
     lhs, rhs = inputs.split(",")
     contracted = "".join(a for a in lhs if a in rhs)
     c = len(contracted)
     if not c or not lhs.endswith(contracted) or not rhs.startswith(contracted) or out != lhs[:-c] + rhs[c:]:
         return None
-    return tuple(x_shape[:-c]), tuple(w_shape[c:])
+    lead, outs = tuple(x_shape[:-c]), tuple(w_shape[c:])
+    return lead, outs, math.prod(lead), math.prod(w_shape[:c]), math.prod(outs)
 
 
 def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> jax.Array | None:
@@ -84,9 +86,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> ja
     axes = matmul_axes(spec, x.shape, w.shape)
     if axes is None:
         return None
-    lead, outs = axes
-    m, n = math.prod(lead), math.prod(outs)
-    k = w.size // n
+    lead, outs, m, k, n = axes
     if m > MAX_ROWS or wom.default_tiling(m, k, n) is None:
         return None
     y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), scale.reshape(n), interpret=_interpret())
