@@ -538,4 +538,6 @@ def test_ci_runs_the_readme_test_block_line_for_line():
     ci_lines = [line for line in (root / ".ci" / "run").read_text().splitlines()
                 if line.strip() and not line.startswith(setup)]
     assert ci_lines == readme_lines
-    assert readme_lines[-1] == "python -m pytest tests" and any("[test" in line for line in readme_lines)
+    assert readme_lines[-1].startswith("python -m pytest tests") and any("[test" in line for line in readme_lines)
+    if " -n " in readme_lines[-1]:  # xdist's workers: the test extra must bring pytest-xdist
+        assert '"pytest-xdist' in (root / "pyproject.toml").read_text()
