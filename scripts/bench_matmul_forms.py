@@ -13,7 +13,8 @@ its weights at (GB/s) and that rate over the copy bandwidth measured in the same
                  (more thread blocks for a GEMM with few output tiles, such as down at M = 256);
   pallas_T:      the float matmul through jdlm's Pallas (Triton) matmul kernel at tiling T, given with --pallas as
                  "block_m,block_n,block_k,splits,warps,stages" (block_m capped at M's power of two), checked
-                 against bf16's output.
+                 against bf16's output; `pallas_int8_T` the same kernel on the int8 weight and its scale, checked
+                 against int8_xla's.
 The widths compare one weight per projection with the fused layouts: q (4096) against q|k|v (12288), gate (12288)
 against gate|up (24576). Each timed call chains distinct weight copies (at least 160 MB in all, past the 50 MB L2) and
 queues several calls before the clock stops (scripts/bench_weight_only_matmul.py's timer).
@@ -62,9 +63,10 @@ def fp8_rows(x):
     return (x / scale).astype(jnp.float8_e4m3fn), scale
 
 
-def pallas_form(spec: str, interpret: bool):
-    """The float matmul through the weight-only kernel's Pallas program at tiling `spec`
-    ("block_m,block_n,block_k,splits,warps,stages"; block_m capped at M rounded up to a power of two >= 16)."""
+def pallas_form(spec: str, interpret: bool, scaled: bool = False):
+    """The matmul through the weight-only kernel's Pallas program at tiling `spec`
+    ("block_m,block_n,block_k,splits,warps,stages"; block_m capped at M rounded up to a power of two >= 16);
+    `scaled`: a quantised weight with its scale, else a float one."""
     block_m, block_n, block_k, splits, warps, stages = (int(v) for v in spec.split(","))
 
     def fn(x, w, s):
@@ -72,7 +74,7 @@ def pallas_form(spec: str, interpret: bool):
         tiling = wom.Tiling(block_m=min(block_m, rows), block_n=block_n, block_k=block_k, splits=splits,
                             num_warps=warps, num_stages=stages)
         tiling.check(*x.shape, w.shape[1])
-        return wom._matmuls(x, [w], [s], tiling, interpret)[0]
+        return wom._matmuls(x, [w], [s if scaled else None], tiling, interpret)[0]
     return fn
 
 
@@ -121,6 +123,9 @@ def forms(dtype, pallas=()):
             "w8a8_fp8": (quant("fp8"), w8a8(fp8_rows, jnp.float32, False)),
             "w8a8_fp8_nk": (quant("fp8", True), w8a8(fp8_rows, jnp.float32, True)),
             **{"pallas_" + spec.replace(",", "_"): (plain[0], pallas_form(spec, jax.default_backend() != "gpu"))
+               for spec in pallas},
+            **{"pallas_int8_" + spec.replace(",", "_"): (quant("int8"),
+                                                          pallas_form(spec, jax.default_backend() != "gpu", True))
                for spec in pallas}}
 
 
@@ -147,7 +152,7 @@ def main(argv=None) -> int:
     shapes = QUICK_SHAPES if args.quick else DREAM_SHAPES if args.dream else FULL_SHAPES
     for name, (k, n) in ((n, shapes[n]) for n in (args.shapes.split(",") if args.shapes else shapes)):
         base = jax.random.normal(key, (k, n), jnp.float32) * 0.02
-        reference = {}  # M -> bf16's first output, to check the Pallas forms against
+        reference = {}  # (form, M) -> bf16's and int8_xla's first outputs, to check the Pallas forms against
         for form, (prepare, fn) in forms(dtype, args.pallas).items():
             if args.forms and form not in args.forms.split(","):
                 continue
@@ -161,11 +166,12 @@ def main(argv=None) -> int:
                     gbps = w.nbytes / seconds / 1e9
                     row = {"shape": name, "K": k, "N": n, "M": m, "form": form, "us": round(seconds * 1e6, 2),
                            "weight_GBps": round(gbps, 1), "of_copy": round(gbps / floors.copy_gbps, 3)}
-                    if form == "bf16":
-                        reference[m] = first
-                    elif form.startswith("pallas_") and m in reference:
-                        row["max_diff_vs_bf16"] = float(np.abs(first - reference[m]).max()
-                                                        / np.abs(reference[m]).max())
+                    if form in ("bf16", "int8_xla"):
+                        reference[form, m] = first
+                    against = "int8_xla" if form.startswith("pallas_int8") else "bf16"
+                    if form.startswith("pallas_") and (against, m) in reference:
+                        expected = reference[against, m]
+                        row[f"max_diff_vs_{against}"] = float(np.abs(first - expected).max() / np.abs(expected).max())
                     report["results"].append(row)
                     print(f"M={m:4d} {name:>8} {form:>13}: {row['us']:8.2f} us {row['weight_GBps']:7.1f} GB/s "
                           f"({row['of_copy']:.0%})", file=sys.stderr, flush=True)
