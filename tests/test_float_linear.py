@@ -228,3 +228,23 @@ def test_the_cli_runs_the_kernel_unless_told_not_to():
             assert F.SWITCH.mode == "auto"
             set_kernel_modes(parser.parse_args([command, "--no-matmul-kernel"]))
             assert F.SWITCH.mode == "off"
+
+
+def test_gradients_through_the_kernel_are_xla_s(fused_params):
+    """A pallas_call has no reverse-mode rule: a short batch's forward under jax.grad (fine-tuning) takes XLA's
+    gradients of the same functions, so training through the kernel gives the loss gradients training without it
+    gives."""
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 250, (2, 16)), jnp.int32)  # 32 rows: the kernel's
+
+    def loss(params):
+        return (forward(params, tokens).logits ** 2).mean()
+
+    grads = {}
+    for mode in ("on", "off"):
+        with F.use_kernel(mode):
+            grads[mode] = jax.grad(loss)(fused_params)
+    on, off = jax.tree.leaves(grads["on"].weights), jax.tree.leaves(grads["off"].weights)
+    assert len(on) == len(off) > 0
+    for a, b in zip(on, off):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-9)
+    assert any(float(np.abs(b).max()) > 0 for b in off)
