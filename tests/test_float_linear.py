@@ -185,8 +185,8 @@ def test_dual_cache_decode_with_the_float_kernel_gives_xla_s_tokens():
 def test_auto_takes_the_kernel_on_hopper_for_large_weights_only(monkeypatch):
     """Measured faster on an H100 at 8B shapes; "auto" on a (faked) single GPU runs it where the compute capability
     is 9.0 or more, not on an Ampere (8.0) one, where it was not measured, and only for weights of at least
-    MIN_AUTO_WEIGHT_BYTES (a small model's launch-bound matmuls stay with XLA)."""
-    x, w = _random((1, 16, 64), 8), _random((64, 32), 9)
+    MIN_AUTO_WEIGHT_BYTES (a small model's launch-bound matmuls stay with XLA), in 2-byte dtypes (as measured)."""
+    x, w = _random((1, 16, 64), 8).astype(jnp.bfloat16), _random((64, 32), 9).astype(jnp.bfloat16)
     monkeypatch.setattr(F.SWITCH, "auto_applies", lambda: True)
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", w.nbytes)
     for capability, expected in (((9, 0), True), ((8, 0), False), (None, False)):
@@ -195,7 +195,10 @@ def test_auto_takes_the_kernel_on_hopper_for_large_weights_only(monkeypatch):
     monkeypatch.setattr(F, "compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", w.nbytes + 1)
     assert F.kernel_einsum("BTD,DF->BTF", x, w) is None
-    assert F.kernel_swiglu(x, jnp.zeros((64, 2, 16))) is None  # 8 KiB, under the minimum
+    assert F.kernel_swiglu(x, jnp.zeros((64, 2, 8), jnp.bfloat16)) is None  # 2 KiB, under the minimum
+    monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", 0)
+    assert F.kernel_einsum("BTD,DF->BTF", x, w) is not None
+    assert F.kernel_einsum("BTD,DF->BTF", x.astype(jnp.float32), w.astype(jnp.float32)) is None  # float32: XLA
 
 
 def test_8b_cached_steps_take_the_kernel_and_full_forwards_do_not():

@@ -35,8 +35,9 @@ SWITCH = KernelSwitch("float_linear", "float matmul kernel", MODES, default="aut
 def set_mode(mode: str) -> str:
     """Whether the model's float linears with few rows use the kernel. Returns the previous mode.
 
-    "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh, for weights of at least
-    MIN_AUTO_WEIGHT_BYTES (16 MiB: LLaDA-8B's smallest is 32 MiB); "on": everywhere, any size (Pallas's
+    "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh, for 2-byte weights (bfloat16, as
+    measured; float16) of at least MIN_AUTO_WEIGHT_BYTES (16 MiB: LLaDA-8B's smallest is 32 MiB); "on": everywhere,
+    any dtype and size (Pallas's
     interpreter off GPU: for tests); "off": never (XLA's einsum). Read when a function is traced
     (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
@@ -47,10 +48,10 @@ def use_kernel(mode: str):
     return SWITCH.use(mode)
 
 
-def _enabled(weight_bytes: int) -> bool:
+def _enabled(w: jax.Array) -> bool:
     if SWITCH.mode != "auto":
         return SWITCH.mode == "on"
-    if weight_bytes < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
+    if w.dtype.itemsize != 2 or w.nbytes < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
         return False
     capability = compute_capability(jax.devices()[0])
     return capability is not None and capability >= AUTO_CAPABILITY
@@ -74,7 +75,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
       spec: e.g. "BTD,DKSH->BTKSH" (x [B, T, D], w [D, K, S, H]) or "BTF,FD->BTD".
       x: [rows..., contracted...] float; w: [contracted..., out...] in x's dtype.
     """
-    if not _enabled(w.nbytes) or w.dtype != x.dtype:
+    if not _enabled(w) or w.dtype != x.dtype:
         return None
     axes = matmul_axes(spec, x.shape, w.shape)
     if axes is None:
@@ -99,7 +100,7 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
     Returns:
       [rows..., F] in x's dtype.
     """
-    if not _enabled(gate_up.nbytes) or gate_up.dtype != x.dtype:
+    if not _enabled(gate_up) or gate_up.dtype != x.dtype:
         return None
     lead, (k, _, n) = x.shape[:-1], gate_up.shape
     m = math.prod(lead)
