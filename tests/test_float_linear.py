@@ -136,6 +136,29 @@ def test_kernel_einsum_declines_what_it_should():
         F.set_mode("always")
 
 
+def test_the_kernels_are_differentiable_with_xla_s_derivatives():
+    """A pallas_call has no transpose rule: without derivatives of their own, jax.grad of a forward that took the
+    kernels (a short batch on a Hopper GPU) would fail. Forward and reverse mode give XLA's derivatives, and the
+    evaluated function still runs the kernels."""
+    x, w, gate_up = _random((2, 16, 64), 10), _random((64, 32), 11), _random((64, 2, 32), 12)
+
+    def loss(x, w, gate_up, kernel: bool):
+        if kernel:
+            y, h = F.kernel_einsum("BTD,DF->BTF", x, w), F.kernel_swiglu(x, gate_up)
+        else:
+            y, h = x @ w, jax.nn.silu(x @ gate_up[:, 0]) * (x @ gate_up[:, 1])
+        return (y * y).sum() + (h * jnp.cos(h)).sum()
+
+    with F.use_kernel("on"):
+        assert str(jax.make_jaxpr(loss, static_argnums=3)(x, w, gate_up, True)).count("pallas_call") == 2
+        grads = jax.grad(loss, argnums=(0, 1, 2))(x, w, gate_up, True)
+        _, tangent = jax.jvp(lambda *a: loss(*a, True), (x, w, gate_up), (x, w, gate_up))
+    expected = jax.grad(loss, argnums=(0, 1, 2))(x, w, gate_up, False)
+    for actual, reference in zip(grads, expected, strict=True):
+        _close(actual, reference)
+    _close(tangent, jax.jvp(lambda *a: loss(*a, False), (x, w, gate_up), (x, w, gate_up))[1])
+
+
 @pytest.fixture(scope="module", params=["llada", "dream"])
 def fused_params(request):
     config = tiny() if request.param == "llada" else tiny(family="dream", n_kv_heads=2, qkv_bias=True,

@@ -9,7 +9,9 @@ GEMMs are faster there.
 
 Each function returns the kernel's result, or None where the caller should run XLA's einsum: quantised weights
 (jdlm/kernels/quantized_linear.py), the mode says no, more than MAX_ROWS rows or rows that do not fill a row tile
-(16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides.
+(16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides. The results are
+differentiable (`jax.grad` of a forward that took the kernel): a pallas_call has no transpose rule, so derivatives
+come from XLA's einsum of the same operands (`_with_xla_derivatives`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 
 from jdlm.kernels import weight_only_matmul as wom
 from jdlm.kernels.quantized_linear import matmul_axes
@@ -66,6 +69,14 @@ def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
+def _with_xla_derivatives(kernel, reference):
+    """`kernel(*arrays)` when evaluated; under differentiation (forward or reverse mode) `reference`'s value and
+    derivatives, the same function by XLA's ops, which have transpose rules where a pallas_call has none."""
+    fn = jax.custom_jvp(kernel)
+    fn.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    return fn
+
+
 def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
     """`einsum(spec, x, w)` by the kernel, or None (see the module docstring; also when `spec` is not "rows,
     contracted -> rows, out" with x's contracted axes last and w's first, or w's dtype is not x's).
@@ -83,8 +94,12 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
     tiling = wom.float_tiling(m, k, n)
     if not _fits(m, tiling):
         return None
-    y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling, interpret=_interpret())
-    return y.reshape(*lead, *outs)
+
+    def kernel(x, w):
+        y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling, interpret=_interpret())
+        return y.reshape(*lead, *outs)
+
+    return _with_xla_derivatives(kernel, lambda x, w: jnp.einsum(spec, x, w))(x, w)
 
 
 def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
@@ -104,5 +119,13 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
     tiling = wom.float_tiling(m, k, n, splits=False)
     if not _fits(m, tiling):
         return None
-    y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, tiling=tiling, interpret=_interpret())
-    return y.reshape(*lead, n)
+
+    def kernel(x, gate_up):
+        y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, tiling=tiling, interpret=_interpret())
+        return y.reshape(*lead, n)
+
+    def reference(x, gate_up):
+        y = jnp.einsum("...D,DIF->...IF", x, gate_up)
+        return jax.nn.silu(y[..., 0, :]) * y[..., 1, :]
+
+    return _with_xla_derivatives(kernel, reference)(x, gate_up)
