@@ -41,6 +41,15 @@ def test_float_weights_give_x_at_w(m, k, n, fields):
     _close(W.weight_only_matmul(x, w, None, interpret=True, **fields), x @ w)
 
 
+def test_grouped_and_swiglu_take_float_weights_without_scales():
+    x, ws = _random((20, 128), 13), [_random((128, n), 14 + n) for n in (64, 32, 32)]
+    for y, w in zip(W.grouped_weight_only_matmul(x, ws, [None] * 3, interpret=True, block_n=32), ws, strict=True):
+        _close(y, x @ w)
+    gate, up = ws[1], ws[2]
+    _close(W.swiglu_weight_only_matmul(x, gate, up, None, None, interpret=True),
+           jax.nn.silu(x @ gate) * (x @ up))
+
+
 def test_bfloat16_weights_accumulate_in_float32():
     """512 bf16 products a sum: only the final rounding to bf16 (2^-8 relative), not a bf16 running sum."""
     x, w = _random((8, 512), 3).astype(jnp.bfloat16), _random((512, 64), 4).astype(jnp.bfloat16)
@@ -51,15 +60,17 @@ def test_bfloat16_weights_accumulate_in_float32():
                                atol=2 ** -8 * np.abs(reference).max())
 
 
-def test_stacked_swiglu_reads_gate_and_up_from_one_weight():
+@pytest.mark.parametrize("fields", [{"block_n": 32}, {"block_n": 32, "swap_ab": True}])
+def test_stacked_swiglu_reads_gate_and_up_from_one_weight(fields):
+    """up's column tiles (and scales) start F / block_n tiles into the stacked weight; the output's do not."""
     x = _random((12, 128), 5)
     gate_up = _random((128, 2, 96), 6)  # as fuse_projections stores it: gate, then up
     reference = jax.nn.silu(x @ gate_up[:, 0]) * (x @ gate_up[:, 1])
-    _close(W.stacked_swiglu_matmul(x, gate_up, interpret=True, block_n=32), reference)
+    _close(W.stacked_swiglu_matmul(x, gate_up, interpret=True, **fields), reference)
     w_q, scale = Q.quantize_array(gate_up, "int8", 1)  # scale [2, 96]
     dequantized = Q.dequantize_array(w_q, scale)
     reference = jax.nn.silu(x @ dequantized[:, 0]) * (x @ dequantized[:, 1])
-    _close(W.stacked_swiglu_matmul(x, w_q, scale, interpret=True, block_n=32), reference)
+    _close(W.stacked_swiglu_matmul(x, w_q, scale, interpret=True, **fields), reference)
 
 
 def test_mismatched_operands_are_refused():
@@ -73,6 +84,10 @@ def test_mismatched_operands_are_refused():
         W.stacked_swiglu_matmul(x, jnp.ones((64, 128)), interpret=True)
     with pytest.raises(ValueError, match="splits=1"):
         W.stacked_swiglu_matmul(x, jnp.ones((64, 2, 64)), interpret=True, splits=2, block_k=16)
+    w_q, scale = Q.quantize_array(_random((64, 2, 32), 7), "int8", 1)
+    for wrong in (jnp.concatenate([scale, scale]), scale.reshape(-1)):  # [4, F] and [2F] instead of [2, F]
+        with pytest.raises(ValueError, match=r"scale must be \[2, F\]"):
+            W.stacked_swiglu_matmul(x, w_q, wrong, interpret=True)
 
 
 @pytest.mark.parametrize("rows", [1, 32, 64])
