@@ -125,6 +125,24 @@ def test_float_kernels_lower_to_one_triton_call_each_for_a_gpu():
         assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0] and grid in calls[0]
 
 
+def test_bench_matmul_forms_times_the_kernel_as_the_model_runs_it():
+    """scripts/bench_matmul_forms.py --pallas: the float weight without a scale (x and w in, no scale read and
+    multiplied in the kernel), the product x @ w."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "bench_matmul_forms.py"
+    spec = importlib.util.spec_from_file_location("bench_matmul_forms", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prepare, fn = script.forms(jnp.float32, ["32,64,64,1,4,4"])["pallas_32_64_64_1_4_4"]
+    x = _random((32, 128), 20)
+    w, s = prepare(_random((128, 128), 21))
+    _close(fn(x, w, s), x @ w)
+    (call,) = [e for e in jax.make_jaxpr(fn)(x, w, s).eqns if e.primitive.name == "pallas_call"]
+    assert len(call.invars) == 2
+
+
 # ---------------------------------------------------------------- in the model
 
 
