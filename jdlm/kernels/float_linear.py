@@ -3,9 +3,9 @@ which reads float weights as they are) instead of XLA's GEMM.
 
 A cached decode step at batch 1 runs a block of 32 rows through every linear layer: each matmul is a read of its
 weights. On an H100 at LLaDA-8B shapes the kernel reads the fused q|k|v, gate|up (with the SwiGLU in the same
-kernel, so the [rows, 2F] product is never written) and down weights faster than XLA's GEMMs: the cached step
-goes from 6.26 to 6.12 ms (docs/performance.md). More rows (batch 8's 256, full forwards) stay with XLA, whose
-GEMMs are faster there.
+kernel, so the [rows, 2F] product is never written) and down weights faster than XLA's GEMMs, o about level: with
+all four the cached step goes from 6.25-6.26 to 6.02-6.08 ms (docs/performance.md). More rows (batch 8's 256, full
+forwards) stay with XLA, whose GEMMs are faster there.
 
 Each function returns the kernel's result, or None where the caller should run XLA's einsum: quantised weights
 (jdlm/kernels/quantized_linear.py), the mode says no, more than MAX_ROWS rows or rows that do not fill a row tile
