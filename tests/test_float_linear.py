@@ -98,7 +98,7 @@ def test_float_tiling_divides_the_8b_shapes_and_keeps_half_an_h100_busy(rows, na
         tiling = W.float_tiling(rows, k, n, num_sms=132, splits=splits)
         tiling.check(rows, k, n)
         programs = -(-rows // tiling.block_m) * (n // tiling.block_n) * tiling.splits
-        assert programs >= 66 or not splits or tiling.splits == 1 and n // 64 >= 66
+        assert programs >= 66 if splits else tiling.splits == 1  # the SwiGLU kernel needs whole K sums
 
 
 def test_float_tiling_is_the_measured_one_at_llada_shapes():
@@ -252,6 +252,21 @@ def test_auto_takes_the_kernel_on_hopper_for_large_weights_only(monkeypatch):
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", w.nbytes + 1)
     assert F.kernel_einsum("BTD,DF->BTF", x, w) is None
     assert F.kernel_swiglu(x, jnp.zeros((64, 2, 16))) is None  # 8 KiB, under the minimum
+
+
+def test_auto_stays_off_under_a_multi_device_mesh(monkeypatch):
+    """A pallas_call has no partitioning rule: under a mesh of several devices XLA would gather sharded weights onto
+    each, so "auto" leaves a sharded decode (traced under its mesh, `jdlm.sharding.active`) to XLA."""
+    from jdlm.kernels import switch
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for module in (switch, F):
+        monkeypatch.setattr(module, "compute_capability", lambda device: (9, 0))
+    assert F._enabled(F.MIN_AUTO_WEIGHT_BYTES) and not F._enabled(F.MIN_AUTO_WEIGHT_BYTES - 1)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("model",))):
+        assert not F._enabled(F.MIN_AUTO_WEIGHT_BYTES)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("model",))):
+        assert F._enabled(F.MIN_AUTO_WEIGHT_BYTES)
 
 
 def test_8b_cached_steps_take_the_kernel_and_full_forwards_do_not():
