@@ -69,12 +69,11 @@ def pallas_form(spec: str, interpret: bool, scaled: bool = False):
     `scaled`: a quantised weight with its scale, else a float one."""
     block_m, block_n, block_k, splits, warps, stages = (int(v) for v in spec.split(","))
 
-    def fn(x, w, s):
+    def fn(x, w, s):  # s: the int8 weight's scale; for bf16 a unit scale, not passed (float weights have none)
         rows = max(16, 1 << max(0, x.shape[0] - 1).bit_length())
         tiling = wom.Tiling(block_m=min(block_m, rows), block_n=block_n, block_k=block_k, splits=splits,
                             num_warps=warps, num_stages=stages)
-        tiling.check(*x.shape, w.shape[1])
-        return wom._matmuls(x, [w], [s if scaled else None], tiling, interpret)[0]
+        return wom.weight_only_matmul(x, w, s if scaled else None, tiling=tiling, interpret=interpret)
     return fn
 
 

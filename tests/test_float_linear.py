@@ -41,6 +41,15 @@ def test_float_weights_give_x_at_w(m, k, n, fields):
     _close(W.weight_only_matmul(x, w, None, interpret=True, **fields), x @ w)
 
 
+def test_grouped_and_swiglu_take_float_weights_without_scales():
+    x, ws = _random((20, 128), 13), [_random((128, n), 14 + n) for n in (64, 32, 32)]
+    for y, w in zip(W.grouped_weight_only_matmul(x, ws, [None] * 3, interpret=True, block_n=32), ws, strict=True):
+        _close(y, x @ w)
+    gate, up = ws[1], ws[2]
+    _close(W.swiglu_weight_only_matmul(x, gate, up, None, None, interpret=True),
+           jax.nn.silu(x @ gate) * (x @ up))
+
+
 def test_bfloat16_weights_accumulate_in_float32():
     """512 bf16 products a sum: only the final rounding to bf16 (2^-8 relative), not a bf16 running sum."""
     x, w = _random((8, 512), 3).astype(jnp.bfloat16), _random((512, 64), 4).astype(jnp.bfloat16)
@@ -51,15 +60,17 @@ def test_bfloat16_weights_accumulate_in_float32():
                                atol=2 ** -8 * np.abs(reference).max())
 
 
-def test_stacked_swiglu_reads_gate_and_up_from_one_weight():
+@pytest.mark.parametrize("fields", [{"block_n": 32}, {"block_n": 32, "swap_ab": True}])
+def test_stacked_swiglu_reads_gate_and_up_from_one_weight(fields):
+    """up's column tiles (and scales) start F / block_n tiles into the stacked weight; the output's do not."""
     x = _random((12, 128), 5)
     gate_up = _random((128, 2, 96), 6)  # as fuse_projections stores it: gate, then up
     reference = jax.nn.silu(x @ gate_up[:, 0]) * (x @ gate_up[:, 1])
-    _close(W.stacked_swiglu_matmul(x, gate_up, interpret=True, block_n=32), reference)
+    _close(W.stacked_swiglu_matmul(x, gate_up, interpret=True, **fields), reference)
     w_q, scale = Q.quantize_array(gate_up, "int8", 1)  # scale [2, 96]
     dequantized = Q.dequantize_array(w_q, scale)
     reference = jax.nn.silu(x @ dequantized[:, 0]) * (x @ dequantized[:, 1])
-    _close(W.stacked_swiglu_matmul(x, w_q, scale, interpret=True, block_n=32), reference)
+    _close(W.stacked_swiglu_matmul(x, w_q, scale, interpret=True, **fields), reference)
 
 
 def test_mismatched_operands_are_refused():
@@ -73,6 +84,10 @@ def test_mismatched_operands_are_refused():
         W.stacked_swiglu_matmul(x, jnp.ones((64, 128)), interpret=True)
     with pytest.raises(ValueError, match="splits=1"):
         W.stacked_swiglu_matmul(x, jnp.ones((64, 2, 64)), interpret=True, splits=2, block_k=16)
+    w_q, scale = Q.quantize_array(_random((64, 2, 32), 7), "int8", 1)
+    for wrong in (jnp.concatenate([scale, scale]), scale.reshape(-1)):  # [4, F] and [2F] instead of [2, F]
+        with pytest.raises(ValueError, match=r"scale must be \[2, F\]"):
+            W.stacked_swiglu_matmul(x, w_q, wrong, interpret=True)
 
 
 @pytest.mark.parametrize("rows", [1, 32, 64])
@@ -83,7 +98,7 @@ def test_float_tiling_divides_the_8b_shapes_and_keeps_half_an_h100_busy(rows, na
         tiling = W.float_tiling(rows, k, n, num_sms=132, splits=splits)
         tiling.check(rows, k, n)
         programs = -(-rows // tiling.block_m) * (n // tiling.block_n) * tiling.splits
-        assert programs >= 66 or not splits or tiling.splits == 1 and n // 64 >= 66
+        assert programs >= 66 if splits else tiling.splits == 1  # the SwiGLU kernel needs whole K sums
 
 
 def test_float_tiling_is_the_measured_one_at_llada_shapes():
@@ -110,6 +125,24 @@ def test_float_kernels_lower_to_one_triton_call_each_for_a_gpu():
         assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0] and grid in calls[0]
 
 
+def test_bench_matmul_forms_times_the_kernel_as_the_model_runs_it():
+    """scripts/bench_matmul_forms.py --pallas: the float weight without a scale (x and w in, no scale read and
+    multiplied in the kernel), the product x @ w."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "bench_matmul_forms.py"
+    spec = importlib.util.spec_from_file_location("bench_matmul_forms", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prepare, fn = script.forms(jnp.float32, ["32,64,64,1,4,4"])["pallas_32_64_64_1_4_4"]
+    x = _random((32, 128), 20)
+    w, s = prepare(_random((128, 128), 21))
+    _close(fn(x, w, s), x @ w)
+    (call,) = [e for e in jax.make_jaxpr(fn)(x, w, s).eqns if e.primitive.name == "pallas_call"]
+    assert len(call.invars) == 2
+
+
 # ---------------------------------------------------------------- in the model
 
 
@@ -134,6 +167,29 @@ def test_kernel_einsum_declines_what_it_should():
         assert F.kernel_einsum("BTD,DF->BTF", x, w) is None
     with pytest.raises(ValueError, match="unknown float matmul kernel mode"):
         F.set_mode("always")
+
+
+def test_the_kernels_are_differentiable_with_xla_s_derivatives():
+    """A pallas_call has no transpose rule: without derivatives of their own, jax.grad of a forward that took the
+    kernels (a short batch on a Hopper GPU) would fail. Forward and reverse mode give XLA's derivatives, and the
+    evaluated function still runs the kernels."""
+    x, w, gate_up = _random((2, 16, 64), 10), _random((64, 32), 11), _random((64, 2, 32), 12)
+
+    def loss(x, w, gate_up, kernel: bool):
+        if kernel:
+            y, h = F.kernel_einsum("BTD,DF->BTF", x, w), F.kernel_swiglu(x, gate_up)
+        else:
+            y, h = x @ w, jax.nn.silu(x @ gate_up[:, 0]) * (x @ gate_up[:, 1])
+        return (y * y).sum() + (h * jnp.cos(h)).sum()
+
+    with F.use_kernel("on"):
+        assert str(jax.make_jaxpr(loss, static_argnums=3)(x, w, gate_up, True)).count("pallas_call") == 2
+        grads = jax.grad(loss, argnums=(0, 1, 2))(x, w, gate_up, True)
+        _, tangent = jax.jvp(lambda *a: loss(*a, True), (x, w, gate_up), (x, w, gate_up))
+    expected = jax.grad(loss, argnums=(0, 1, 2))(x, w, gate_up, False)
+    for actual, reference in zip(grads, expected, strict=True):
+        _close(actual, reference)
+    _close(tangent, jax.jvp(lambda *a: loss(*a, False), (x, w, gate_up), (x, w, gate_up))[1])
 
 
 @pytest.fixture(scope="module", params=["llada", "dream"])
@@ -199,6 +255,23 @@ def test_auto_takes_the_kernel_on_hopper_for_large_weights_only(monkeypatch):
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", 0)
     assert F.kernel_einsum("BTD,DF->BTF", x, w) is not None
     assert F.kernel_einsum("BTD,DF->BTF", x.astype(jnp.float32), w.astype(jnp.float32)) is None  # float32: XLA
+
+
+def test_auto_stays_off_under_a_multi_device_mesh(monkeypatch):
+    """A pallas_call has no partitioning rule: under a mesh of several devices XLA would gather sharded weights onto
+    each, so "auto" leaves a sharded decode (traced under its mesh, `jdlm.sharding.active`) to XLA."""
+    from jdlm.kernels import switch
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for module in (switch, F):
+        monkeypatch.setattr(module, "compute_capability", lambda device: (9, 0))
+    weight = jax.ShapeDtypeStruct((F.MIN_AUTO_WEIGHT_BYTES // 2,), jnp.bfloat16)  # exactly the minimum
+    smaller = jax.ShapeDtypeStruct((F.MIN_AUTO_WEIGHT_BYTES // 2 - 1,), jnp.bfloat16)
+    assert F._enabled(weight) and not F._enabled(smaller)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("model",))):
+        assert not F._enabled(weight)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("model",))):
+        assert F._enabled(weight)
 
 
 def test_8b_cached_steps_take_the_kernel_and_full_forwards_do_not():

@@ -164,7 +164,7 @@ def model_args(p: Parser) -> None:
                         "(jdlm.kernels.window_attention, docs/performance.md)")
     p.add_argument("--no-matmul-kernel", dest="matmul_kernel", action="store_false",
                    help="run a batch-1 cached step's float matmuls with XLA instead of jdlm's matmul kernel, which "
-                        "is the default on one Hopper GPU: about 2%% faster batch-1 decodes at 8B "
+                        "is the default on one Hopper GPU: 2-3%% faster batch-1 decodes at LLaDA-8B shapes "
                         "(jdlm.kernels.float_linear, docs/performance.md)")
 
 

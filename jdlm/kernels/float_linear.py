@@ -3,13 +3,15 @@ which reads float weights as they are) instead of XLA's GEMM.
 
 A cached decode step at batch 1 runs a block of 32 rows through every linear layer: each matmul is a read of its
 weights. On an H100 at LLaDA-8B shapes the kernel reads the fused q|k|v, gate|up (with the SwiGLU in the same
-kernel, so the [rows, 2F] product is never written) and down weights faster than XLA's GEMMs: the cached step
-goes from 6.26 to 6.12 ms (docs/performance.md). More rows (batch 8's 256, full forwards) stay with XLA, whose
-GEMMs are faster there.
+kernel, so the [rows, 2F] product is never written) and down weights faster than XLA's GEMMs, o about level: with
+all four the cached step goes from 6.25-6.26 to 6.02-6.08 ms (docs/performance.md). More rows (batch 8's 256, full
+forwards) stay with XLA, whose GEMMs are faster there.
 
 Each function returns the kernel's result, or None where the caller should run XLA's einsum: quantised weights
 (jdlm/kernels/quantized_linear.py), the mode says no, more than MAX_ROWS rows or rows that do not fill a row tile
-(16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides.
+(16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides. The results are
+differentiable (`jax.grad` of a forward that took the kernel): a pallas_call has no transpose rule, so derivatives
+come from XLA's einsum of the same operands (`_with_xla_derivatives`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 
 from jdlm.kernels import weight_only_matmul as wom
 from jdlm.kernels.quantized_linear import matmul_axes
@@ -51,7 +54,8 @@ def use_kernel(mode: str):
 def _enabled(w: jax.Array) -> bool:
     if SWITCH.mode != "auto":
         return SWITCH.mode == "on"
-    if w.dtype.itemsize != 2 or w.nbytes < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
+    itemsize = jnp.dtype(w.dtype).itemsize
+    if itemsize != 2 or math.prod(w.shape) * itemsize < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
         return False
     capability = compute_capability(jax.devices()[0])
     return capability is not None and capability >= AUTO_CAPABILITY
@@ -65,6 +69,14 @@ def _fits(m: int, tiling: wom.Tiling | None) -> bool:
 
 def _interpret() -> bool:
     return jax.default_backend() != "gpu"
+
+
+def _with_xla_derivatives(kernel, reference):
+    """`kernel(*arrays)` when evaluated; under differentiation (forward or reverse mode) `reference`'s value and
+    derivatives, the same function by XLA's ops, which have transpose rules where a pallas_call has none."""
+    fn = jax.custom_jvp(kernel)
+    fn.defjvp(lambda primals, tangents: jax.jvp(reference, primals, tangents))
+    return fn
 
 
 def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
@@ -84,10 +96,12 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
     tiling = wom.float_tiling(m, k, n)
     if not _fits(m, tiling):
         return None
-    matmul = _xla_gradient(
-        lambda x, w: wom.weight_only_matmul(x, w, None, tiling=tiling, interpret=_interpret()),
-        lambda x, w: x @ w)
-    return matmul(x.reshape(m, k), w.reshape(k, n)).reshape(*lead, *outs)
+
+    def kernel(x, w):
+        y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling, interpret=_interpret())
+        return y.reshape(*lead, *outs)
+
+    return _with_xla_derivatives(kernel, lambda x, w: jnp.einsum(spec, x, w))(x, w)
 
 
 def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
@@ -107,25 +121,13 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
     tiling = wom.float_tiling(m, k, n, splits=False)
     if not _fits(m, tiling):
         return None
-    swiglu = _xla_gradient(
-        lambda x, w: wom.stacked_swiglu_matmul(x, w, tiling=tiling, interpret=_interpret()),
-        lambda x, w: jax.nn.silu(x @ w[:, 0]) * (x @ w[:, 1]))
-    return swiglu(x.reshape(m, k), gate_up).reshape(*lead, n)
 
+    def kernel(x, gate_up):
+        y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, tiling=tiling, interpret=_interpret())
+        return y.reshape(*lead, n)
 
-def _xla_gradient(kernel, reference):
-    """`kernel(x, w)` whose gradients are `reference`'s (the same function in XLA's ops): a pallas_call has no
-    reverse-mode rule, and a forward of few rows under `jax.grad` (a short fine-tuning batch) must still train."""
+    def reference(x, gate_up):
+        y = jnp.einsum("...D,DIF->...IF", x, gate_up)
+        return jax.nn.silu(y[..., 0, :]) * y[..., 1, :]
 
-    @jax.custom_vjp
-    def run(x, w):
-        return kernel(x, w)
-
-    def forward(x, w):
-        return kernel(x, w), (x, w)
-
-    def backward(operands, cotangent):
-        return jax.vjp(reference, *operands)[1](cotangent)
-
-    run.defvjp(forward, backward)
-    return run
+    return _with_xla_derivatives(kernel, reference)(x, gate_up)

@@ -130,4 +130,3 @@ def kernel_swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, gate_scale, up_s
         return None
     y = wom.swiglu_weight_only_matmul(x.reshape(m, k), gate, up, gate_scale, up_scale, interpret=_interpret())
     return y.reshape(*lead, n)
-

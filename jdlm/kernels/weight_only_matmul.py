@@ -202,7 +202,8 @@ def grouped_weight_only_matmul(x: jax.Array, ws, scales, *, tiling: Tiling | Non
     turn (q, k and v of a layer: one launch instead of three, and a wider grid that needs fewer K splits).
 
     Args:
-      x: [M, K] float; ws: weights [K, N_i] (int8 or float8_e4m3fn); scales: [N_i] float32.
+      x: [M, K] float; ws: weights [K, N_i] (int8 or float8_e4m3fn; or all in x's dtype, with scales all None);
+      scales: [N_i] float32.
       tiling: default `default_tiling(M, K, sum N_i)` (`model_tiling`'s when its block_n does not divide every N_i);
         block_n must divide every N_i.
 
@@ -228,7 +229,8 @@ def swiglu_weight_only_matmul(x: jax.Array, gate: jax.Array, up: jax.Array, gate
     each program computes a column tile of both products from the same x tiles and writes only their product.
 
     Args:
-      x: [M, K] float; gate, up: [K, N] int8 or float8_e4m3fn; gate_scale, up_scale: [N] float32.
+      x: [M, K] float; gate, up: [K, N] int8 or float8_e4m3fn (or in x's dtype, with both scales None);
+      gate_scale, up_scale: [N] float32.
       tiling: default `model_tiling(M, K, N)` without K splits (the nonlinearity needs whole sums); splits must be 1.
 
     Returns:
@@ -262,6 +264,8 @@ def stacked_swiglu_matmul(x: jax.Array, gate_up: jax.Array, scale: jax.Array | N
     if gate_up.ndim != 3 or gate_up.shape[1] != 2:
         raise ValueError(f"gate_up must be [K, 2, F], got {gate_up.shape}")
     k, _, n = gate_up.shape
+    if scale is not None and scale.shape != (2, n):
+        raise ValueError(f"scale must be [2, F] = (2, {n}) for gate_up {gate_up.shape}, got {scale.shape}")
     stacked = gate_up.reshape(k, 2 * n)  # gate in columns [0, F), up in [F, 2F)
     half = jax.ShapeDtypeStruct((k, n), gate_up.dtype)  # gate's and up's shapes, for the checks
     _check_operands(x, [half, half], [None, None] if scale is None else [scale[0], scale[1]])
