@@ -324,16 +324,3 @@ def test_gradients_through_the_kernel_are_xla_s(fused_params):
     for a, b in zip(on, off):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-9)
     assert any(float(np.abs(b).max()) > 0 for b in off)
-
-
-def test_a_padded_row_tile_takes_the_kernel_only_where_k_is_split(monkeypatch):
-    """33 rows (Dream's cached window) pad a 64-row tile: measured slower for plain tilings, faster where the
-    tiling splits K (few column tiles: Dream's o and down), so only those take the kernel."""
-    x = _random((1, 33, 256), 10)
-    few_columns, many_columns = _random((256, 64), 11), _random((256, 512), 12)
-    monkeypatch.setattr(W, "sm_count", lambda: 4)  # wants 2 programs: one 64-column tile is split, 8 are not
-    assert W.float_tiling(33, 256, 64).splits == 2 and W.float_tiling(33, 256, 512).splits == 1
-    with F.use_kernel("on"):
-        _close(F.kernel_einsum("BTD,DF->BTF", x, few_columns), x @ few_columns)
-        assert F.kernel_einsum("BTD,DF->BTF", x, many_columns) is None
-        assert F.kernel_einsum("BTD,DF->BTF", x[:, :32], many_columns) is not None  # 32 rows fill their tile

@@ -9,7 +9,7 @@ forwards) stay with XLA, whose GEMMs are faster there.
 
 Each function returns the kernel's result, or None where the caller should run XLA's einsum: quantised weights
 (jdlm/kernels/quantized_linear.py), the mode says no, more than MAX_ROWS rows or rows that do not fill a row tile
-(16, 32 or 64 rows take it; Dream's 33-row cached window only where its tiling splits K: o and down), or shapes no tiling divides. The results are
+(16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides. The results are
 differentiable (`jax.grad` of a forward that took the kernel): a pallas_call has no transpose rule, so derivatives
 come from XLA's einsum of the same operands (`_with_xla_derivatives`).
 """
@@ -62,11 +62,9 @@ def _enabled(w: jax.Array) -> bool:
 
 
 def _fits(m: int, tiling: wom.Tiling | None) -> bool:
-    """At most MAX_ROWS rows, that fill their row tile or (in a padded tile) whose tiling splits K. A padded tile
-    was measured slower where the kernel's tiling is a plain one (Dream-7B's 33-row cached window in a 64-row tile,
-    all four matmuls: a 6.32 ms step against XLA's 5.88; q|k|v and gate|up alone slower), but faster where it splits
-    K over more programs than XLA's GEMM has (o and down: 16.3 against 23.1 us, 57.8 against 61.0)."""
-    return tiling is not None and m <= MAX_ROWS and (tiling.padded_rows(m) == m or tiling.splits > 1)
+    """At most MAX_ROWS rows that fill their row tile: a padded one was measured slower (Dream-7B's cached window
+    of 33 rows in a 64-row tile: a 6.32 ms step against XLA's 5.88)."""
+    return tiling is not None and m <= MAX_ROWS and tiling.padded_rows(m) == m
 
 
 def _interpret() -> bool:
