@@ -70,9 +70,8 @@ def pallas_form(spec: str, interpret: bool, scaled: bool = False):
     block_m, block_n, block_k, splits, warps, stages = (int(v) for v in spec.split(","))
 
     def fn(x, w, s):  # s: the int8 weight's scale; for bf16 a unit scale, not passed (float weights have none)
-        rows = max(16, 1 << max(0, x.shape[0] - 1).bit_length())
-        tiling = wom.Tiling(block_m=min(block_m, rows), block_n=block_n, block_k=block_k, splits=splits,
-                            num_warps=warps, num_stages=stages)
+        tiling = wom.Tiling(block_m=min(block_m, wom.power_of_two_rows(x.shape[0])), block_n=block_n,
+                            block_k=block_k, splits=splits, num_warps=warps, num_stages=stages)
         return wom.weight_only_matmul(x, w, s if scaled else None, tiling=tiling, interpret=interpret)
     return fn
 

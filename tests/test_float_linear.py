@@ -249,13 +249,22 @@ def test_auto_takes_the_kernel_on_hopper_for_large_weights_only(monkeypatch):
     """Measured faster on an H100 at 8B shapes; "auto" on a (faked) single GPU runs it where the compute capability
     is 9.0 or more, not on an Ampere (8.0) one, where it was not measured, and only for weights of at least
     MIN_AUTO_WEIGHT_BYTES (a small model's launch-bound matmuls stay with XLA), in 2-byte dtypes (as measured)."""
+    from jdlm.kernels import switch
+
     x, w = _random((1, 16, 64), 8).astype(jnp.bfloat16), _random((64, 32), 9).astype(jnp.bfloat16)
-    monkeypatch.setattr(F.SWITCH, "auto_applies", lambda: True)
+    real = switch.KernelSwitch.auto_applies
+
+    def on_a_gpu(min_capability=switch.MIN_CAPABILITY):  # the real rule, the backend faked (the kernel interprets)
+        with monkeypatch.context() as patch:
+            patch.setattr(jax, "default_backend", lambda: "gpu")
+            return real(min_capability)
+
+    monkeypatch.setattr(F.SWITCH, "auto_applies", on_a_gpu)
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", w.nbytes)
     for capability, expected in (((9, 0), True), ((8, 0), False), (None, False)):
-        monkeypatch.setattr(F, "compute_capability", lambda device, c=capability: c)
+        monkeypatch.setattr(switch, "compute_capability", lambda device, c=capability: c)
         assert (F.kernel_einsum("BTD,DF->BTF", x, w) is not None) == expected
-    monkeypatch.setattr(F, "compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(switch, "compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(F, "MIN_AUTO_WEIGHT_BYTES", w.nbytes + 1)
     assert F.kernel_einsum("BTD,DF->BTF", x, w) is None
     assert F.kernel_swiglu(x, jnp.zeros((64, 2, 8), jnp.bfloat16)) is None  # 2 KiB, under the minimum
@@ -270,8 +279,7 @@ def test_auto_stays_off_under_a_multi_device_mesh(monkeypatch):
     from jdlm.kernels import switch
 
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    for module in (switch, F):
-        monkeypatch.setattr(module, "compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(switch, "compute_capability", lambda device: (9, 0))
     weight = jax.ShapeDtypeStruct((F.MIN_AUTO_WEIGHT_BYTES // 2,), jnp.bfloat16)  # exactly the minimum
     smaller = jax.ShapeDtypeStruct((F.MIN_AUTO_WEIGHT_BYTES // 2 - 1,), jnp.bfloat16)
     assert F._enabled(weight) and not F._enabled(smaller)

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jdlm.kernels import weight_only_matmul as wom
 from jdlm.kernels.quantized_linear import matmul_axes
 from jdlm.kernels.switch import KernelSwitch
-from jdlm.quantize import compute_capability
 
 MAX_ROWS = 64  # a batch-1 cached step's block; at 256 rows (batch 8) XLA's GEMMs were faster (docs/performance.md)
 # "auto" leaves smaller weights to XLA: a small model's matmuls are launch-bound, not weight reads, and the kernel
@@ -55,20 +54,14 @@ def _enabled(w: jax.Array) -> bool:
     if SWITCH.mode != "auto":
         return SWITCH.mode == "on"
     itemsize = jnp.dtype(w.dtype).itemsize
-    if itemsize != 2 or math.prod(w.shape) * itemsize < MIN_AUTO_WEIGHT_BYTES or not SWITCH.auto_applies():
-        return False
-    capability = compute_capability(jax.devices()[0])
-    return capability is not None and capability >= AUTO_CAPABILITY
+    return (itemsize == 2 and math.prod(w.shape) * itemsize >= MIN_AUTO_WEIGHT_BYTES
+            and SWITCH.auto_applies(AUTO_CAPABILITY))
 
 
 def _fits(m: int, tiling: wom.Tiling | None) -> bool:
     """At most MAX_ROWS rows that fill their row tile: a padded one was measured slower (Dream-7B's cached window
     of 33 rows in a 64-row tile: a 6.32 ms step against XLA's 5.88)."""
     return tiling is not None and m <= MAX_ROWS and tiling.padded_rows(m) == m
-
-
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
 
 
 def _with_xla_derivatives(kernel, reference):
@@ -98,7 +91,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
         return None
 
     def kernel(x, w):
-        y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling, interpret=_interpret())
+        y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling)
         return y.reshape(*lead, *outs)
 
     return _with_xla_derivatives(kernel, lambda x, w: jnp.einsum(spec, x, w))(x, w)
@@ -123,7 +116,7 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
         return None
 
     def kernel(x, gate_up):
-        y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, tiling=tiling, interpret=_interpret())
+        y = wom.stacked_swiglu_matmul(x.reshape(m, k), gate_up, tiling=tiling)
         return y.reshape(*lead, n)
 
     def reference(x, gate_up):

@@ -48,10 +48,6 @@ def _enabled() -> bool:
     return SWITCH.auto_applies() if SWITCH.mode == "auto" else SWITCH.mode != "off"
 
 
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
-
-
 def _quantized(*weights) -> bool:
     return all(w is not None and jnp.dtype(w.dtype) in wom.WEIGHT_DTYPES for w in weights)
 
@@ -89,7 +85,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array, scale: jax.Array) -> ja
     lead, outs, m, k, n = axes
     if m > MAX_ROWS or wom.default_tiling(m, k, n) is None:
         return None
-    y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), scale.reshape(n), interpret=_interpret())
+    y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), scale.reshape(n))
     return y.reshape(*lead, *outs)
 
 
@@ -109,7 +105,7 @@ def kernel_projections(x: jax.Array, ws, scales) -> list[jax.Array] | None:
     if m > MAX_ROWS or wom.model_tiling(m, k, sum(widths), column_multiple=math.gcd(*widths)) is None:
         return None
     outs = wom.grouped_weight_only_matmul(x.reshape(m, k), [w.reshape(k, -1) for w in ws],
-                                          [s.reshape(-1) for s in scales], interpret=_interpret())
+                                          [s.reshape(-1) for s in scales])
     return [y.reshape(*lead, *w.shape[1:]) for y, w in zip(outs, ws)]
 
 
@@ -128,5 +124,5 @@ def kernel_swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, gate_scale, up_s
     m = math.prod(lead)
     if m > MAX_ROWS or wom.model_tiling(m, k, n) is None:
         return None
-    y = wom.swiglu_weight_only_matmul(x.reshape(m, k), gate, up, gate_scale, up_scale, interpret=_interpret())
+    y = wom.swiglu_weight_only_matmul(x.reshape(m, k), gate, up, gate_scale, up_scale)
     return y.reshape(*lead, n)

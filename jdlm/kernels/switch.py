@@ -54,10 +54,11 @@ class KernelSwitch:
             self.set(previous)
 
     @staticmethod
-    def auto_applies() -> bool:
-        """What "auto" means: an Ampere or newer GPU outside a multi-device mesh (a pallas_call has no partitioning
-        rule: under a mesh XLA would gather the sharded operands onto every device)."""
+    def auto_applies(min_capability: tuple[int, int] = MIN_CAPABILITY) -> bool:
+        """What "auto" means: a GPU of at least `min_capability` (default Ampere) outside a multi-device mesh (a
+        pallas_call has no partitioning rule: under a mesh XLA would gather the sharded operands onto every
+        device)."""
         if jax.default_backend() != "gpu" or jax.sharding.get_abstract_mesh().size > 1:
             return False
         capability = compute_capability(jax.devices()[0])
-        return capability is not None and capability >= MIN_CAPABILITY
+        return capability is not None and capability >= min_capability

@@ -96,7 +96,7 @@ def default_tiling(m: int, k: int, n: int) -> Tiling | None:
 
 def tiling_key(m: int, k: int, n: int) -> str:
     """The tilings table's key of a shape: "rows,K,N" with M rounded up to a power of two >= 16."""
-    return f"{max(16, 1 << max(0, m - 1).bit_length())},{k},{n}"
+    return f"{power_of_two_rows(m)},{k},{n}"
 
 
 @functools.cache
@@ -110,6 +110,11 @@ def tuned_tilings() -> dict:
     return _read_tilings(os.environ.get(TILINGS_ENV) or str(TILINGS_FILE))
 
 
+def power_of_two_rows(m: int) -> int:
+    """m rounded up to a power of two >= 16: the rows a Triton tile (and a tensor-core dot) takes."""
+    return max(16, 1 << max(0, m - 1).bit_length())
+
+
 def model_tiling(m: int, k: int, n: int, num_sms: int | None = None, *, column_multiple: int | None = None,
                  max_splits: int | None = None, weights: int = 1) -> Tiling | None:
     """A tiling for [m, k] @ [k, n] from a bandwidth model, or None when no power-of-two tile >= 16 divides K or N.
@@ -120,7 +125,7 @@ def model_tiling(m: int, k: int, n: int, num_sms: int | None = None, *, column_m
     splits > 1), over the share of the `num_sms` streaming multiprocessors the programs keep busy.
     `column_multiple`: block_n must also divide it (grouped weights: their widths' gcd); `max_splits`: at most this
     many K splits; `weights`: weight tiles each program reads per K step (2 for SwiGLU), for the shared memory."""
-    block_m = min(64, max(16, 1 << max(0, m - 1).bit_length()))
+    block_m = min(64, power_of_two_rows(m))
     block_k = next((b for b in BLOCKS if k % b == 0), None)
     block_ns = [b for b in BLOCKS if n % b == 0 and (column_multiple or n) % b == 0]
     if block_k is None or not block_ns:
@@ -152,7 +157,7 @@ def float_tiling(m: int, k: int, n: int, num_sms: int | None = None, *, splits: 
     SMs, else of 64 (or the largest power of two that divides N) with K split over 2, 3, ... programs until they do;
     K tiles of 128 when split, else 64 (or smaller where K needs it); 4 warps, 4 pipeline stages. `splits=False`:
     never split K (the SwiGLU kernel)."""
-    block_m = min(64, max(16, 1 << max(0, m - 1).bit_length()))
+    block_m = min(64, power_of_two_rows(m))
     row_blocks = -(-m // block_m)
     wanted = (num_sms or sm_count()) / 2
     if n % 128 == 0 and row_blocks * n // 128 >= wanted:

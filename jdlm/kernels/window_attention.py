@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jdlm.kernels.switch import KernelSwitch
-from jdlm.kernels.weight_only_matmul import triton_params
+from jdlm.kernels.weight_only_matmul import power_of_two_rows, triton_params
 
 CHUNKS = (256, 128, 64, 32, 16)  # key chunk sizes tried, largest first (Triton tiles are powers of two, dots >= 16)
 MIN_PROGRAMS = 128  # about one program per SM of an H100 or H200 (132)
@@ -88,7 +88,8 @@ def supported(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     16 (so some chunk divides it), whole kv-head groups, one float dtype in DTYPES, a mask [B or 1, 1, T, S]."""
     B, T, N, H = q.shape
     S, K = k.shape[1], k.shape[2]
-    return (k.shape == v.shape == (B, S, K, H) and N % K == 0 and _query_rows(T) <= MAX_ROWS and H in HEAD_DIMS
+    return (k.shape == v.shape == (B, S, K, H) and N % K == 0 and power_of_two_rows(T) <= MAX_ROWS
+            and H in HEAD_DIMS
             and default_chunk(B, K, S) is not None and q.dtype == k.dtype == v.dtype
             and any(q.dtype == d for d in DTYPES)
             and (mask is None or (mask.ndim == 4 and mask.shape[0] in (1, B) and mask.shape[1:] == (1, T, S))))
@@ -140,7 +141,7 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
                          "block_k >= 16 dividing chunk")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    rows = _query_rows(T)
+    rows = power_of_two_rows(T)
     if rows != T:  # Triton's dots want >= 16 rows, and its tensors power-of-two sizes: pad with queries never read
         q = jnp.pad(q, ((0, 0), (0, rows - T), (0, 0), (0, 0)))
         if mask is not None:
@@ -154,11 +155,6 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
     weight = jnp.exp(m - top)  # [B, C, T, K, G]: exp(m_c - M)
     out = (weight[..., None] * o).sum(axis=1) / (weight * l).sum(axis=1)[..., None]
     return out.reshape(B, rows, N, H)[:, :T].astype(q.dtype)
-
-
-def _query_rows(t: int) -> int:
-    """T rounded up to a power of two >= 16."""
-    return max(16, 1 << max(0, t - 1).bit_length())
 
 
 def _call(q, k, v, mask, chunk: int, block_k: int, num_warps: int, num_stages: int, interpret: bool):
