@@ -66,6 +66,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1, help="rows per decode (default 1, the authors' setting)")
     p.add_argument("--strategy", action="append", metavar="LABEL",
                    help=f"only these rows of the table (repeat; {BASELINE!r} always runs, the speed-ups need it)")
+    p.add_argument("--guide", default="tiny-ar", help="the causal guide: a shipped name or a checkpoint folder "
+                   "(default tiny-ar)")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT or .)")
     args = p.parse_args()
     known = strategies(32, 32)
@@ -76,7 +78,7 @@ def main() -> None:
     tasks = args.task or ["sudoku", "countdown", "arithmetic"] + (["code"] if args.allow_code else [])
     dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     params, tok = jdlm.load("tiny", dtype=dtype)
-    guide, _ = jdlm.load("tiny-ar", dtype=dtype)
+    guide, _ = jdlm.load(args.guide, dtype=dtype)
 
     rows = []
     for name in tasks:
@@ -102,7 +104,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"limit": args.limit, "batch_size": args.batch_size, "device": jax.devices()[0].device_kind,
-            "models": "tiny guided by tiny-ar", "dtype": jnp.dtype(dtype).name}
+            "models": f"tiny guided by {args.guide}", "dtype": jnp.dtype(dtype).name}
     (out / "flashdlm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (out / "flashdlm.md").write_text(markdown(rows, meta))
     plot(rows, meta, out / "flashdlm.png")
