@@ -284,8 +284,8 @@ def test_debug_shows_the_traceback():
 
 def test_second_generate_loads_the_compiled_decode_from_the_cache(tmp_path):
     env = {**ENV, "JDLM_COMPILATION_CACHE": str(tmp_path / "cache")}
-    runs = [subprocess.run([sys.executable, "-m", "jdlm", "generate", "--json", *FAST, "sudoku:\n1.3.\n.4.2\n2..3\n.1.4"],
-                           capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
+    command = [sys.executable, "-m", "jdlm", "generate", "--json", *FAST, "sudoku:\n1.3.\n.4.2\n2..3\n.1.4"]
+    runs = [subprocess.run(command, capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr
     first, second = (json.loads(r.stdout) for r in runs)
     assert any((tmp_path / "cache").iterdir()), "nothing was written to the compilation cache"
@@ -299,7 +299,10 @@ def test_ctrl_c_stops_a_long_decode_within_a_second():
 
     cmd = [sys.executable, "-m", "jdlm", "generate", "--quiet", "--gen-length", "224", "--block-length", "224",
            "--no-eos-stop", "--cfg", "1", "sudoku:\n1.3.\n.4.2\n2..3\n.1.4"]  # 224 forward passes at twice the batch
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    # A shell starts background jobs (`pytest ... &`) with SIGINT ignored, and the child would inherit that: give it
+    # the default disposition, as a terminal's foreground process has.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)  # imports, load and compile; the decode itself takes much longer
     assert proc.poll() is None, "the decode finished before it could be interrupted; make it longer"
     sent = time.monotonic()
