@@ -1,6 +1,5 @@
 """scripts/average_models.py: the weighted average of two checkpoints of one model, and its refusals."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -12,15 +11,7 @@ from jdlm.checkpoint import load, packaged_model_dir, save
 from jdlm.config import tiny
 from jdlm.errors import UserError
 from jdlm.model import init_params
-
-SCRIPT = Path(__file__).parents[1] / "scripts" / "average_models.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("average_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_module import load_script
 
 
 def _checkpoint(path: Path, seed: int, tokenizer_dir: Path, **overrides) -> Path:
@@ -38,7 +29,7 @@ def pair(tmp_path_factory):
 @pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
 def test_average_is_the_weighted_mean_of_every_weight(pair, weight):
     a_path, b_path, root = pair
-    out = _script().average(a_path, b_path, weight, root / f"mix{weight}")
+    out = load_script("average_models").average(a_path, b_path, weight, root / f"mix{weight}")
     a, _ = load(a_path)
     b, _ = load(b_path)
     mixed, _ = load(out)
@@ -50,7 +41,7 @@ def test_average_is_the_weighted_mean_of_every_weight(pair, weight):
 
 def test_average_refuses_other_architectures_tokenizers_and_weights(pair, tmp_path):
     a_path, b_path, _ = pair
-    script = _script()
+    script = load_script("average_models")
     wider = _checkpoint(tmp_path / "wide", 2, packaged_model_dir("tiny"), d_model=32, head_dim=8)
     with pytest.raises(UserError, match="different architectures"):
         script.average(a_path, wider, 0.5, tmp_path / "x")

@@ -371,13 +371,11 @@ def test_plot_without_matplotlib_says_how_to_install(reports, tmp_path, monkeypa
 
 
 def test_eval_tiny_script_writes_to_a_fresh_folder_unless_told_docs_eval(tmp_path):
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "scripts" / "eval_tiny.py"
-    spec = importlib.util.spec_from_file_location("eval_tiny", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from tests.script_module import load_script
+
+    script = load_script("eval_tiny")
     default = script.parse_args([]).out
     assert default.parent == Path("runs") and default.name.startswith("eval-"), default
     assert script.parse_args(["--out", "docs/eval"]).out == Path("docs/eval")

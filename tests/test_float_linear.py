@@ -17,6 +17,7 @@ from jdlm.kernels import float_linear as F
 from jdlm.kernels import quantized_linear as L
 from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import forward, fuse_projections, init_params
+from tests.script_module import load_script
 
 LLADA_8B = {"q|k|v": (4096, 12288), "o": (4096, 4096), "gate": (4096, 12288), "down": (12288, 4096)}
 DREAM_7B = {"q|k|v": (3584, 4608), "o": (3584, 3584), "gate": (3584, 18944), "down": (18944, 3584)}
@@ -127,21 +128,10 @@ def test_float_kernels_lower_to_one_triton_call_each_for_a_gpu():
         assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0] and grid in calls[0]
 
 
-def _script(name: str):
-    """scripts/<name>.py as a module."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_bench_matmul_forms_times_the_kernel_as_the_model_runs_it():
     """scripts/bench_matmul_forms.py --pallas: the float weight without a scale (x and w in, no scale read and
     multiplied in the kernel), the product x @ w."""
-    script = _script("bench_matmul_forms")
+    script = load_script("bench_matmul_forms")
     prepare, fn = script.forms(jnp.float32, ["32,64,64,1,4,4"])["pallas_32_64_64_1_4_4"]
     x = _random((32, 128), 20)
     w, s = prepare(_random((128, 128), 21))
@@ -324,7 +314,7 @@ def test_the_cli_runs_the_kernel_unless_told_not_to():
 def test_the_gpu_check_script_runs_quick_and_finds_agreement(tmp_path):
     """scripts/check_float_kernel_gpu.py --quick (tiny shapes, the interpreter): the kernels agree with XLA, the
     forward runs four kernel calls a layer with them on and none off, and gradients are XLA's."""
-    assert _script("check_float_kernel_gpu").main(["--quick", "--out", str(tmp_path)]) == 0
+    assert load_script("check_float_kernel_gpu").main(["--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["pallas_calls_on"] == 4 * 2 and report["pallas_calls_off"] == 0
     assert max(report["swiglu_rel_diff"], report["down_rel_diff"], report["forward_rel_diff"]) < 1e-4

@@ -39,9 +39,8 @@ def set_mode(mode: str) -> str:
 
     "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh, for 2-byte weights (bfloat16, as
     measured; float16) of at least MIN_AUTO_WEIGHT_BYTES (16 MiB: LLaDA-8B's smallest is 32 MiB); "on": everywhere,
-    any dtype and size (Pallas's
-    interpreter off GPU: for tests); "off": never (XLA's einsum). Read when a function is traced
-    (`jdlm.kernels.switch.KernelSwitch`)."""
+    any dtype and size (Pallas's interpreter off GPU: for tests); "off": never (XLA's einsum). Read when a function
+    is traced (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
 
 
