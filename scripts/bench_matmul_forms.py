@@ -14,7 +14,11 @@ its weights at (GB/s) and that rate over the copy bandwidth measured in the same
   pallas_T:      the float matmul through jdlm's Pallas (Triton) matmul kernel at tiling T, given with --pallas as
                  "block_m,block_n,block_k,splits,warps,stages" (block_m capped at M's power of two), checked
                  against bf16's output; `pallas_int8_T` the same kernel on the int8 weight and its scale, checked
-                 against int8_xla's.
+                 against int8_xla's;
+  pairs_T:       int8 weights stored as int16 words (word c of a row: column c in its low byte, c + N/2 in its
+                 high byte), each byte made an exact float16 by integer ops in a Pallas kernel (no convert
+                 instruction), x in float16; tiling T as --pallas gives it (block_m unused: one block of all rows);
+  int8x8_T:      the rows quantised to int8 outside, int8 x int8 -> int32 tensor-core dots in a Pallas kernel.
 The widths compare one weight per projection with the fused layouts: q (4096) against q|k|v (12288), gate (12288)
 against gate|up (24576). Each timed call chains distinct weight copies (at least 160 MB in all, past the 50 MB L2) and
 queues several calls before the clock stops (scripts/bench_weight_only_matmul.py's timer).
@@ -26,6 +30,7 @@ queues several calls before the clock stops (scripts/bench_weight_only_matmul.py
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -35,6 +40,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import pallas as pl
 
 from jdlm import quantize as Q
 from jdlm import roofline
@@ -61,6 +67,81 @@ def int8_rows(x):
 def fp8_rows(x):
     scale = jnp.maximum(jnp.abs(x).max(-1, keepdims=True).astype(jnp.float32), 1e-8) / 448
     return (x / scale).astype(jnp.float8_e4m3fn), scale
+
+
+def pair_words(w_q):
+    """int8 [K, N] -> int16 [K, N/2]: word c holds column c in its low byte and column c + N/2 in its high byte."""
+    n = w_q.shape[1]
+    return jax.lax.bitcast_convert_type(jnp.stack([w_q[:, : n // 2], w_q[:, n // 2:]], axis=-1), jnp.int16)
+
+
+def word_halves(words):
+    """int16 words -> (float16 of the low bytes, float16 of the high bytes), exactly the int8 values: a byte b
+    xor 0x6480 read as a float16 is 1024 + (b's int8 value + 128), 0x6400 being 1024.0, whose ulp is 1."""
+    low = jax.lax.bitcast_convert_type((words & 0xFF) ^ 0x6480, jnp.float16)
+    high = jax.lax.bitcast_convert_type(((words >> 8) & 0xFF) ^ 0x6480, jnp.float16)
+    return low - jnp.float16(1152), high - jnp.float16(1152)
+
+
+def _pairs_kernel(x_ref, w_ref, s_ref, low_ref, high_ref, *, block_k, steps):
+    def accumulate(i, accs):
+        start = pl.multiple_of(i * block_k, block_k)
+        x = x_ref[:, pl.ds(start, block_k)]
+        low, high = word_halves(w_ref[pl.ds(start, block_k), :])
+        return (accs[0] + jax.lax.dot(x, low, preferred_element_type=jnp.float32),
+                accs[1] + jax.lax.dot(x, high, preferred_element_type=jnp.float32))
+
+    zero = jnp.zeros((x_ref.shape[0], w_ref.shape[1]), jnp.float32)
+    low, high = jax.lax.fori_loop(0, steps, accumulate, (zero, zero))
+    low_ref[...] = low * s_ref[0, :][None, :]
+    high_ref[...] = high * s_ref[1, :][None, :]
+
+
+def _int8x8_kernel(x_ref, xs_ref, w_ref, s_ref, out_ref, *, block_k, steps):
+    def accumulate(i, acc):
+        start = pl.multiple_of(i * block_k, block_k)
+        return acc + jax.lax.dot(x_ref[:, pl.ds(start, block_k)], w_ref[pl.ds(start, block_k), :],
+                                 preferred_element_type=jnp.int32)
+
+    acc = jax.lax.fori_loop(0, steps, accumulate, jnp.zeros((x_ref.shape[0], w_ref.shape[1]), jnp.int32))
+    out_ref[...] = acc.astype(jnp.float32) * xs_ref[...] * s_ref[...][None, :]
+
+
+def int8_kernel_form(spec: str, interpret: bool, pairs: bool):
+    """The `pairs_T` / `int8x8_T` forms (module docstring) at tiling `spec`: their weight preparation and matmul."""
+    _, block_n, block_k, splits, warps, stages = (int(v) for v in spec.split(","))
+    params = None if interpret else wom.triton_params(warps, stages)
+
+    def prepare(w):
+        w_q, scale = Q.quantize_array(w, "int8", input_axes=1)
+        n = w_q.shape[1]
+        return (pair_words(w_q), jnp.stack([scale[: n // 2], scale[n // 2:]])) if pairs else (w_q, scale)
+
+    def fn(x, w, s):
+        m, span = x.shape[0], x.shape[1] // splits
+        kernel = functools.partial(_pairs_kernel if pairs else _int8x8_kernel, block_k=block_k,
+                                   steps=span // block_k)
+        x_spec = pl.BlockSpec((m, span), lambda j, p: (0, p))
+        w_spec = pl.BlockSpec((span, block_n), lambda j, p: (p, j))
+        out_spec = pl.BlockSpec((None, m, block_n), lambda j, p: (p, 0, j))
+        if pairs:
+            half = jax.ShapeDtypeStruct((splits, m, w.shape[1]), jnp.float32)
+            low, high = pl.pallas_call(
+                kernel, out_shape=[half, half], grid=(w.shape[1] // block_n, splits),
+                in_specs=[x_spec, w_spec, pl.BlockSpec((2, block_n), lambda j, p: (0, j))],
+                out_specs=[out_spec, out_spec], compiler_params=params, interpret=interpret,
+            )(x.astype(jnp.float16), w, s)
+            return jnp.concatenate([low.sum(0), high.sum(0)], axis=-1).astype(x.dtype)
+        xq, xs = int8_rows(x)
+        out = pl.pallas_call(
+            kernel, out_shape=jax.ShapeDtypeStruct((splits, m, w.shape[1]), jnp.float32),
+            grid=(w.shape[1] // block_n, splits),
+            in_specs=[x_spec, pl.BlockSpec((m, 1), lambda j, p: (0, 0)), w_spec,
+                      pl.BlockSpec((block_n,), lambda j, p: (j,))],
+            out_specs=out_spec, compiler_params=params, interpret=interpret,
+        )(xq, xs, w, s)
+        return out.sum(0).astype(x.dtype)
+    return prepare, fn
 
 
 def pallas_form(spec: str, interpret: bool, scaled: bool = False):
@@ -124,7 +205,10 @@ def forms(dtype, pallas=()):
                for spec in pallas},
             **{"pallas_int8_" + spec.replace(",", "_"): (quant("int8"),
                                                           pallas_form(spec, jax.default_backend() != "gpu", True))
-               for spec in pallas}}
+               for spec in pallas},
+            **{f"{kind}_" + spec.replace(",", "_"): int8_kernel_form(spec, jax.default_backend() != "gpu",
+                                                                     kind == "pairs")
+               for spec in pallas for kind in ("pairs", "int8x8")}}
 
 
 def main(argv=None) -> int:
@@ -166,8 +250,8 @@ def main(argv=None) -> int:
                            "weight_GBps": round(gbps, 1), "of_copy": round(gbps / floors.copy_gbps, 3)}
                     if form in ("bf16", "int8_xla"):
                         reference[form, m] = first
-                    against = "int8_xla" if form.startswith("pallas_int8") else "bf16"
-                    if form.startswith("pallas_") and (against, m) in reference:
+                    against = "int8_xla" if form.startswith(("pallas_int8", "pairs", "int8x8")) else "bf16"
+                    if form.startswith(("pallas_", "pairs", "int8x8")) and (against, m) in reference:
                         expected = reference[against, m]
                         row[f"max_diff_vs_{against}"] = float(np.abs(first - expected).max() / np.abs(expected).max())
                     report["results"].append(row)

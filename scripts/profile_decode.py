@@ -11,10 +11,11 @@ steps), B rows. The decode is compiled and run once, then run again under
              window kernel), fusion (XLA's generated elementwise and reduction kernels), copy (memcpy, memset),
              other; each with its kernel count, both also per forward
   kernels    the 30 kernels with the most total time
-Writes profile_<model>_b<B>_<kernel mode>[_fused].json under $OUT (or --out) and prints a summary line.
+Writes profile_<model>_b<B>_<kernel mode>[_fused][_<quantize>].json under $OUT (or --out) and prints a summary line.
 
     python scripts/profile_decode.py                        # one GPU: llada-8b, B = 1, the kernel off
     python scripts/profile_decode.py --batch 8 --kernel on  # B = 8 with the window attention kernel
+    python scripts/profile_decode.py --fuse --quantize int8  # int8 weights, fused projections (the CLI's GPU layout)
     python scripts/profile_decode.py --quick                # CPU smoke run: tiny shapes (the trace's host only)
 """
 
@@ -36,6 +37,7 @@ from jdlm import bench, decode
 from jdlm import strategies as S
 from jdlm.kernels import window_attention
 from jdlm.model import fuse_projections
+from jdlm.quantize import quantize_params
 
 KINDS = {  # the first kind whose any marker is in a kernel's lower-cased name
     "copy": ("memcpy", "memset"),
@@ -117,13 +119,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1, help="rows (default 1)")
     p.add_argument("--kernel", default="off", choices=("off", "on", "auto"), help="window attention kernel mode")
     p.add_argument("--fuse", action="store_true", help="fused projections (jdlm.fuse_projections), as the CLI on a GPU")
+    p.add_argument("--quantize", default=None, choices=("int8", "fp8"), help="weight-only quantisation (before fusing)")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args()
     model = args.model or ("test" if args.quick else "llada-8b")
     dtype = jnp.float32 if args.quick else jnp.bfloat16
     prompt_len, G, W = (16, 16, 8) if args.quick else (256, 256, 32)
     window_attention.set_mode(args.kernel)
-    params = bench.random_params(model, dtype)
+    params = quantize_params(bench.random_params(model, dtype), args.quantize)
     if args.fuse:
         params = fuse_projections(params, free_inputs=True)
     strategy = S.Strategy(schedule=S.Schedule(gen_length=G, block_length=W, steps=G), rule=S.LowConfidence(),
@@ -139,13 +142,15 @@ def main() -> None:
         trace = read_trace(Path(log_dir))
     forwards, full = int(result.forwards), int(result.full_forwards)
     summary = {"model": model, "batch": args.batch, "kernel": args.kernel, "fused_projections": args.fuse,
+               "quantize": args.quantize,
                "dtype": jnp.dtype(dtype).name,
                "device": jax.devices()[0].device_kind, "prompt_len": prompt_len, "gen_length": G,
                "block_length": W, "forwards": forwards, "full_forwards": full, "traced_wall_s": round(traced_s, 3),
                **summarise(device_events(trace), forwards)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"profile_{model}_b{args.batch}_{args.kernel}{'_fused' if args.fuse else ''}.json"
+    suffix = ("_fused" if args.fuse else "") + (f"_{args.quantize}" if args.quantize else "")
+    path = out / f"profile_{model}_b{args.batch}_{args.kernel}{suffix}.json"
     path.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("kinds", "kernels")}), flush=True)
     for kind, row in summary.get("kinds", {}).items():

@@ -17,6 +17,7 @@ from jdlm.config import tiny
 from jdlm.kernels import quantized_linear as L
 from jdlm.kernels import weight_only_matmul as W
 from jdlm.model import forward, init_params
+from tests.script_module import load_script
 
 LLADA_8B_LINEARS = [(4096, 4096), (4096, 12288), (12288, 4096)]  # (K, N) of q/k/v/o, gate/up, down
 DREAM_7B_LINEARS = [(3584, 3584), (3584, 512), (3584, 18944), (18944, 3584)]
@@ -317,3 +318,54 @@ def test_dual_cache_decode_with_the_kernel_gives_xla_s_tokens():
     np.testing.assert_array_equal(tokens["on"], tokens["off"])
     np.testing.assert_array_equal(tokens["fused"], tokens["off"])
     assert len(np.unique(tokens["on"][:, -16:])) > 2  # a decode of varied tokens, not one repeated id
+
+
+# ---------------------------------------------------------------- scripts/bench_matmul_forms.py's int8 forms
+
+
+def test_int16_words_give_back_every_int8_value_exactly():
+    """The pairs form's trick: every int8 value, in either byte of a word, comes back as exactly that float16."""
+    forms = load_script("bench_matmul_forms")
+    values = jnp.arange(-128, 128, dtype=jnp.int32).astype(jnp.int8)
+    w_q = jnp.stack([values, values[::-1]], axis=1).reshape(256, 2)  # column 0 ascending, column 1 descending
+    low, high = forms.word_halves(forms.pair_words(w_q))  # [256, 1] each: columns 0 and 1
+    assert low.dtype == high.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(low[:, 0], np.float32), np.arange(-128, 128))
+    np.testing.assert_array_equal(np.asarray(high[:, 0], np.float32), np.arange(127, -129, -1))
+
+
+@pytest.mark.parametrize("kind", ["pairs", "int8x8"])
+def test_bench_matmul_forms_int8_kernels_compute_the_quantised_matmul(kind):
+    """pairs_T: x @ (w_q * scale) with x in float16 (here x holds float16 values, so only summation order differs);
+    int8x8_T: within the rows' int8 rounding (half a step of each row's largest |x| / 127 per product)."""
+    forms = load_script("bench_matmul_forms")
+    prepare, fn = forms.forms(jnp.float32, ["16,32,64,2,4,4"])[f"{kind}_16_32_64_2_4_4"]
+    rng = np.random.default_rng(3)
+    w = jnp.asarray(rng.standard_normal((256, 128)) * rng.uniform(0.05, 2.0, 128), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((16, 256)), jnp.float16).astype(jnp.float32)
+    w_p, s = prepare(w)
+    w_q, scale = Q.quantize_array(w, "int8", 1)
+    reference = dequantized_matmul(x, w_q, scale)
+    tolerance = 1e-5 if kind == "pairs" else 0.5 / 127 * np.abs(np.asarray(x)).max() * np.abs(
+        np.asarray(w_q.astype(jnp.float32)) * np.asarray(scale)).sum(0).max()
+    np.testing.assert_allclose(np.asarray(fn(x, w_p, s), np.float64), reference, atol=tolerance,
+                               rtol=1e-5 if kind == "pairs" else 0)
+
+
+def test_bench_matmul_forms_int8_kernels_lower_for_a_gpu():
+    """Pallas's Triton lowering takes the word arithmetic (int16 and / xor / shift, bitcast to float16) and the int8
+    x int8 -> int32 dot, at LLaDA-8B's q|k|v shape."""
+    forms = load_script("bench_matmul_forms")
+    spec = "32,64,128,2,4,4"
+    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+    x = jax.ShapeDtypeStruct((32, 4096), jnp.bfloat16)
+    cases = {"pairs": (jax.ShapeDtypeStruct((4096, 6144), jnp.int16), jax.ShapeDtypeStruct((2, 6144), jnp.float32),
+                       "tensor<2x32x6144xf32>, tensor<2x32x6144xf32>"),  # the K splits' low and high halves
+             "int8x8": (jax.ShapeDtypeStruct((4096, 12288), jnp.int8), jax.ShapeDtypeStruct((12288,), jnp.float32),
+                        "tensor<2x32x12288xf32>")}
+    for kind, (w, s, outputs) in cases.items():
+        _, fn = forms.int8_kernel_form(spec, interpret=False, pairs=kind == "pairs")
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+            text = jax.jit(fn).trace(x, w, s).lower(lowering_platforms=("cuda",)).as_text()
+        calls = [line for line in text.splitlines() if "custom_call" in line]
+        assert len(calls) == 1 and "__gpu$xla.gpu.triton" in calls[0] and outputs in calls[0], kind
