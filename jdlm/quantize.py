@@ -16,7 +16,8 @@ every token, a tied-embedding model shares it with the embedding table, and at L
 an int8 step reads (docs/quantization.md).
 
 In `Params.weights` a quantised weight `q` keeps its name, shape and layout, in the quantised dtype, and gains a
-sibling `q_scale` with the shape of its output axes; `jdlm.sharding` splits each scale like its weight's output
+sibling `q_scale` with the shape of its output axes (but for a fused int8 layer's gate and up, stored as byte pairs:
+`pair_gate_up`); `jdlm.sharding` splits each scale like its weight's output
 axes. docs/quantization.md has the measured accuracy cost and speed.
 """
 
@@ -45,10 +46,13 @@ MODES: dict[str, tuple[jnp.dtype, float]] = {
 # The quantised weights of a layer and how many leading axes each contracts (the input axes; the rest are output
 # axes, one scale each): q [D, N, H], k/v [D, K, H], gate/up [D, F], down [F, D] contract 1; o [N, H, D] contracts 2.
 INPUT_AXES: dict[str, int] = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
-# The same for a layer fused by jdlm.model.fuse_projections: qkv [D, K, G + 2, H], gate_up [D, 2, F].
+# The same for a layer fused by jdlm.model.fuse_projections: qkv [D, K, G + 2, H], gate_up [D, 2, F] (or, int8,
+# gate_up_pairs [D, F] int16: jdlm/kernels/int8_swiglu.py).
 FUSED_INPUT_AXES: dict[str, int] = {"qkv": 1, "o": 2, "gate_up": 1, "down": 1}
+PAIRED_INPUT_AXES: dict[str, int] = {"qkv": 1, "o": 2, "gate_up_pairs": 1, "down": 1}
 SCALE_SUFFIX = "_scale"
 SCALE_DTYPE = jnp.dtype(jnp.float32)
+PAIRED_DTYPE = jnp.dtype(jnp.int16)  # a fused int8 layer's gate_up_pairs: two int8 values an element
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
 
 
@@ -87,6 +91,33 @@ def scale_name(name: str) -> str:
     return name + SCALE_SUFFIX
 
 
+def pair_bytes(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """int8 gate, up [..., F] -> int16 [..., F]: gate in each element's low byte, up in its high byte."""
+    if gate.dtype != jnp.int8 or up.dtype != jnp.int8 or gate.shape != up.shape:
+        raise ValueError(f"want two int8 arrays of one shape, got {gate.dtype}{gate.shape}, {up.dtype}{up.shape}")
+    return jax.lax.bitcast_convert_type(jnp.stack([gate, up], axis=-1), PAIRED_DTYPE)
+
+
+def split_pairs(pairs: jax.Array) -> jax.Array:
+    """int16 pairs [..., F] -> int8 [..., F, 2]: gate, up (a bitcast: no copy)."""
+    return jax.lax.bitcast_convert_type(pairs, jnp.int8)
+
+
+def pair_gate_up(layer: dict) -> dict:
+    """A fused int8 layer (jdlm.model.fuse_projections) with gate_up [D, 2, F] replaced by gate_up_pairs [D, F]
+    int16 (`pair_bytes` of gate and up) and gate_up_scale [2, F] renamed gate_up_pairs_scale: the layout
+    jdlm/kernels/int8_swiglu.py reads. Works on arrays and on ShapeDtypeStructs."""
+    layer = dict(layer)
+    stacked = layer.pop("gate_up")
+    d, _, f = stacked.shape
+    if isinstance(stacked, jax.ShapeDtypeStruct):
+        layer["gate_up_pairs"] = jax.ShapeDtypeStruct((d, f), PAIRED_DTYPE)
+    else:
+        layer["gate_up_pairs"] = pair_bytes(stacked[:, 0], stacked[:, 1])
+    layer[scale_name("gate_up_pairs")] = layer.pop(scale_name("gate_up"))
+    return layer
+
+
 def mode_of(weights) -> str | None:
     """The quantisation of a weights pytree (arrays or ShapeDtypeStructs), or None for float weights."""
     layer = weights["layers"][0] if weights["layers"] else {}
@@ -119,19 +150,22 @@ def dequantize_array(w_q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax
 
 def linear_input_axes(layer: dict) -> dict[str, int]:
     """The quantisable weights of one layer's dict and their input axes: INPUT_AXES, or FUSED_INPUT_AXES for a
-    fused layer."""
+    fused layer (PAIRED_INPUT_AXES for a fused int8 one)."""
+    if "gate_up_pairs" in layer:
+        return PAIRED_INPUT_AXES
     return FUSED_INPUT_AXES if "qkv" in layer else INPUT_AXES
 
 
 def quantize_weights(weights: dict, mode: str) -> dict:
     """A weights pytree with every layer's linear weights quantised and their scales added; other leaves as given.
-    Each weight is quantised where it lives (its device or shards) and let go once replaced."""
+    Each weight is quantised where it lives (its device or shards) and let go once replaced. A fused layer's int8
+    gate_up becomes gate_up_pairs (`pair_gate_up`), as fusing int8 weights gives."""
     layers = []
     for layer in weights["layers"]:
         layer = dict(layer)
         for name, input_axes in linear_input_axes(layer).items():
             layer[name], layer[scale_name(name)] = quantize_array(layer[name], mode, input_axes)
-        layers.append(layer)
+        layers.append(pair_gate_up(layer) if "gate_up" in layer and mode == "int8" else layer)
     return {**weights, "layers": tuple(layers)}
 
 
@@ -159,13 +193,13 @@ def quantized_shapes(weights: dict, mode: str) -> dict:
             shape = layer[name].shape
             layer[name] = jax.ShapeDtypeStruct(shape, stored)
             layer[scale_name(name)] = jax.ShapeDtypeStruct(shape[input_axes:], SCALE_DTYPE)
-        layers.append(layer)
+        layers.append(pair_gate_up(layer) if "gate_up" in layer and mode == "int8" else layer)
     return {**weights, "layers": tuple(layers)}
 
 
 def is_quantized_leaf(name: str, dtype) -> bool:
     """Whether a leaf (by its name and dtype) is a quantised weight or a scale: leaves a compute-dtype cast skips."""
-    return name.endswith(SCALE_SUFFIX) or jnp.dtype(dtype) in {stored for stored, _ in MODES.values()}
+    return name.endswith(SCALE_SUFFIX) or jnp.dtype(dtype) in {PAIRED_DTYPE, *(stored for stored, _ in MODES.values())}
 
 
 def weight_bytes(weights) -> int:
@@ -186,8 +220,8 @@ def dequantized_copies(hlo: str, params) -> dict[str, list[str]]:
     1 byte). An entry in ENTRY means the convert was hoisted out of the decode loop (a full-width copy, read at
     2 bytes a weight every step); an entry in a while body means it runs, unfused, every step."""
     dtype = _HLO_DTYPES.get(jnp.dtype(params.dtype).name, jnp.dtype(params.dtype).name)
-    sizes = {int(np.prod(layer[name].shape)) for layer in params.weights["layers"]
-             for name in linear_input_axes(layer) if scale_name(name) in layer}
+    sizes = {int(np.prod(layer[name].shape)) * jnp.dtype(layer[name].dtype).itemsize  # int8 values (int16 pairs: 2)
+             for layer in params.weights["layers"] for name in linear_input_axes(layer) if scale_name(name) in layer}
     fused = set(re.findall(r"fusion\(.*?calls=(%[\w.\-]+)", hlo))
     found: dict[str, list[str]] = {}
     name = None

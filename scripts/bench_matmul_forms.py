@@ -45,7 +45,9 @@ from jax.experimental import pallas as pl
 from jdlm import quantize as Q
 from jdlm import roofline
 from jdlm.kernels import weight_only_matmul as wom
+from jdlm.kernels.int8_swiglu import byte_values
 from jdlm.model import linear
+from jdlm.quantize import pair_bytes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_weight_only_matmul import chain_timer  # noqa: E402
@@ -70,24 +72,17 @@ def fp8_rows(x):
 
 
 def pair_words(w_q):
-    """int8 [K, N] -> int16 [K, N/2]: word c holds column c in its low byte and column c + N/2 in its high byte."""
+    """int8 [K, N] -> int16 [K, N/2]: element c holds column c in its low byte and column c + N/2 in its high byte
+    (the layout of jdlm/kernels/int8_swiglu.py, whose gate and up are here the two halves of one weight)."""
     n = w_q.shape[1]
-    return jax.lax.bitcast_convert_type(jnp.stack([w_q[:, : n // 2], w_q[:, n // 2:]], axis=-1), jnp.int16)
-
-
-def word_halves(words):
-    """int16 words -> (float16 of the low bytes, float16 of the high bytes), exactly the int8 values: a byte b
-    xor 0x6480 read as a float16 is 1024 + (b's int8 value + 128), 0x6400 being 1024.0, whose ulp is 1."""
-    low = jax.lax.bitcast_convert_type((words & 0xFF) ^ 0x6480, jnp.float16)
-    high = jax.lax.bitcast_convert_type(((words >> 8) & 0xFF) ^ 0x6480, jnp.float16)
-    return low - jnp.float16(1152), high - jnp.float16(1152)
+    return pair_bytes(w_q[:, : n // 2], w_q[:, n // 2:])
 
 
 def _pairs_kernel(x_ref, w_ref, s_ref, low_ref, high_ref, *, block_k, steps):
     def accumulate(i, accs):
         start = pl.multiple_of(i * block_k, block_k)
         x = x_ref[:, pl.ds(start, block_k)]
-        low, high = word_halves(w_ref[pl.ds(start, block_k), :])
+        low, high = byte_values(w_ref[pl.ds(start, block_k), :])
         return (accs[0] + jax.lax.dot(x, low, preferred_element_type=jnp.float32),
                 accs[1] + jax.lax.dot(x, high, preferred_element_type=jnp.float32))
 

@@ -39,7 +39,10 @@ def test_forward_is_unchanged(layout, mode):
     c = params.config
     G = c.n_heads // c.n_kv_heads
     assert layer["qkv"].shape == (c.d_model, c.n_kv_heads, G + 2, c.head_dim)
-    assert layer["gate_up"].shape == (c.d_model, 2, c.mlp_hidden)
+    if mode == "int8":  # gate and up as byte pairs (jdlm/kernels/int8_swiglu.py)
+        assert layer["gate_up_pairs"].shape == (c.d_model, c.mlp_hidden) and "gate_up" not in layer
+    else:
+        assert layer["gate_up"].shape == (c.d_model, 2, c.mlp_hidden)
     assert not {"q", "k", "v", "gate", "up"} & set(layer)
     if mode:
         assert layer["qkv_scale"].shape == layer["qkv"].shape[1:] and Q.mode_of(fused.weights) == mode

@@ -323,17 +323,6 @@ def test_dual_cache_decode_with_the_kernel_gives_xla_s_tokens():
 # ---------------------------------------------------------------- scripts/bench_matmul_forms.py's int8 forms
 
 
-def test_int16_words_give_back_every_int8_value_exactly():
-    """The pairs form's trick: every int8 value, in either byte of a word, comes back as exactly that float16."""
-    forms = load_script("bench_matmul_forms")
-    values = jnp.arange(-128, 128, dtype=jnp.int32).astype(jnp.int8)
-    w_q = jnp.stack([values, values[::-1]], axis=1).reshape(256, 2)  # column 0 ascending, column 1 descending
-    low, high = forms.word_halves(forms.pair_words(w_q))  # [256, 1] each: columns 0 and 1
-    assert low.dtype == high.dtype == jnp.float16
-    np.testing.assert_array_equal(np.asarray(low[:, 0], np.float32), np.arange(-128, 128))
-    np.testing.assert_array_equal(np.asarray(high[:, 0], np.float32), np.arange(127, -129, -1))
-
-
 @pytest.mark.parametrize("kind", ["pairs", "int8x8"])
 def test_bench_matmul_forms_int8_kernels_compute_the_quantised_matmul(kind):
     """pairs_T: x @ (w_q * scale) with x in float16 (here x holds float16 values, so only summation order differs);

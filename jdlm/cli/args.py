@@ -163,9 +163,9 @@ def model_args(p: Parser) -> None:
                         "heads (LLaDA): 1-3%% faster batch-1 decodes at 8B "
                         "(jdlm.kernels.window_attention, docs/performance.md)")
     p.add_argument("--no-matmul-kernel", dest="matmul_kernel", action="store_false",
-                   help="run a batch-1 cached step's float matmuls with XLA instead of jdlm's matmul kernel, which "
-                        "is the default on one Hopper GPU: 2-3%% faster batch-1 decodes at LLaDA-8B shapes "
-                        "(jdlm.kernels.float_linear, docs/performance.md)")
+                   help="run a batch-1 cached step's matmuls with XLA instead of jdlm's matmul kernels, which are "
+                        "the default on one Hopper GPU: 2-3%% faster batch-1 decodes at LLaDA-8B shapes in bf16, 5%% "
+                        "with int8 weights (jdlm.kernels.float_linear and int8_swiglu, docs/performance.md)")
 
 
 def guide_arg(p: Parser) -> None:

@@ -197,15 +197,16 @@ def runtime_layout(args, params):
 
 def set_kernel_modes(args) -> None:
     """--no-attention-kernel turns the window attention kernel off (its default, "auto", runs it on one GPU without
-    grouped-query attention), --no-matmul-kernel the float matmul kernel (its "auto": one Hopper GPU); set before
-    any decode is traced or looked up in the store of compiled decodes (`prefetch_for_prompt`), whose keys hold the
-    modes."""
-    from jdlm.kernels import float_linear, window_attention
+    grouped-query attention), --no-matmul-kernel the float matmul kernel and the int8 SwiGLU kernel (their "auto":
+    one Hopper GPU); set before any decode is traced or looked up in the store of compiled decodes
+    (`prefetch_for_prompt`), whose keys hold the modes."""
+    from jdlm.kernels import float_linear, int8_swiglu, window_attention
 
     if not getattr(args, "attention_kernel", True):
         window_attention.set_mode("off")
     if not getattr(args, "matmul_kernel", True):
         float_linear.set_mode("off")
+        int8_swiglu.set_mode("off")
 
 
 def will_fuse(args, params, *, loading: bool = False) -> bool:

@@ -11,7 +11,7 @@ Each function returns the kernel's result, or None where the caller should run X
 (jdlm/kernels/quantized_linear.py), the mode says no, more than MAX_ROWS rows or rows that do not fill a row tile
 (16, 32 or 64 rows take it; Dream's 33-row cached window does not), or shapes no tiling divides. The results are
 differentiable (`jax.grad` of a forward that took the kernel): a pallas_call has no transpose rule, so derivatives
-come from XLA's einsum of the same operands (`_with_xla_derivatives`).
+come from XLA's einsum of the same operands (`with_xla_derivatives`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _fits(m: int, tiling: wom.Tiling | None) -> bool:
     return tiling is not None and m <= MAX_ROWS and tiling.padded_rows(m) == m
 
 
-def _with_xla_derivatives(kernel, reference):
+def with_xla_derivatives(kernel, reference):
     """`kernel(*arrays)` when evaluated; under differentiation (forward or reverse mode) `reference`'s value and
     derivatives, the same function by XLA's ops, which have transpose rules where a pallas_call has none."""
     fn = jax.custom_jvp(kernel)
@@ -93,7 +93,7 @@ def kernel_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array | None:
         y = wom.weight_only_matmul(x.reshape(m, k), w.reshape(k, n), None, tiling=tiling)
         return y.reshape(*lead, *outs)
 
-    return _with_xla_derivatives(kernel, lambda x, w: jnp.einsum(spec, x, w))(x, w)
+    return with_xla_derivatives(kernel, lambda x, w: jnp.einsum(spec, x, w))(x, w)
 
 
 def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
@@ -122,4 +122,4 @@ def kernel_swiglu(x: jax.Array, gate_up: jax.Array) -> jax.Array | None:
         y = jnp.einsum("...D,DIF->...IF", x, gate_up)
         return jax.nn.silu(y[..., 0, :]) * y[..., 1, :]
 
-    return _with_xla_derivatives(kernel, reference)(x, gate_up)
+    return with_xla_derivatives(kernel, reference)(x, gate_up)

@@ -15,9 +15,10 @@ SWITCHES: list[KernelSwitch] = []  # every kernel's switch, in the order the ker
 
 
 def all_modes() -> str:
-    """Every kernel's current mode, as text ("float_linear=auto quantized_linear=off window_attention=auto"), sorted
-    by name."""
+    """Every kernel's current mode, as text ("float_linear=auto int8_swiglu=auto quantized_linear=off
+    window_attention=auto"), sorted by name."""
     import jdlm.kernels.float_linear  # noqa: F401  (jdlm's kernels register their switches on import)
+    import jdlm.kernels.int8_swiglu  # noqa: F401
     import jdlm.kernels.quantized_linear  # noqa: F401
     import jdlm.kernels.window_attention  # noqa: F401
 
