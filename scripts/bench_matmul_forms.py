@@ -45,7 +45,7 @@ from jax.experimental import pallas as pl
 from jdlm import quantize as Q
 from jdlm import roofline
 from jdlm.kernels import weight_only_matmul as wom
-from jdlm.kernels.int8_swiglu import byte_values
+from jdlm.kernels.int8_swiglu import paired_products
 from jdlm.model import linear
 from jdlm.quantize import pair_bytes
 
@@ -78,20 +78,6 @@ def pair_words(w_q):
     return pair_bytes(w_q[:, : n // 2], w_q[:, n // 2:])
 
 
-def _pairs_kernel(x_ref, w_ref, s_ref, low_ref, high_ref, *, block_k, steps):
-    def accumulate(i, accs):
-        start = pl.multiple_of(i * block_k, block_k)
-        x = x_ref[:, pl.ds(start, block_k)]
-        low, high = byte_values(w_ref[pl.ds(start, block_k), :])
-        return (accs[0] + jax.lax.dot(x, low, preferred_element_type=jnp.float32),
-                accs[1] + jax.lax.dot(x, high, preferred_element_type=jnp.float32))
-
-    zero = jnp.zeros((x_ref.shape[0], w_ref.shape[1]), jnp.float32)
-    low, high = jax.lax.fori_loop(0, steps, accumulate, (zero, zero))
-    low_ref[...] = low * s_ref[0, :][None, :]
-    high_ref[...] = high * s_ref[1, :][None, :]
-
-
 def _int8x8_kernel(x_ref, xs_ref, w_ref, s_ref, out_ref, *, block_k, steps):
     def accumulate(i, acc):
         start = pl.multiple_of(i * block_k, block_k)
@@ -113,28 +99,21 @@ def int8_kernel_form(spec: str, interpret: bool, pairs: bool):
         return (pair_words(w_q), jnp.stack([scale[: n // 2], scale[n // 2:]])) if pairs else (w_q, scale)
 
     def fn(x, w, s):
-        m, span = x.shape[0], x.shape[1] // splits
-        kernel = functools.partial(_pairs_kernel if pairs else _int8x8_kernel, block_k=block_k,
-                                   steps=span // block_k)
-        x_spec = pl.BlockSpec((m, span), lambda j, p: (0, p))
-        w_spec = pl.BlockSpec((span, block_n), lambda j, p: (p, j))
-        out_spec = pl.BlockSpec((None, m, block_n), lambda j, p: (p, 0, j))
         if pairs:
-            half = jax.ShapeDtypeStruct((splits, m, w.shape[1]), jnp.float32)
-            low, high = pl.pallas_call(
-                kernel, out_shape=[half, half], grid=(w.shape[1] // block_n, splits),
-                in_specs=[x_spec, w_spec, pl.BlockSpec((2, block_n), lambda j, p: (0, j))],
-                out_specs=[out_spec, out_spec], compiler_params=params, interpret=interpret,
-            )(x.astype(jnp.float16), w, s)
-            return jnp.concatenate([low.sum(0), high.sum(0)], axis=-1).astype(x.dtype)
-        xq, xs = int8_rows(x)
+            low, high = paired_products(x, w, block_n=block_n, block_k=block_k, splits=splits, num_warps=warps,
+                                        num_stages=stages, interpret=interpret)
+            return jnp.concatenate([low * s[0], high * s[1]], axis=-1).astype(x.dtype)
+        m, span = x.shape[0], x.shape[1] // splits
         out = pl.pallas_call(
-            kernel, out_shape=jax.ShapeDtypeStruct((splits, m, w.shape[1]), jnp.float32),
+            functools.partial(_int8x8_kernel, block_k=block_k, steps=span // block_k),
+            out_shape=jax.ShapeDtypeStruct((splits, m, w.shape[1]), jnp.float32),
             grid=(w.shape[1] // block_n, splits),
-            in_specs=[x_spec, pl.BlockSpec((m, 1), lambda j, p: (0, 0)), w_spec,
+            in_specs=[pl.BlockSpec((m, span), lambda j, p: (0, p)), pl.BlockSpec((m, 1), lambda j, p: (0, 0)),
+                      pl.BlockSpec((span, block_n), lambda j, p: (p, j)),
                       pl.BlockSpec((block_n,), lambda j, p: (j,))],
-            out_specs=out_spec, compiler_params=params, interpret=interpret,
-        )(xq, xs, w, s)
+            out_specs=pl.BlockSpec((None, m, block_n), lambda j, p: (p, 0, j)), compiler_params=params,
+            interpret=interpret,
+        )(*int8_rows(x), w, s)
         return out.sum(0).astype(x.dtype)
     return prepare, fn
 

@@ -95,23 +95,34 @@ def _enabled(pairs: jax.Array) -> bool:
 def paired_swiglu(x: jax.Array, pairs: jax.Array, scale: jax.Array, *, interpret: bool | None = None) -> jax.Array:
     """The kernel: x [M, D] (M in ROWS), pairs [D, F] int16, scale [2, F] -> [M, F] in x's dtype.
     `interpret`: Pallas's interpreter (default: everywhere but on GPU)."""
+    gate, up = paired_products(x, pairs, interpret=interpret)
+    return (jax.nn.silu(gate * scale[0]) * (up * scale[1])).astype(x.dtype)
+
+
+def paired_products(x: jax.Array, pairs: jax.Array, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+                    splits: int = SPLITS, num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES,
+                    interpret: bool | None = None) -> tuple[jax.Array, jax.Array]:
+    """(x @ low bytes, x @ high bytes) of int16 pairs, unscaled: x [M, D] float (rounded to float16), pairs [D, F]
+    -> two [M, F] float32. The grid runs over F's column tiles of `block_n` and `splits` ranges of D (walked in
+    tiles of `block_k`); the ranges' partial sums are added by XLA. Powers of two >= 16 that divide F and
+    D / splits; M a power of two >= 16 (one row tile). `interpret`: default everywhere but on GPU."""
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     (m, k), n = x.shape, pairs.shape[1]
-    span = k // SPLITS
-    partial_sums = jax.ShapeDtypeStruct((SPLITS, m, n), jnp.float32)
-    out_spec = pl.BlockSpec((None, m, BLOCK_N), lambda j, s: (s, 0, j))
-    gate, up = pl.pallas_call(
-        functools.partial(_kernel, steps=span // BLOCK_K),
+    span = k // splits
+    partial_sums = jax.ShapeDtypeStruct((splits, m, n), jnp.float32)
+    out_spec = pl.BlockSpec((None, m, block_n), lambda j, s: (s, 0, j))
+    low, high = pl.pallas_call(
+        functools.partial(_kernel, block_k=block_k, steps=span // block_k),
         out_shape=[partial_sums, partial_sums],
-        grid=(n // BLOCK_N, SPLITS),
-        in_specs=[pl.BlockSpec((m, span), lambda j, s: (0, s)), pl.BlockSpec((span, BLOCK_N), lambda j, s: (s, j))],
+        grid=(n // block_n, splits),
+        in_specs=[pl.BlockSpec((m, span), lambda j, s: (0, s)), pl.BlockSpec((span, block_n), lambda j, s: (s, j))],
         out_specs=[out_spec, out_spec],
-        compiler_params=None if interpret else wom.triton_params(NUM_WARPS, NUM_STAGES),
+        compiler_params=None if interpret else wom.triton_params(num_warps, num_stages),
         interpret=interpret,
         name="int8_swiglu",
     )(jnp.clip(x, -FLOAT16_MAX, FLOAT16_MAX).astype(jnp.float16), pairs)
-    return (jax.nn.silu(gate.sum(0) * scale[0]) * (up.sum(0) * scale[1])).astype(x.dtype)
+    return low.sum(0), high.sum(0)
 
 
 def byte_values(pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -121,15 +132,15 @@ def byte_values(pairs: jax.Array) -> tuple[jax.Array, jax.Array]:
     return low - jnp.float16(1152), high - jnp.float16(1152)
 
 
-def _kernel(x_ref, pairs_ref, gate_ref, up_ref, *, steps: int):
-    """One program: x_ref [M, span] float16, pairs_ref [span, BLOCK_N]; gate_ref, up_ref [M, BLOCK_N] float32."""
+def _kernel(x_ref, pairs_ref, low_ref, high_ref, *, block_k: int, steps: int):
+    """One program: x_ref [M, span] float16, pairs_ref [span, block_n]; low_ref, high_ref [M, block_n] float32."""
 
     def accumulate(i, sums):
-        start = pl.multiple_of(i * BLOCK_K, BLOCK_K)
-        x = x_ref[:, pl.ds(start, BLOCK_K)]
-        gate, up = byte_values(pairs_ref[pl.ds(start, BLOCK_K), :])
-        return (sums[0] + jax.lax.dot(x, gate, preferred_element_type=jnp.float32),
-                sums[1] + jax.lax.dot(x, up, preferred_element_type=jnp.float32))
+        start = pl.multiple_of(i * block_k, block_k)
+        x = x_ref[:, pl.ds(start, block_k)]
+        low, high = byte_values(pairs_ref[pl.ds(start, block_k), :])
+        return (sums[0] + jax.lax.dot(x, low, preferred_element_type=jnp.float32),
+                sums[1] + jax.lax.dot(x, high, preferred_element_type=jnp.float32))
 
-    zero = jnp.zeros(gate_ref.shape, jnp.float32)
-    gate_ref[...], up_ref[...] = jax.lax.fori_loop(0, steps, accumulate, (zero, zero))
+    zero = jnp.zeros(low_ref.shape, jnp.float32)
+    low_ref[...], high_ref[...] = jax.lax.fori_loop(0, steps, accumulate, (zero, zero))
