@@ -14,7 +14,7 @@ writes float32 partial sums of gate and up for its tile, and XLA adds the ranges
 in one fusion.
 
 Measured on one H100 (LLaDA-8B random weights, int8, fused projections, B=1, dual cache, one token a step, prompt
-256): 191.5 tokens/s with XLA's int8 GEMM for gate|up, 201.0-201.3 with this kernel (docs/quantization.md). The
+256): 192.0 tokens/s with XLA's int8 GEMM for gate|up, 202.3 with this kernel (docs/quantization.md). The
 same byte trick on q|k|v, o or down was no faster than XLA there, and without the pair layout (gate and up tiles
 read apart) neither, so only gate|up takes it. More rows (batch 8, full forwards) and other GPUs run XLA's einsum
 on the same int8 bytes (`xla_swiglu`).
