@@ -241,8 +241,7 @@ def fuse_projections(params: Params, *, free_inputs: bool = False) -> Params:
                                                     axis=-2)
             layer[name_of("gate_up")] = jnp.stack([gate, up], axis=-2)
             replaced += separate
-        if layer["gate_up"].dtype == jnp.int8:
-            layer = pair_gate_up(layer)
+        layer = pair_gate_up(layer)  # int8: gate and up as byte pairs
         if free_inputs:
             jax.block_until_ready([layer["qkv"], layer.get("gate_up", layer.get("gate_up_pairs"))])
             for array in replaced:

@@ -49,7 +49,8 @@ INPUT_AXES: dict[str, int] = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1
 # The same for a layer fused by jdlm.model.fuse_projections: qkv [D, K, G + 2, H], gate_up [D, 2, F] (or, int8,
 # gate_up_pairs [D, F] int16: jdlm/kernels/int8_swiglu.py).
 FUSED_INPUT_AXES: dict[str, int] = {"qkv": 1, "o": 2, "gate_up": 1, "down": 1}
-PAIRED_INPUT_AXES: dict[str, int] = {"qkv": 1, "o": 2, "gate_up_pairs": 1, "down": 1}
+PAIRED_INPUT_AXES: dict[str, int] = {name.replace("gate_up", "gate_up_pairs"): axes
+                                     for name, axes in FUSED_INPUT_AXES.items()}
 SCALE_SUFFIX = "_scale"
 SCALE_DTYPE = jnp.dtype(jnp.float32)
 PAIRED_DTYPE = jnp.dtype(jnp.int16)  # a fused int8 layer's gate_up_pairs: two int8 values an element
@@ -104,9 +105,11 @@ def split_pairs(pairs: jax.Array) -> jax.Array:
 
 
 def pair_gate_up(layer: dict) -> dict:
-    """A fused int8 layer (jdlm.model.fuse_projections) with gate_up [D, 2, F] replaced by gate_up_pairs [D, F]
-    int16 (`pair_bytes` of gate and up) and gate_up_scale [2, F] renamed gate_up_pairs_scale: the layout
-    jdlm/kernels/int8_swiglu.py reads. Works on arrays and on ShapeDtypeStructs."""
+    """A fused layer (jdlm.model.fuse_projections) whose gate_up [D, 2, F] is int8 with it replaced by gate_up_pairs
+    [D, F] int16 (`pair_bytes` of gate and up) and gate_up_scale [2, F] renamed gate_up_pairs_scale: the layout
+    jdlm/kernels/int8_swiglu.py reads. Any other layer as it is. Works on arrays and on ShapeDtypeStructs."""
+    if "gate_up" not in layer or layer["gate_up"].dtype != jnp.int8:
+        return layer
     layer = dict(layer)
     stacked = layer.pop("gate_up")
     d, _, f = stacked.shape
@@ -165,7 +168,7 @@ def quantize_weights(weights: dict, mode: str) -> dict:
         layer = dict(layer)
         for name, input_axes in linear_input_axes(layer).items():
             layer[name], layer[scale_name(name)] = quantize_array(layer[name], mode, input_axes)
-        layers.append(pair_gate_up(layer) if "gate_up" in layer and mode == "int8" else layer)
+        layers.append(pair_gate_up(layer))
     return {**weights, "layers": tuple(layers)}
 
 
@@ -193,7 +196,7 @@ def quantized_shapes(weights: dict, mode: str) -> dict:
             shape = layer[name].shape
             layer[name] = jax.ShapeDtypeStruct(shape, stored)
             layer[scale_name(name)] = jax.ShapeDtypeStruct(shape[input_axes:], SCALE_DTYPE)
-        layers.append(pair_gate_up(layer) if "gate_up" in layer and mode == "int8" else layer)
+        layers.append(pair_gate_up(layer))
     return {**weights, "layers": tuple(layers)}
 
 

@@ -30,14 +30,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jdlm.kernels import weight_only_matmul as wom
-from jdlm.kernels.float_linear import with_xla_derivatives
+from jdlm.kernels.float_linear import AUTO_CAPABILITY, MIN_AUTO_WEIGHT_BYTES, with_xla_derivatives
 from jdlm.kernels.switch import KernelSwitch
 from jdlm.quantize import split_pairs
 
 ROWS = (16, 32, 64)  # a batch-1 cached step's block, one row tile (Triton dots take powers of two >= 16)
 BLOCK_N, BLOCK_K, SPLITS, NUM_WARPS, NUM_STAGES = 64, 64, 2, 4, 4  # the tiling measured best in the decode
-MIN_AUTO_WEIGHT_BYTES = 16 << 20  # small models' matmuls are launch-bound: XLA (as jdlm/kernels/float_linear.py)
-AUTO_CAPABILITY = (9, 0)  # measured on Hopper; other GPUs unmeasured, so XLA there
 FLOAT16_MAX = 65504.0
 MODES = ("auto", "on", "off")
 SWITCH = KernelSwitch("int8_swiglu", "int8 SwiGLU kernel", MODES, default="auto")
@@ -46,7 +44,8 @@ SWITCH = KernelSwitch("int8_swiglu", "int8 SwiGLU kernel", MODES, default="auto"
 def set_mode(mode: str) -> str:
     """Whether int8 gate|up pairs with few rows use the kernel. Returns the previous mode.
 
-    "auto" (the default): on a Hopper or newer GPU outside a multi-device mesh, for pairs of at least
+    "auto" (the default): as the float matmul kernel's (jdlm/kernels/float_linear.py: measured on Hopper, small
+    models' matmuls launch-bound), on a Hopper or newer GPU outside a multi-device mesh, for pairs of at least
     MIN_AUTO_WEIGHT_BYTES; "on": everywhere the shapes allow (Pallas's interpreter off GPU: for tests); "off":
     never (`xla_swiglu`). Read when a function is traced (`jdlm.kernels.switch.KernelSwitch`)."""
     return SWITCH.set(mode)
